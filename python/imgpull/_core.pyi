@@ -1,0 +1,147 @@
+"""Stubs of the native module (built from rust/py by maturin).
+
+Only bytes, strings, paths and integers cross this boundary. Every call that
+touches a file or the network releases the GIL for its whole duration.
+"""
+
+from collections.abc import Sequence
+
+__version__: str
+
+class ImgpullError(Exception):
+    """Base of every error imgpull raises (the Python side subclasses it too)."""
+
+class DigestMismatchError(ImgpullError):
+    """The bytes do not hash to the digest they were asked for."""
+
+    expected: str
+    actual: str
+
+class SizeMismatchError(ImgpullError):
+    """More or fewer bytes than the descriptor's size."""
+
+    expected: int
+    actual: int
+
+class FetchError(ImgpullError):
+    """The native fetcher could not complete a transfer.
+
+    An HTTP status is never a FetchError: fetch_blob returns it. This is for
+    what happens below HTTP or mid-body.
+    """
+
+    # "connect" | "dns" | "tls" | "timeout" | "io" | "protocol" | "range"
+    # | "redirect" | "cancelled" | "disk"
+    kind: str
+    # Whether retrying (resuming from writer.offset) can help.
+    retryable: bool
+
+def sha256_bytes(data: bytes) -> str:
+    """'sha256:<hex>' of data."""
+
+def sha256_file(path: str) -> str:
+    """'sha256:<hex>' of a file's content, streamed (GIL released)."""
+
+class BlobWriter:
+    """Appends to a partial file in the ingest area while hashing.
+
+    Opening an existing partial file continues from its end (its prefix is
+    re-hashed). `digest` is 'sha256:<hex>'; `size` is the expected size or
+    None when unknown. Writing beyond a known size raises SizeMismatchError at
+    once (a lying server cannot fill the disk).
+    """
+
+    def __init__(self, path: str, digest: str, size: int | None = None) -> None: ...
+    @property
+    def offset(self) -> int:
+        """Bytes in the partial file (the next Range start)."""
+    @property
+    def path(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def size(self) -> int | None: ...
+    def write(self, data: bytes) -> None:
+        """Append and hash (GIL released)."""
+    def truncate(self) -> None:
+        """Drop what was written: start over at offset 0."""
+    def commit(self, dest: str) -> None:
+        """Check size and digest, fsync, rename atomically to dest.
+
+        On a mismatch the partial file is removed and DigestMismatchError /
+        SizeMismatchError is raised; nothing appears at dest. The parent of
+        dest must exist. If dest already exists with this content the partial
+        file is just removed.
+        """
+    def close(self) -> None:
+        """Flush and close, keeping the partial file for a later resume."""
+
+class Transfer:
+    """A handle shared between a running fetch and Python: progress + cancel.
+
+    Python reads `received` from any thread while the fetch runs with the GIL
+    released; `cancel()` makes the fetch stop at its next chunk with
+    FetchError(kind="cancelled"), the partial file kept.
+    """
+
+    def __init__(self) -> None: ...
+    @property
+    def received(self) -> int:
+        """Body bytes received by the fetches using this handle."""
+    @property
+    def cancelled(self) -> bool: ...
+    def cancel(self) -> None: ...
+
+class FetchResult:
+    status: int
+    # Response headers of the final response, names lower-cased.
+    headers: list[tuple[str, str]]
+    # Final URL after redirects.
+    url: str
+    # Body bytes written to the writer by this call.
+    written: int
+    # For a non-2xx status: the start of the body (at most 64 KiB), else b"".
+    body: bytes
+
+class Fetcher:
+    """A pooled HTTP/1.1 client (rustls) for blob bodies.
+
+    Built with the same TLS and proxy settings as the httpx client.
+    `ca_file`: PEM bundle of extra trusted roots (the system roots are kept).
+    `client_cert`/`client_key`: PEM files for mutual TLS.
+    `insecure`: skip certificate verification (explicit user choice only).
+    `proxy`: 'http://host:port' or None.
+    `read_timeout`: seconds without a byte before FetchError(kind="timeout").
+    """
+
+    def __init__(
+        self,
+        *,
+        user_agent: str,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        insecure: bool = False,
+        proxy: str | None = None,
+        connect_timeout: float = 30.0,
+        read_timeout: float = 60.0,
+    ) -> None: ...
+    def fetch_blob(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        writer: BlobWriter,
+        transfer: Transfer | None = None,
+    ) -> FetchResult:
+        """GET url and stream a 2xx body into writer (GIL released throughout).
+
+        Python sets every header, including `Range: bytes=<writer.offset>-`
+        when resuming. Redirects (301/302/303/307/308) are followed up to 10
+        times; Authorization is dropped when the host or scheme changes.
+        The rules of a resume are applied here, before any body byte is
+        written: 206 must have a Content-Range starting at writer.offset
+        (else FetchError kind="range"); 200 while writer.offset > 0 means the
+        range was ignored, so the writer is truncated and the full body
+        written. A non-2xx status returns with `body` set and nothing written.
+        The body is not verified here: call writer.commit().
+        """

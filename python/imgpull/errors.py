@@ -1,0 +1,86 @@
+"""The error hierarchy. Every message says what went wrong and what to do.
+
+The native module defines the base and the byte-level errors; everything else
+is defined here as a subclass of the same base, so `except ImgpullError`
+catches all of them.
+"""
+
+from __future__ import annotations
+
+from imgpull._core import (
+    DigestMismatchError,
+    FetchError,
+    ImgpullError,
+    SizeMismatchError,
+)
+
+__all__ = [
+    "AuthenticationError",
+    "DigestMismatchError",
+    "FetchError",
+    "ImgpullError",
+    "InvalidReferenceError",
+    "ManifestError",
+    "ManifestUnknownError",
+    "ManifestVerificationError",
+    "NameUnknownError",
+    "NoMatchingPlatformError",
+    "RegistryError",
+    "RegistryUnreachableError",
+    "SizeMismatchError",
+    "StoreError",
+    "UnsupportedManifestError",
+]
+
+
+class InvalidReferenceError(ImgpullError, ValueError):
+    """A reference string that is not valid docker reference syntax."""
+
+
+class RegistryError(ImgpullError):
+    """The registry answered with an error.
+
+    `status` is the HTTP status; `code` the first registry error code
+    (e.g. MANIFEST_UNKNOWN) when the body carried one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class AuthenticationError(RegistryError):
+    """Credentials missing, wrong, or refused for this repository."""
+
+
+class NameUnknownError(RegistryError):
+    """The repository does not exist (or is not visible to you)."""
+
+
+class ManifestUnknownError(RegistryError):
+    """The tag or digest does not exist in the repository."""
+
+
+class RegistryUnreachableError(RegistryError):
+    """No connection could be made to the registry."""
+
+
+class ManifestError(ImgpullError):
+    """A manifest that cannot be used."""
+
+
+class UnsupportedManifestError(ManifestError):
+    """A manifest kind imgpull does not pull."""
+
+
+class ManifestVerificationError(ManifestError):
+    """A manifest whose bytes do not match the digest asked for."""
+
+
+class NoMatchingPlatformError(ImgpullError):
+    """A manifest list / index without an entry for the wanted platform."""
+
+
+class StoreError(ImgpullError):
+    """The local store is unusable (corrupt database, unwritable root, ...)."""
