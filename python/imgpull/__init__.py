@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from imgpull._core import __version__
+from imgpull.client import Client, ImageSummary
 from imgpull.errors import (
     AuthenticationError,
     DigestMismatchError,
@@ -20,9 +21,21 @@ from imgpull.errors import (
     StoreError,
     UnsupportedManifestError,
 )
+from imgpull.platform import Platform, parse_platform
+from imgpull.progress import ProgressEvent
+from imgpull.pull import Image
+from imgpull.reference import Reference, parse_reference
 
 __all__ = [
     "AuthenticationError",
+    "Client",
+    "Image",
+    "ImageSummary",
+    "Platform",
+    "ProgressEvent",
+    "Reference",
+    "parse_platform",
+    "parse_reference",
     "DigestMismatchError",
     "FetchError",
     "ImgpullError",

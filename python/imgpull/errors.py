@@ -41,13 +41,22 @@ class RegistryError(ImgpullError):
     """The registry answered with an error.
 
     `status` is the HTTP status; `code` the first registry error code
-    (e.g. MANIFEST_UNKNOWN) when the body carried one.
+    (e.g. MANIFEST_UNKNOWN) when the body carried one; `retry_after` the
+    seconds the registry asked to wait (`Retry-After`), when it said.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after = retry_after
 
 
 class AuthenticationError(RegistryError):

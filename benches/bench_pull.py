@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""imgpull vs skopeo (and the curl + sha256sum bound) on the same image, same run.
+
+Starts Debian's docker-registry on loopback, builds an image of random
+(incompressible) layers, pushes it with skopeo as Docker v2s2, then for each
+round pulls it with:
+  - imgpull  (`imgpull bench`'s run: a fresh store, one process a pull)
+  - skopeo   (`skopeo copy docker://… oci:<fresh dir>`)
+  - curl     (every blob `curl | sha256sum`, as many at once as imgpull
+              downloads: a bound for download + verify, writing nothing)
+and prints medians and ratios. Usage:
+
+    python benches/bench_pull.py [--size-mb 500] [--layers 5] [--runs 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from support.images import build_oci_layout, push, random_layer  # noqa: E402
+from support.registry import RegistryServer  # noqa: E402
+
+from imgpull.bench import run_once  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Run:
+    tool: str
+    wall: float
+    cpu: float
+    rss: int
+
+
+def timed(cmd: Sequence[str], *, shell: bool = False) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS of a command and its children."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd if not shell else cmd[0], shell=shell)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {cmd}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def skopeo_run(ref: str) -> Run:
+    dest = Path(tempfile.mkdtemp(prefix="bench-skopeo-"))
+    try:
+        cmd = ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+               f"docker://{ref}", f"oci:{dest}:latest"]
+        return Run("skopeo copy", *timed(cmd))
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def curl_run(registry: RegistryServer, repo: str, digests: Sequence[str], parallel: int) -> Run:
+    # xargs -P runs the pipelines concurrently; each checks its own digest.
+    script = (
+        f"printf '%s\\n' {' '.join(digests)} | xargs -P {parallel} -I{{}} sh -c "
+        f"'test \"sha256:$(curl -sf {registry.url}/v2/{repo}/blobs/{{}} | sha256sum | "
+        "cut -d\" \" -f1)\" = {} || exit 255'"
+    )
+    return Run("curl|sha256sum", *timed([script], shell=True))
+
+
+def imgpull_run(ref: str, parallel: int) -> Run:
+    r = run_once(ref, ["--plain-http", "--max-concurrent-downloads", str(parallel)])
+    return Run("imgpull pull", r.wall_seconds, r.cpu_seconds, r.peak_rss_bytes)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mb", type=int, default=500)
+    ap.add_argument("--layers", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="imgpull-bench-"))
+    try:
+        per_layer = args.size_mb * 1_000_000 // args.layers
+        t0 = time.perf_counter()
+        image = build_oci_layout(
+            work / "layout",
+            [random_layer(per_layer, seed=100 + i) for i in range(args.layers)],
+            ref="bench",
+        )
+        built = time.perf_counter() - t0
+        with RegistryServer(workdir=work / "registry") as registry:
+            push(image, registry, "bench/image:latest", "v2s2")
+            ref = registry.ref("bench/image:latest")
+            blobs = [*image.layer_digests, image.config_digest]
+            total = image.total_layer_size + len(json.dumps(image.config))
+            runs: list[Run] = []
+            for _ in range(args.runs):
+                runs.append(imgpull_run(ref, args.parallel))
+                runs.append(skopeo_run(ref))
+                runs.append(curl_run(registry, "bench/image", blobs, args.parallel))
+        report(runs, total, args, built)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(runs: Sequence[Run], total: int, args: argparse.Namespace, built: float) -> None:
+    tools = list(dict.fromkeys(r.tool for r in runs))
+    med = {
+        t: {
+            "wall_s": statistics.median(r.wall for r in runs if r.tool == t),
+            "cpu_s": statistics.median(r.cpu for r in runs if r.tool == t),
+            "peak_rss_mb": statistics.median(r.rss for r in runs if r.tool == t) / 1e6,
+        }
+        for t in tools
+    }
+    for m in med.values():
+        m["mb_per_s"] = total / m["wall_s"] / 1e6
+    base = med["imgpull pull"]["wall_s"]
+    for m in med.values():
+        m["time_vs_imgpull"] = m["wall_s"] / base
+    if args.json:
+        print(json.dumps({"bytes": total, "runs": args.runs, "median": med}, indent=2))
+        return
+    print(f"image: {args.layers} layers, {total / 1e6:.0f} MB compressed "
+          f"(built in {built:.1f} s); {args.runs} runs each, medians; "
+          f"{os.cpu_count()} cores")
+    print(f"{'tool':<16} {'wall s':>8} {'MB/s':>8} {'cpu s':>7} {'RSS MB':>7} {'x imgpull':>10}")
+    for t, m in med.items():
+        print(f"{t:<16} {m['wall_s']:>8.3f} {m['mb_per_s']:>8.0f} {m['cpu_s']:>7.2f} "
+              f"{m['peak_rss_mb']:>7.1f} {m['time_vs_imgpull']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

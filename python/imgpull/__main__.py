@@ -1,0 +1,3 @@
+from imgpull.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""`imgpull bench`: pull into a fresh store N times and measure each pull.
+
+Each pull runs as its own process so that its CPU time and peak RSS are its
+own (os.wait4 gives both), and so that nothing is cached between runs but
+what the kernel caches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from imgpull.errors import ImgpullError
+
+
+@dataclass(frozen=True)
+class RunResult:
+    bytes: int  # compressed bytes stored (config, layers, manifests)
+    wall_seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.wall_seconds / 1e6 if self.wall_seconds > 0 else 0.0
+
+
+def _store_bytes(root: Path) -> int:
+    blobs = root / "blobs" / "sha256"
+    return sum(p.stat().st_size for p in blobs.iterdir()) if blobs.is_dir() else 0
+
+
+def run_once(reference: str, pull_args: Sequence[str]) -> RunResult:
+    root = Path(tempfile.mkdtemp(prefix="imgpull-bench-"))
+    try:
+        cmd = [sys.executable, "-m", "imgpull", "pull", reference, "--root", str(root), "--quiet"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [*cmd, *pull_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        if proc.returncode != 0:
+            raise ImgpullError(f"bench pull failed (exit {proc.returncode}): {err}")
+        return RunResult(
+            bytes=_store_bytes(root),
+            wall_seconds=wall,
+            cpu_seconds=usage.ru_utime + usage.ru_stime,
+            peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(reference: str, runs: int, pull_args: Sequence[str]) -> list[RunResult]:
+    return [run_once(reference, pull_args) for _ in range(runs)]
+
+
+def median(results: Sequence[RunResult]) -> dict[str, float]:
+    return {
+        "bytes": statistics.median(r.bytes for r in results),
+        "wall_seconds": statistics.median(r.wall_seconds for r in results),
+        "mb_per_s": statistics.median(r.mb_per_s for r in results),
+        "cpu_seconds": statistics.median(r.cpu_seconds for r in results),
+        "peak_rss_bytes": statistics.median(r.peak_rss_bytes for r in results),
+    }
+
+
+def render(results: Sequence[RunResult], *, json_out: bool) -> str:
+    if json_out:
+        runs = [{**asdict(r), "mb_per_s": r.mb_per_s} for r in results]
+        return json.dumps({"runs": runs, "median": median(results)}, indent=2)
+    lines = [f"{'run':>6} {'bytes':>14} {'wall s':>8} {'MB/s':>9} {'cpu s':>7} {'peak RSS MB':>12}"]
+
+    def row(name: str, b: float, wall: float, mbs: float, cpu: float, rss: float) -> str:
+        return f"{name:>6} {int(b):>14} {wall:>8.3f} {mbs:>9.1f} {cpu:>7.2f} {rss / 1e6:>12.1f}"
+
+    for i, r in enumerate(results, 1):
+        lines.append(
+            row(str(i), r.bytes, r.wall_seconds, r.mb_per_s, r.cpu_seconds, r.peak_rss_bytes)
+        )
+    m = median(results)
+    lines.append(
+        row(
+            "median",
+            m["bytes"],
+            m["wall_seconds"],
+            m["mb_per_s"],
+            m["cpu_seconds"],
+            m["peak_rss_bytes"],
+        )
+    )
+    return "\n".join(lines)

@@ -1,0 +1,207 @@
+"""The `imgpull` command: a thin typer layer over imgpull.Client."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from imgpull import bench as bench_mod
+from imgpull.client import Client
+from imgpull.errors import ImgpullError
+from imgpull.progress import human_size, renderer_for
+from imgpull.version import __version__
+
+app = typer.Typer(
+    help="A fast, verifying container-image puller for Docker/OCI v2 registries.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option("--root", help="Store folder (default: $IMGPULL_ROOT or ~/.local/share/imgpull)."),
+]
+PlainHttpOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--plain-http/--https",
+        help="Talk plain HTTP (or force HTTPS). Default: HTTPS, plain HTTP for loopback.",
+        show_default=False,
+    ),
+]
+InsecureOpt = Annotated[
+    bool, typer.Option("--insecure", help="Do not verify the registry's TLS certificate.")
+]
+CaCertOpt = Annotated[
+    Path | None, typer.Option("--ca-cert", help="PEM file of CAs to trust for the registry.")
+]
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Every failure the user can act on: one line on stderr, non-zero exit."""
+    try:
+        yield
+    except ImgpullError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("Interrupted: partial downloads are kept; run again to resume.", err=True)
+        raise typer.Exit(130) from None
+
+
+def _client(
+    root: Path | None,
+    plain_http: bool | None = None,
+    insecure: bool = False,
+    ca_cert: Path | None = None,
+    max_concurrent_downloads: int = 3,
+) -> Client:
+    return Client(
+        root,
+        plain_http=plain_http,
+        insecure=insecure,
+        ca_file=str(ca_cert) if ca_cert else None,
+        max_concurrent_downloads=max_concurrent_downloads,
+    )
+
+
+@app.command()
+def pull(
+    reference: Annotated[str, typer.Argument(help="NAME[:TAG|@DIGEST], e.g. alpine:3.20")],
+    platform: Annotated[
+        str | None, typer.Option("--platform", help="os/arch[/variant], e.g. linux/arm64.")
+    ] = None,
+    root: RootOpt = None,
+    max_concurrent_downloads: Annotated[
+        int, typer.Option("--max-concurrent-downloads", min=1, help="Blobs fetched at once.")
+    ] = 3,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    ca_cert: CaCertOpt = None,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Progress as one JSON object a line.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the image reference.")
+    ] = False,
+) -> None:
+    """Pull an image from a registry into the local store."""
+    with (
+        _user_errors(),
+        _client(root, plain_http, insecure, ca_cert, max_concurrent_downloads) as client,
+    ):
+        progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
+        image = client.pull(reference, platform=platform, progress=progress)
+        if quiet:
+            typer.echo(str(image.reference))
+
+
+@app.command()
+def images(
+    root: RootOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
+) -> None:
+    """List the images in the local store, one line per reference."""
+    with _user_errors(), _client(root) as client:
+        rows = client.images()
+        if json_out:
+            typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+            return
+        table = [("REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE")]
+        for r in rows:
+            table.append(
+                (
+                    r.repository,
+                    r.tag or "<none>",
+                    r.digest[:19] + "…" if r.digest else "<none>",
+                    r.image_id.split(":", 1)[1][:12],
+                    _ago(r.created),
+                    human_size(r.size),
+                )
+            )
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for row in table:
+            typer.echo("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+def inspect(
+    reference: Annotated[str, typer.Argument(help="A local reference or image ID.")],
+    root: RootOpt = None,
+) -> None:
+    """Show what is known of a local image, as JSON."""
+    with _user_errors(), _client(root) as client:
+        typer.echo(json.dumps(client.inspect(reference), indent=2))
+
+
+@app.command()
+def bench(
+    reference: Annotated[str, typer.Argument(help="The image to pull.")],
+    runs: Annotated[int, typer.Option("--runs", min=1, help="How many pulls.")] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+    platform: Annotated[str | None, typer.Option("--platform")] = None,
+    max_concurrent_downloads: Annotated[int, typer.Option("--max-concurrent-downloads")] = 3,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    ca_cert: CaCertOpt = None,
+) -> None:
+    """Pull into a fresh temporary store N times; report throughput."""
+    args = ["--max-concurrent-downloads", str(max_concurrent_downloads)]
+    if platform:
+        args += ["--platform", platform]
+    if plain_http is not None:
+        args.append("--plain-http" if plain_http else "--https")
+    if insecure:
+        args.append("--insecure")
+    if ca_cert:
+        args += ["--ca-cert", str(ca_cert)]
+    with _user_errors():
+        results = bench_mod.run(reference, runs, args)
+        typer.echo(bench_mod.render(results, json_out=json_out))
+
+
+@app.command()
+def version() -> None:
+    """Print imgpull's version."""
+    typer.echo(f"imgpull {__version__}")
+
+
+def _ago(created: str | None) -> str:
+    """Docker's "2 weeks ago" for a config's RFC 3339 `created` (nanoseconds allowed)."""
+    if not created:
+        return "N/A"
+    text = re.sub(r"(\.\d{6})\d+", r"\1", created.replace("Z", "+00:00"))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return created
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    seconds = (datetime.now(timezone.utc) - when).total_seconds()
+    spans = (
+        ("year", 31536000),
+        ("month", 2592000),
+        ("week", 604800),
+        ("day", 86400),
+        ("hour", 3600),
+        ("minute", 60),
+    )
+    for unit, span in spans:
+        if seconds >= span:
+            n = int(seconds // span)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "Less than a minute ago"
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,137 @@
+"""Progress events and the three ways of showing them.
+
+A pull emits ProgressEvent objects to one callback. The renderers here turn
+them into docker's output: live per-layer bars on a terminal, plain lines
+when piped, or one JSON object a line for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+# Layer statuses, as docker words them.
+PULLING_FS_LAYER = "Pulling fs layer"
+WAITING = "Waiting"
+DOWNLOADING = "Downloading"
+VERIFYING = "Verifying Checksum"
+DOWNLOAD_COMPLETE = "Download complete"
+PULL_COMPLETE = "Pull complete"
+ALREADY_EXISTS = "Already exists"
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One status change. `id` is a layer's short digest, or None for a
+    message about the whole pull (e.g. "Digest: sha256:…")."""
+
+    status: str
+    id: str | None = None
+    current: int | None = None
+    total: int | None = None
+
+    def to_json(self) -> str:
+        obj: dict[str, object] = {"status": self.status}
+        if self.id is not None:
+            obj["id"] = self.id
+        if self.current is not None:
+            detail: dict[str, int] = {"current": self.current}
+            if self.total is not None:
+                detail["total"] = self.total
+            obj["progressDetail"] = detail
+        return json.dumps(obj)
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def human_size(n: float) -> str:
+    """Decimal units with four significant digits, like docker's HumanSize."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.4g}{unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def progress_bar(current: int, total: int | None, width: int = 50) -> str:
+    """`[=====>      ]  12.3MB/45.6MB`, as docker draws it."""
+    if not total:
+        return f"{human_size(current):>8}"
+    done = min(width, width * current // total)
+    return f"[{'=' * done}>{' ' * (width - done)}] {human_size(current):>8}/{human_size(total)}"
+
+
+class JsonRenderer:
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            self._out.write(event.to_json() + "\n")
+            self._out.flush()
+
+
+class PlainRenderer:
+    """One line per status change; byte counts are left out (no terminal)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._last: dict[str, str] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            if event.id is None:
+                self._out.write(event.status + "\n")
+            elif self._last.get(event.id) != event.status:
+                self._last[event.id] = event.status
+                self._out.write(f"{event.id}: {event.status}\n")
+            self._out.flush()
+
+
+class TtyRenderer:
+    """Docker's live display: one line per layer, redrawn in place.
+
+    Lines are kept in first-seen order; an update moves the cursor up to the
+    line, rewrites it and comes back, as docker's jsonmessage does.
+    """
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._lock = threading.Lock()
+        self._order: list[str] = []
+        self._text: dict[str, str] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        with self._lock:
+            if event.id is None:
+                self._out.write(event.status + "\n")
+                # Messages end the layer block: later layer ids start afresh.
+                self._order.clear()
+                self._text.clear()
+            else:
+                line = f"{event.id}: {event.status}"
+                if event.current is not None:
+                    line += " " + progress_bar(event.current, event.total)
+                if event.id not in self._text:
+                    self._order.append(event.id)
+                    self._text[event.id] = line
+                    self._out.write(line + "\n")
+                elif self._text[event.id] != line:
+                    self._text[event.id] = line
+                    up = len(self._order) - self._order.index(event.id)
+                    self._out.write(f"\x1b[{up}A\r\x1b[2K{line}\r\x1b[{up}B")
+            self._out.flush()
+
+
+def renderer_for(out: TextIO, *, json_lines: bool = False) -> ProgressCallback:
+    if json_lines:
+        return JsonRenderer(out)
+    if out.isatty():
+        return TtyRenderer(out)
+    return PlainRenderer(out)

@@ -1,0 +1,444 @@
+"""Orchestration of one pull: resolve → select → fetch → verify → record.
+
+The steps follow docker's puller (pull-semantics.md §3 to §9). Python decides
+which blob, from where, when to retry and from which offset; the bytes
+themselves move socket → hash → file inside the native Fetcher, on a thread
+pool whose threads run with the GIL released.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from imgpull._core import DigestMismatchError, Fetcher, Transfer, sha256_bytes
+from imgpull.errors import (
+    ImgpullError,
+    ManifestError,
+    ManifestUnknownError,
+    ManifestVerificationError,
+    NoMatchingPlatformError,
+    UnsupportedManifestError,
+)
+from imgpull.manifest import (
+    ACCEPT,
+    IMAGE_MANIFEST_TYPES,
+    INDEX_TYPES,
+    MAX_MANIFEST_BYTES,
+    SCHEMA1_TYPES,
+    Descriptor,
+    ImageManifest,
+    Manifest,
+    ManifestIndex,
+    Schema1Manifest,
+    parse_manifest,
+    short_id,
+    verify_manifest_digest,
+)
+from imgpull.platform import Platform, rank_manifests
+from imgpull.progress import (
+    ALREADY_EXISTS,
+    DOWNLOAD_COMPLETE,
+    DOWNLOADING,
+    PULL_COMPLETE,
+    PULLING_FS_LAYER,
+    VERIFYING,
+    WAITING,
+    ProgressCallback,
+    ProgressEvent,
+)
+from imgpull.reference import Reference
+from imgpull.registry import RegistryClient
+from imgpull.retry import RetryPolicy
+from imgpull.store import ImageRecord, LayerRecord, Store
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    platform: Platform
+    max_concurrent_downloads: int = 3
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # How often live byte counts are reported while blobs stream.
+    progress_interval: float = 0.2
+
+
+@dataclass(frozen=True)
+class Image:
+    """What a pull produced (or found already present)."""
+
+    reference: Reference
+    id: str  # the config digest: docker's image ID
+    digest: str  # the digest pulled: a list's own digest for a list
+    manifest_digest: str  # the platform manifest's digest
+    media_type: str  # of the platform manifest
+    platform: Platform
+    layers: tuple[Descriptor, ...]
+    size: int  # compressed bytes of config and layers
+    updated: bool  # the reference now points somewhere new
+    downloaded_bytes: int  # body bytes received over the network by this pull
+
+    @property
+    def status(self) -> str:
+        name = self.reference.familiar()
+        if self.updated:
+            return f"Downloaded newer image for {name}"
+        return f"Image is up to date for {name}"
+
+
+class PullCancelledError(ImgpullError):
+    """The pull was stopped (Ctrl-C or another blob's failure)."""
+
+
+class _Transfers:
+    """Live transfers, read by the progress thread, cancelled on Ctrl-C."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: dict[str, tuple[Transfer, int, int]] = {}
+        self.received = 0
+        self.cancelled = False
+
+    @contextmanager
+    def track(self, label: str, start: int, total: int) -> Iterator[Transfer]:
+        transfer = Transfer()
+        with self._lock:
+            if self.cancelled:
+                transfer.cancel()
+            self._live[label] = (transfer, start, total)
+        try:
+            yield transfer
+        finally:
+            with self._lock:
+                self._live.pop(label, None)
+                self.received += transfer.received
+
+    def snapshot(self) -> list[tuple[str, int, int]]:
+        with self._lock:
+            return [
+                (label, min(start + t.received, total), total)
+                for label, (t, start, total) in self._live.items()
+            ]
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            for transfer, _, _ in self._live.values():
+                transfer.cancel()
+
+
+class Puller:
+    """Pulls one reference from one registry into one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: RegistryClient,
+        fetcher: Fetcher,
+        options: PullOptions,
+        emit: ProgressCallback,
+        ref: Reference,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.ref = ref
+        self.repo = ref.repository
+        self.host = ref.domain
+        self.store = store
+        self.registry = registry
+        self.fetcher = fetcher
+        self.options = options
+        self.emit = emit
+        self._sleep = sleep
+        self._transfers = _Transfers()
+
+    # Resolve --------------------------------------------------------------
+
+    def pull(self) -> Image:
+        ref = self.ref
+        label = ref.tag if ref.digest is None else ref.digest
+        self.emit(ProgressEvent(f"{label}: Pulling from {ref.repository}"))
+        top = self._resolve(ref)
+        manifest = self._select(top) if isinstance(top, ManifestIndex) else top
+        if isinstance(manifest, Schema1Manifest):
+            raise UnsupportedManifestError(
+                f"{ref.familiar()} is a Docker schema1 manifest ({manifest.media_type}), "
+                "which this version of imgpull does not pull yet"
+            )
+        assert isinstance(manifest, ImageManifest)
+        image = self._pull_image(ref, top, manifest)
+        self.emit(ProgressEvent(f"Digest: {image.digest}"))
+        self.emit(ProgressEvent(f"Status: {image.status}"))
+        return image
+
+    def _resolve(self, ref: Reference) -> Manifest:
+        repo = ref.repository
+        if ref.digest is not None:
+            return self._fetch_manifest(repo, ref.digest, expected=ref.digest)
+        assert ref.tag is not None
+        head = self.registry.head_manifest(repo, ref.tag, ACCEPT)
+        if head is None or head.digest is None:
+            return self._fetch_manifest(repo, ref.tag, expected=None)
+        if self.store.content.exists(head.digest):
+            # The registry just said this repository serves that digest, and
+            # we hold the bytes: no need to fetch them again.
+            raw = self.store.content.read(head.digest)
+            return parse_manifest(raw, head.media_type or "", head.digest)
+        try:
+            return self._fetch_manifest(repo, head.digest, expected=head.digest)
+        except ManifestUnknownError:
+            self.emit(
+                ProgressEvent(
+                    f"Warning: the registry serves {ref.familiar()} by tag but not by its "
+                    f"digest {head.digest}; it is not conforming, falling back to the tag"
+                )
+            )
+            return self._fetch_manifest(repo, ref.tag, expected=None)
+
+    def _fetch_manifest(self, repo: str, reference: str, *, expected: str | None) -> Manifest:
+        resp = self._retrying(
+            f"manifest {reference}",
+            lambda: self.registry.get_manifest(
+                repo, reference, ACCEPT, max_bytes=MAX_MANIFEST_BYTES
+            ),
+        )
+        raw = resp.body
+        if expected is not None:
+            digest = expected
+            if resp.media_type not in SCHEMA1_TYPES:
+                verify_manifest_digest(raw, expected)
+        else:
+            digest = sha256_bytes(raw)
+            if resp.digest and resp.digest != digest and resp.media_type not in SCHEMA1_TYPES:
+                raise ManifestVerificationError(
+                    f"manifest verification failed for digest {resp.digest}: "
+                    f"the bytes hash to {digest}"
+                )
+        return parse_manifest(raw, resp.media_type, digest)
+
+    def _select(self, index: ManifestIndex) -> Manifest:
+        """The best entry for the wanted platform, following nested indexes."""
+        want = self.options.platform
+        known = IMAGE_MANIFEST_TYPES | INDEX_TYPES | SCHEMA1_TYPES
+        entries = [(d, d.platform) for d in index.manifests if d.media_type in known]
+        repo = self.repo
+        for desc in rank_manifests(entries, want):
+            child = self._fetch_manifest(repo, desc.digest, expected=desc.digest)
+            if isinstance(child, ManifestIndex):
+                try:
+                    return self._select(child)
+                except NoMatchingPlatformError:
+                    continue
+            return child
+        raise NoMatchingPlatformError(
+            f"no matching manifest for {want} in the manifest list entries"
+        )
+
+    # Fetch ----------------------------------------------------------------
+
+    def _pull_image(self, ref: Reference, top: Manifest, manifest: ImageManifest) -> Image:
+        manifest.check_config_type()
+        content, meta = self.store.content, self.store.meta
+        config_desc = manifest.config
+        existing = meta.get_image(config_desc.digest)
+        have_all = existing is not None and all(
+            content.exists(d.digest) for d in (config_desc, *manifest.layers)
+        )
+        if not have_all:
+            self._download_all(config_desc, manifest.layers)
+        config = self._load_config(config_desc.digest, len(manifest.layers))
+        self._record(ref, top, manifest, config)
+        return self._result(ref, top, manifest, config)
+
+    def _download_all(self, config: Descriptor, layers: Sequence[Descriptor]) -> None:
+        limit = max(1, self.options.max_concurrent_downloads)
+        seen: set[str] = set()
+        todo: list[Descriptor] = []
+        for layer in layers:
+            label = short_id(layer.digest)
+            if self.store.content.exists(layer.digest):
+                self.emit(ProgressEvent(ALREADY_EXISTS, label))
+            elif layer.digest not in seen:
+                seen.add(layer.digest)
+                todo.append(layer)
+                self.emit(ProgressEvent(PULLING_FS_LAYER, label))
+        for layer in todo[limit:]:
+            self.emit(ProgressEvent(WAITING, short_id(layer.digest)))
+
+        done = threading.Event()
+        reporter = threading.Thread(target=self._report, args=(done,), daemon=True)
+        reporter.start()
+        # The config has its own thread so that it never queues behind layers.
+        config_pool = ThreadPoolExecutor(1, thread_name_prefix="imgpull-config")
+        layer_pool = ThreadPoolExecutor(limit, thread_name_prefix="imgpull-layer")
+        futures: list[Future[None]] = [
+            config_pool.submit(self._download, config, None),
+            *(layer_pool.submit(self._download, d, short_id(d.digest)) for d in todo),
+        ]
+        try:
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in futures if f in finished and f.exception() is not None]
+            if failed:
+                # Stop the others at their next chunk (their partial files stay
+                # for the next run) and report the error that started it.
+                self._transfers.cancel_all()
+                failed[0].result()
+        except BaseException:
+            self._transfers.cancel_all()
+            raise
+        finally:
+            config_pool.shutdown(wait=True, cancel_futures=True)
+            layer_pool.shutdown(wait=True, cancel_futures=True)
+            done.set()
+            reporter.join()
+        for layer in layers:
+            if layer.digest in seen:
+                self.emit(ProgressEvent(PULL_COMPLETE, short_id(layer.digest)))
+
+    def _report(self, done: threading.Event) -> None:
+        while not done.wait(self.options.progress_interval):
+            for label, current, total in self._transfers.snapshot():
+                self.emit(ProgressEvent(DOWNLOADING, label, current, total))
+
+    def _download(self, desc: Descriptor, label: str | None) -> None:
+        """Fetch one blob into the content store, resuming and retrying."""
+        content = self.store.content
+        repo = self.repo
+        key = label or f"config {short_id(desc.digest)}"
+        with content.ingest(desc.digest, desc.size) as writer:
+            if writer is not None:
+                restarted = False
+                attempt = 0
+                while True:
+                    attempt += 1
+                    resumed = writer.offset > 0
+                    try:
+                        with self._transfers.track(key, writer.offset, desc.size) as transfer:
+                            if transfer.cancelled:
+                                raise PullCancelledError("pull cancelled")
+                            self.registry.fetch_blob(
+                                repo, desc.digest, writer, self.fetcher, transfer
+                            )
+                        if label:
+                            self.emit(ProgressEvent(VERIFYING, label))
+                        content.commit(writer)
+                        break
+                    except DigestMismatchError:
+                        # Joined bytes of a resume may be at fault: once, start over.
+                        if not resumed or restarted:
+                            raise
+                        restarted = True
+                        writer.truncate()
+                    except ImgpullError as exc:
+                        delay = self.options.retry.delay(attempt, exc)
+                        if delay is None or self._transfers.cancelled:
+                            raise
+                        if label:
+                            self._countdown(label, delay)
+                        else:
+                            self._sleep(delay)
+        self.store.meta.record_blob(desc.digest, desc.size, desc.media_type, self.host, repo)
+        if label:
+            self.emit(ProgressEvent(DOWNLOAD_COMPLETE, label))
+
+    def _countdown(self, label: str, delay: float) -> None:
+        whole = int(delay)
+        for left in range(whole, 0, -1):
+            self.emit(ProgressEvent(f"Retrying in {left} second{'s' if left > 1 else ''}", label))
+            self._sleep(1.0)
+        self._sleep(delay - whole)
+
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return call()
+            except ImgpullError as exc:
+                delay = self.options.retry.delay(attempt, exc)
+                if delay is None:
+                    raise
+                self._sleep(delay)
+
+    # Record ---------------------------------------------------------------
+
+    def _load_config(self, digest: str, layer_count: int) -> dict[str, Any]:
+        try:
+            config = json.loads(self.store.content.read(digest))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"image configuration {digest} is not valid JSON: {exc}") from None
+        if not isinstance(config, dict):
+            raise ManifestError(f"image configuration {digest} is not a JSON object")
+        rootfs = config.get("rootfs")
+        if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
+            raise ManifestError("invalid rootfs in image configuration")
+        diff_ids = rootfs.get("diff_ids")
+        if not isinstance(diff_ids, list) or len(diff_ids) != layer_count:
+            raise ManifestError("layers from manifest don't match image configuration")
+        want_os = self.options.platform.os
+        got_os = config.get("os") or want_os
+        if got_os != want_os:
+            raise UnsupportedManifestError(
+                f'image operating system "{got_os}" cannot be used on this platform ({want_os})'
+            )
+        return config
+
+    def _record(
+        self, ref: Reference, top: Manifest, manifest: ImageManifest, config: dict[str, Any]
+    ) -> None:
+        content, meta = self.store.content, self.store.meta
+        host, repo = self.host, self.repo
+        for m in {top.digest: top, manifest.digest: manifest}.values():
+            content.put(m.raw, m.digest)
+            meta.record_blob(m.digest, len(m.raw), m.media_type, host, repo)
+        meta.add_image(
+            ImageRecord(
+                id=manifest.config.digest,
+                manifest_digest=manifest.digest,
+                media_type=manifest.media_type,
+                os=str(config.get("os") or ""),
+                architecture=str(config.get("architecture") or ""),
+                variant=config.get("variant") if isinstance(config.get("variant"), str) else None,
+                created=config.get("created") if isinstance(config.get("created"), str) else None,
+                size=_image_size(manifest),
+                pulled_at=time.time(),
+            ),
+            [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
+        )
+
+    def _result(
+        self, ref: Reference, top: Manifest, manifest: ImageManifest, config: dict[str, Any]
+    ) -> Image:
+        meta = self.store.meta
+        image_id = manifest.config.digest
+        digest_changed = meta.set_reference(
+            f"{ref.name}@{top.digest}", ref.name, None, top.digest, image_id
+        )
+        if ref.digest is None:
+            updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
+        else:
+            updated = digest_changed
+        return Image(
+            reference=ref,
+            id=image_id,
+            digest=top.digest,
+            manifest_digest=manifest.digest,
+            media_type=manifest.media_type,
+            platform=Platform(
+                os=str(config.get("os") or ""),
+                architecture=str(config.get("architecture") or ""),
+                variant=config.get("variant") if isinstance(config.get("variant"), str) else None,
+            ),
+            layers=manifest.layers,
+            size=_image_size(manifest),
+            updated=updated,
+            downloaded_bytes=self._transfers.received,
+        )
+
+
+def _image_size(manifest: ImageManifest) -> int:
+    return manifest.config.size + sum(d.size for d in manifest.layers)

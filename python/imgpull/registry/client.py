@@ -1,0 +1,622 @@
+"""A synchronous client for one v2 registry endpoint.
+
+Manifests, tag lists and the ping go through httpx; blob bodies go through the
+native `Fetcher` (the client only builds their URL and headers and maps the
+status). Thread-safe: a pull fetches blobs from a thread pool, all sharing
+one client, one connection pool and one token cache.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import certifi
+import httpx
+
+from imgpull.errors import ManifestError, RegistryError, RegistryUnreachableError
+from imgpull.manifest import ACCEPT, MAX_MANIFEST_BYTES
+from imgpull.registry.auth import (
+    Authenticator,
+    Challenge,
+    Credentials,
+    CredentialStore,
+    choose_challenge,
+    parse_challenges,
+    pull_scope,
+)
+from imgpull.registry.errors import (
+    Kind,
+    error_from_response,
+    header_values,
+    is_tls_verify_failure,
+    network_reason,
+    one_line,
+    request_failure,
+    unreachable_error,
+)
+from imgpull.version import USER_AGENT
+
+if TYPE_CHECKING:
+    from imgpull._core import BlobWriter, Fetcher, FetchResult, Transfer
+
+__all__ = [
+    "DEFAULT_ACCEPT",
+    "MAX_MANIFEST_BYTES",
+    "Endpoint",
+    "ManifestHead",
+    "ManifestResponse",
+    "RegistryClient",
+    "endpoint_for",
+    "is_loopback",
+]
+
+# The manifest module owns the media types; these are its names here.
+DEFAULT_ACCEPT = ACCEPT
+# Enough of an error body to read its JSON, never a whole mis-sent blob.
+_MAX_ERROR_BODY = 64 * 1024
+_MAX_TAGS_PAGE = 16 * 1024 * 1024
+_MAX_TAG_PAGES = 10_000
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_HOST = "registry-1.docker.io"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a registry is served and how to talk TLS to it.
+
+    `host` is host[:port] ("127.0.0.1:5000", "[::1]:5000"); `domain` the
+    registry's name in references ("docker.io") when it differs. With
+    `http_fallback`, an https ping that fails below TLS verification is tried
+    again over plain http (loopback registries, docker's default).
+    """
+
+    host: str
+    scheme: str = "https"
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    insecure: bool = False
+    http_fallback: bool = False
+    domain: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("http", "https"):
+            raise ValueError(f"endpoint scheme must be http or https, not {self.scheme!r}")
+        if not self.host or "/" in self.host:
+            raise ValueError(f"not a registry host: {self.host!r}")
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key given without client_cert")
+
+    @property
+    def name(self) -> str:
+        """The registry as users write it: for messages and `imgpull login`."""
+        return self.domain or self.host
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings for httpx (the native Fetcher gets the same files)."""
+        try:
+            return self._ssl_context()
+        except OSError as e:  # ssl.SSLError is an OSError too
+            why = e.strerror or str(e)
+            raise RegistryError(
+                f"cannot load the TLS files for {self.host} "
+                f"(ca_file={self.ca_file}, client_cert={self.client_cert}): {one_line(why, 120)}"
+            ) from None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self.insecure:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            # certifi, as httpx does by default; the extra CA adds to it.
+            ctx = ssl.create_default_context(cafile=certifi.where())
+            if self.ca_file:
+                ctx.load_verify_locations(cafile=self.ca_file)
+        if self.client_cert:
+            ctx.load_cert_chain(self.client_cert, self.client_key)
+        return ctx
+
+
+def _split_host(hostport: str) -> str:
+    if hostport.startswith("["):
+        return hostport[1:].split("]", 1)[0]
+    if hostport.count(":") == 1:
+        return hostport.split(":", 1)[0]
+    return hostport
+
+
+def is_loopback(hostport: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (with or without a port)."""
+    host = _split_host(hostport).lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return bool(ipaddress.ip_address(host).is_loopback)
+    except ValueError:
+        return False
+
+
+def endpoint_for(
+    domain: str,
+    *,
+    plain_http: bool | None = False,
+    insecure: bool = False,
+    ca_file: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+) -> Endpoint:
+    """The endpoint serving a reference's domain.
+
+    HTTPS unless `plain_http=True`. `plain_http=None` means "auto": HTTPS, and
+    for a loopback host a fallback to HTTP when HTTPS cannot connect (docker
+    treats 127.0.0.0/8 as insecure by default); elsewhere auto is HTTPS only.
+    """
+    host = DOCKER_HUB_HOST if domain in (DOCKER_HUB, "index.docker.io") else domain
+    name = DOCKER_HUB if host == DOCKER_HUB_HOST else domain
+    return Endpoint(
+        host=host,
+        scheme="http" if plain_http else "https",
+        ca_file=ca_file,
+        client_cert=client_cert,
+        client_key=client_key,
+        insecure=insecure,
+        http_fallback=plain_http is None and is_loopback(host),
+        domain=name if name != host else None,
+    )
+
+
+@dataclass(frozen=True)
+class ManifestResponse:
+    body: bytes
+    # Content-Type without parameters; "" when the registry sent none.
+    media_type: str
+    # Docker-Content-Digest as sent (unverified), or None.
+    digest: str | None
+    url: str
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: str
+    media_type: str
+    size: int | None
+
+
+def _is_digest(reference: str) -> bool:
+    return ":" in reference
+
+
+def _media_type(headers: httpx.Headers) -> str:
+    value: str = headers.get("content-type") or ""
+    return value.split(";", 1)[0].strip()
+
+
+def _read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to `limit` bytes of a streamed body, and whether there was more."""
+    buf = bytearray()
+    for chunk in resp.iter_bytes():
+        buf += chunk
+        if len(buf) > limit:
+            return bytes(buf[:limit]), True
+    return bytes(buf), False
+
+
+class RegistryClient:
+    """One registry endpoint: ping, manifests, tags, blob requests.
+
+    Credentials come from `credentials`, else from `credential_store(name)`.
+    `headers` are extra headers for every request (docker's X-Meta-*).
+    Pass `http` to supply the httpx client (tests); it is then not closed here.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        credentials: Credentials | None = None,
+        credential_store: CredentialStore | None = None,
+        user_agent: str = USER_AGENT,
+        headers: Sequence[tuple[str, str]] = (),
+        timeout: float = 60.0,
+        force_oauth: bool = False,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._owns_http = http is None
+        if http is None:
+            tls = endpoint.scheme == "https" or endpoint.http_fallback
+            http = httpx.Client(
+                verify=endpoint.ssl_context() if tls else True,
+                http2=False,
+                trust_env=True,
+                follow_redirects=True,
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+            )
+        self._http = http
+        self._headers: list[tuple[str, str]] = [("User-Agent", user_agent), *headers]
+        if credentials is None and credential_store is not None:
+            credentials = credential_store(endpoint.name)
+        self._auth = Authenticator(
+            http,
+            registry=endpoint.name,
+            credentials=credentials,
+            headers=self._headers,
+            force_oauth=force_oauth,
+        )
+        self._base = endpoint.base_url
+        self._ping_lock = threading.Lock()
+        self._pinged = False
+
+    # -- lifecycle --------------------------------------------------------
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    @property
+    def base_url(self) -> str:
+        """`scheme://host` in use (http after an auto fallback)."""
+        return self._base
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self._base!r})"
+
+    # -- ping ---------------------------------------------------------------
+
+    def ping(self) -> Challenge | None:
+        """GET /v2/ and record the auth challenge it answers (None: no auth)."""
+        with self._ping_lock:
+            challenge = self._ping_locked()
+            self._pinged = True
+            return challenge
+
+    def _ensure_pinged(self) -> None:
+        if self._pinged:
+            return
+        with self._ping_lock:
+            if not self._pinged:
+                self._ping_locked()
+                self._pinged = True
+
+    def _ping_at(self, base: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        with self._http.stream(
+            "GET", f"{base}/v2/", headers=self._headers, follow_redirects=True
+        ) as resp:
+            body, _ = _read_capped(resp, _MAX_ERROR_BODY)
+            return resp.status_code, resp.headers.multi_items(), body
+
+    def _ping_locked(self) -> Challenge | None:
+        ep = self._endpoint
+        try:
+            status, headers, body = self._ping_at(self._base)
+        except httpx.RequestError as e:
+            if not isinstance(e, httpx.TransportError):
+                raise request_failure(ep.host, e) from None
+            if not (ep.http_fallback and self._base.startswith("https:")) or (
+                is_tls_verify_failure(e)
+            ):
+                raise unreachable_error(ep.host, e) from None
+            http_base = f"http://{ep.host}"
+            try:
+                status, headers, body = self._ping_at(http_base)
+            except httpx.RequestError as e2:
+                raise RegistryUnreachableError(
+                    f"cannot reach registry {ep.host}: over https: {network_reason(e)}; "
+                    f"over http: {network_reason(e2)}"
+                ) from None
+            self._base = http_base
+        if status == 401:
+            challenge = choose_challenge(
+                parse_challenges(header_values(headers, "www-authenticate"))
+            )
+            self._auth.set_challenge(challenge)
+            return challenge
+        if 200 <= status < 300:
+            self._auth.set_challenge(None)
+            return None
+        if status == 404:
+            raise RegistryError(
+                f"{ep.name} does not serve the registry v2 API (GET /v2/ answered 404)",
+                status=404,
+            )
+        raise error_from_response(status, headers, body, registry=ep.name, kind="ping")
+
+    # -- requests -----------------------------------------------------------
+
+    def _open(
+        self,
+        method: str,
+        url: str,
+        *,
+        scope: str,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> httpx.Response:
+        """Send with auth; on a 401, re-authenticate and try once more.
+
+        Returns the streamed response; the caller closes it.
+        """
+        self._ensure_pinged()
+        retried = False
+        while True:
+            auth = self._auth.authorization(scope)
+            h = [*self._headers, *headers]
+            if auth:
+                h.append(("Authorization", auth))
+            request = self._http.build_request(method, url, headers=h)
+            try:
+                resp = self._http.send(request, stream=True, follow_redirects=True)
+            except httpx.RequestError as e:
+                raise request_failure(self._endpoint.host, e) from None
+            if resp.status_code != 401 or retried:
+                return resp
+            try:
+                body, _ = _read_capped(resp, _MAX_ERROR_BODY)
+            except httpx.RequestError:
+                body = b""
+            finally:
+                resp.close()
+            challenges = resp.headers.get_list("www-authenticate")
+            if not self._auth.on_unauthorized(scope, auth, challenges):
+                # Nothing new to try: hand back the same answer, body included.
+                return _replay(resp, body)
+            retried = True
+
+    def _error(
+        self,
+        resp: httpx.Response,
+        *,
+        kind: Kind,
+        repo: str,
+        reference: str | None = None,
+    ) -> RegistryError:
+        try:
+            body, _ = _read_capped(resp, _MAX_ERROR_BODY)
+        except httpx.RequestError:
+            body = b""  # the status alone still says what went wrong
+        return error_from_response(
+            resp.status_code,
+            resp.headers.multi_items(),
+            body,
+            registry=self._endpoint.name,
+            kind=kind,
+            repo=repo,
+            reference=reference,
+            authenticated=self._auth.has_credentials,
+        )
+
+    def _url(self, repo: str, *parts: str) -> str:
+        # The ping decides the base (https, or http after a loopback fallback).
+        self._ensure_pinged()
+        path = "/".join(quote(p, safe=":@") for p in parts)
+        return f"{self._base}/v2/{quote(repo, safe='/')}/{path}"
+
+    # -- manifests ----------------------------------------------------------
+
+    def get_manifest(
+        self,
+        repo: str,
+        reference: str,
+        accept: Sequence[str] = DEFAULT_ACCEPT,
+        *,
+        max_bytes: int = MAX_MANIFEST_BYTES,
+    ) -> ManifestResponse:
+        """GET a manifest by tag or digest; its digest is not verified here."""
+        url = self._url(repo, "manifests", reference)
+        resp = self._open(
+            "GET", url, scope=pull_scope(repo), headers=[("Accept", ", ".join(accept))]
+        )
+        try:
+            if not 200 <= resp.status_code < 300:
+                raise self._error(resp, kind="manifest", repo=repo, reference=reference)
+            subject = f"{repo}{'@' if _is_digest(reference) else ':'}{reference}"
+            length = resp.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ManifestError(
+                    f"manifest for {subject} is {int(length)} bytes, over the "
+                    f"{max_bytes}-byte limit: refusing it"
+                )
+            try:
+                body, over = _read_capped(resp, max_bytes)
+            except httpx.RequestError as e:
+                raise request_failure(self._endpoint.host, e) from None
+            if over:
+                raise ManifestError(
+                    f"manifest for {subject} is larger than the {max_bytes}-byte limit: refusing it"
+                )
+            return ManifestResponse(
+                body=body,
+                media_type=_media_type(resp.headers),
+                digest=resp.headers.get("docker-content-digest"),
+                url=str(resp.url.copy_with(query=None)),
+            )
+        finally:
+            resp.close()
+
+    def head_manifest(
+        self, repo: str, reference: str, accept: Sequence[str] = DEFAULT_ACCEPT
+    ) -> ManifestHead | None:
+        """HEAD a manifest: its digest, media type and size without the body.
+
+        None whenever HEAD does not give an answer to act on (405, 404, any
+        error, no Docker-Content-Digest): the caller then GETs, which either
+        works or says precisely what is wrong (unknown repository vs tag).
+        Network failures still raise.
+        """
+        url = self._url(repo, "manifests", reference)
+        resp = self._open(
+            "HEAD", url, scope=pull_scope(repo), headers=[("Accept", ", ".join(accept))]
+        )
+        try:
+            digest = resp.headers.get("docker-content-digest")
+            if not 200 <= resp.status_code < 300 or not digest:
+                return None
+            length = resp.headers.get("content-length")
+            return ManifestHead(
+                digest=digest,
+                media_type=_media_type(resp.headers),
+                size=int(length) if length is not None and length.isdigit() else None,
+            )
+        finally:
+            resp.close()
+
+    # -- blobs --------------------------------------------------------------
+
+    def blob_request(
+        self, repo: str, digest: str, *, offset: int = 0
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """URL and headers for the native fetcher to GET a blob from `offset`.
+
+        Gets (or reuses) a token for the repository first. The fetcher drops
+        Authorization itself when a redirect leaves this host.
+        """
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        self._ensure_pinged()
+        headers = [*self._headers, ("Accept-Encoding", "identity")]
+        auth = self._auth.authorization(pull_scope(repo))
+        if auth:
+            headers.append(("Authorization", auth))
+        if offset > 0:
+            headers.append(("Range", f"bytes={offset}-"))
+        return self._url(repo, "blobs", digest), headers
+
+    def fetch_blob(
+        self,
+        repo: str,
+        digest: str,
+        writer: BlobWriter,
+        fetcher: Fetcher,
+        transfer: Transfer | None = None,
+    ) -> FetchResult:
+        """Stream a blob into `writer` from its offset; raise on an HTTP error.
+
+        One re-authentication on a 401; one restart from 0 on a 416 (the
+        partial file is not a prefix the registry can continue). Other
+        retries belong to the caller. FetchError from the fetcher passes
+        through unchanged. The body is not verified: call writer.commit().
+        """
+        scope = pull_scope(repo)
+        reauthed = restarted = False
+        while True:
+            url, headers = self.blob_request(repo, digest, offset=writer.offset)
+            sent = next((v for k, v in headers if k == "Authorization"), None)
+            result = fetcher.fetch_blob(url, headers, writer, transfer)
+            status = result.status
+            if 200 <= status < 300:
+                return result
+            if status == 401 and not reauthed:
+                reauthed = True
+                if self._auth.on_unauthorized(
+                    scope, sent, header_values(result.headers, "www-authenticate")
+                ):
+                    continue
+            if status == 416 and writer.offset > 0 and not restarted:
+                restarted = True
+                writer.truncate()
+                continue
+            raise error_from_response(
+                status,
+                result.headers,
+                result.body,
+                registry=self._endpoint.name,
+                kind="blob",
+                repo=repo,
+                reference=digest,
+                authenticated=self._auth.has_credentials,
+            )
+
+    # -- tags ---------------------------------------------------------------
+
+    def list_tags(self, repo: str) -> list[str]:
+        """Every tag of a repository, following `Link: <…>; rel="next"` pages."""
+        url: str | None = self._url(repo, "tags", "list")
+        tags: list[str] = []
+        seen: set[str] = set()
+        origin = httpx.URL(self._base)
+        while url is not None and url not in seen and len(seen) < _MAX_TAG_PAGES:
+            seen.add(url)
+            resp = self._open(
+                "GET", url, scope=pull_scope(repo), headers=[("Accept", "application/json")]
+            )
+            try:
+                if not 200 <= resp.status_code < 300:
+                    raise self._error(resp, kind="tags", repo=repo)
+                try:
+                    body, over = _read_capped(resp, _MAX_TAGS_PAGE)
+                except httpx.RequestError as e:
+                    raise request_failure(self._endpoint.host, e) from None
+                nxt = resp.links.get("next", {}).get("url")
+                page_url = resp.url
+            finally:
+                resp.close()
+            if over:
+                raise RegistryError(f"tag list of {repo} from {self._endpoint.name} is too large")
+            page = _parse_tags(body, repo, self._endpoint.name)
+            tags.extend(page)
+            url = None
+            if nxt:
+                target = page_url.join(nxt)
+                if (target.scheme, target.host, target.port) != (
+                    origin.scheme,
+                    origin.host,
+                    origin.port,
+                ):
+                    # Never send this registry's token to another host.
+                    raise RegistryError(
+                        f"{self._endpoint.name} sent a tag-list page link to another host"
+                    )
+                url = str(target)
+        return tags
+
+
+def _replay(resp: httpx.Response, body: bytes) -> httpx.Response:
+    """A read response rebuilt around its (already decoded) body."""
+    headers = [
+        (k, v) for k, v in resp.headers.multi_items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]  # fmt: skip
+    return httpx.Response(resp.status_code, headers=headers, content=body, request=resp.request)
+
+
+def _parse_tags(body: bytes, repo: str, registry: str) -> list[str]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise RegistryError(f"tag list of {repo} from {registry} is not a JSON object")
+    raw = data.get("tags")
+    if raw is None:
+        return []  # distribution sends null for a repository with no tags
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise RegistryError(f"tag list of {repo} from {registry} is malformed")
+    return list(raw)

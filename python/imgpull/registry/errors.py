@@ -1,0 +1,321 @@
+"""Turning registry answers and network failures into imgpull.errors classes.
+
+A registry error body is `{"errors": [{"code", "message", "detail"}]}`
+(distribution spec). The first code decides the class; the HTTP status is kept
+on the error with the code and `Retry-After`, so the retry policy can classify
+without parsing messages. Messages are one line and never carry secrets:
+only hosts, repository names and digests, never URLs with their queries
+(redirected blob URLs are often pre-signed).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import json
+import math
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Literal
+
+import httpx
+
+from imgpull.errors import (
+    AuthenticationError,
+    ManifestUnknownError,
+    NameUnknownError,
+    RegistryError,
+    RegistryUnreachableError,
+)
+
+__all__ = [
+    "ErrorDetail",
+    "error_from_response",
+    "parse_error_body",
+    "parse_retry_after",
+    "request_failure",
+    "unreachable_error",
+]
+
+Kind = Literal["manifest", "blob", "tags", "ping"]
+
+_MAX_MESSAGE = 300
+
+
+def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
+    """Whitespace collapsed, cut to `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def header_values(headers: Iterable[tuple[str, str]], name: str) -> list[str]:
+    name = name.lower()
+    return [v for k, v in headers if k.lower() == name]
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    code: str
+    message: str
+    detail: object = None
+
+
+def parse_error_body(body: bytes) -> list[ErrorDetail]:
+    """The registry errors in a response body; [] for anything else (HTML, …)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return []
+    if not isinstance(data, dict):
+        return []
+    errs = data.get("errors")
+    if not isinstance(errs, list):
+        return []
+    out: list[ErrorDetail] = []
+    for e in errs:
+        if isinstance(e, dict):
+            code = e.get("code")
+            msg = e.get("message")
+            out.append(
+                ErrorDetail(
+                    code=str(code).upper() if code else "",
+                    message=str(msg) if msg is not None else "",
+                    detail=e.get("detail"),
+                )
+            )
+    return out
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` value (delta-seconds or HTTP-date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        secs = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(secs, 0.0) if math.isfinite(secs) else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # HTTP-dates are GMT; one without a zone is not one
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _subject(kind: Kind, repo: str | None, reference: str | None) -> str:
+    if kind == "manifest":
+        sep = "@" if reference and ":" in reference else ":"
+        return f"manifest for {repo}{sep}{reference}"
+    if kind == "blob":
+        return f"blob {reference} in {repo}"
+    if kind == "tags":
+        return f"tags of {repo}"
+    return "/v2/"
+
+
+def error_from_response(
+    status: int,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    *,
+    registry: str,
+    kind: Kind,
+    repo: str | None = None,
+    reference: str | None = None,
+    authenticated: bool = False,
+) -> RegistryError:
+    """The error for a non-2xx answer.
+
+    `registry` names the registry as the user wrote it (for `imgpull login`);
+    `authenticated` says whether credentials were held, which decides between
+    "check your credentials" and "log in".
+    """
+    details = parse_error_body(body)
+    first = details[0] if details else None
+    code = first.code if first and first.code else None
+    msg = one_line(first.message) if first and first.message else ""
+    if not msg and not details:
+        # A short plain-text body (proxies, CDNs) is worth showing; HTML is not.
+        text = body[:512].decode("utf-8", "replace").strip()
+        if text and "<" not in text and len(text) <= 200:
+            msg = one_line(text)
+    retry_after = parse_retry_after(next(iter(header_values(headers, "retry-after")), None))
+    name = repo or "?"
+
+    if code == "NAME_UNKNOWN" or (status == 404 and kind == "tags" and code is None):
+        return NameUnknownError(
+            f"repository {name} not found: does it exist and may you pull from it?",
+            status=status,
+            code=code or "NAME_UNKNOWN",
+            retry_after=retry_after,
+        )
+    if code == "MANIFEST_UNKNOWN" or (status == 404 and kind == "manifest" and code is None):
+        return ManifestUnknownError(
+            f"{_subject('manifest', repo, reference)} not found: {msg or 'manifest unknown'}",
+            status=status,
+            code=code or "MANIFEST_UNKNOWN",
+            retry_after=retry_after,
+        )
+    if code == "BLOB_UNKNOWN" or (status == 404 and kind == "blob" and code is None):
+        return RegistryError(
+            f"blob {reference} not found in {name}: {msg or 'blob unknown to registry'}",
+            status=status,
+            code=code or "BLOB_UNKNOWN",
+            retry_after=retry_after,
+        )
+    if status == 401 or code == "UNAUTHORIZED":
+        why = f": {msg}" if msg else ""
+        if authenticated:
+            text = (
+                f"authentication to {registry} failed for {name}{why}; "
+                f"check your credentials (imgpull login {registry})"
+            )
+        else:
+            text = (
+                f"pull access denied for {name}: the repository does not exist or needs "
+                f"credentials (imgpull login {registry}){why}"
+            )
+        return AuthenticationError(text, status=status, code=code or "UNAUTHORIZED",
+                                   retry_after=retry_after)  # fmt: skip
+    if status == 403 or code == "DENIED":
+        why = f": {msg}" if msg else ""
+        return AuthenticationError(
+            f"access to {name} denied by {registry}{why}; "
+            f"check your credentials and permissions (imgpull login {registry})",
+            status=status,
+            code=code or "DENIED",
+            retry_after=retry_after,
+        )
+    if status == 429 or code == "TOOMANYREQUESTS":
+        wait = f"; retry after {retry_after:.0f}s" if retry_after is not None else ""
+        return RegistryError(
+            f"too many requests to {registry}{': ' + msg if msg else ''}{wait}",
+            status=status,
+            code=code or "TOOMANYREQUESTS",
+            retry_after=retry_after,
+        )
+    reason = _reason(status)
+    said = f": {code.lower().replace('_', ' ')}" if code else ""
+    if msg and msg.lower() != (code or "").lower().replace("_", " "):
+        said += f": {msg}"
+    return RegistryError(
+        f"registry {registry} answered {status}{' ' + reason if reason else ''} "
+        f"for {_subject(kind, repo, reference)}{said}",
+        status=status,
+        code=code,
+        retry_after=retry_after,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Network failures
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
+_SSL_TAG = re.compile(r"^\[SSL: [A-Z_]+\]\s*")
+_SSL_TAIL = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+def _ssl_text(text: str) -> str:
+    return _SSL_TAIL.sub("", _SSL_TAG.sub("", text.strip()))
+
+
+def is_tls_verify_failure(exc: BaseException) -> bool:
+    """Whether the server's certificate was refused (not a protocol mismatch)."""
+    for c in _causes(exc):
+        if isinstance(c, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(c):
+            return True
+    return False
+
+
+def network_reason(exc: BaseException) -> str:
+    """A short human reason for a transport failure."""
+    for c in _causes(exc):
+        if isinstance(c, ssl.SSLCertVerificationError):
+            detail = c.verify_message or _ssl_text(str(c))
+            return (
+                f"TLS certificate verification failed ({detail}): trust the registry's CA "
+                f"(ca_file, certs.d/<host>/ca.crt) or, at your own risk, mark it insecure"
+            )
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"TLS certificate verification failed ({_ssl_text(text).split(': ', 1)[-1]}): "
+            "trust the registry's CA (ca_file, certs.d/<host>/ca.crt) or, at your own risk, "
+            "mark it insecure"
+        )
+    for c in _causes(exc):
+        if isinstance(c, ssl.SSLError) or "[SSL:" in str(c):
+            s = str(c)
+            hint = ""
+            if "WRONG_VERSION_NUMBER" in s or "record layer failure" in s.lower():
+                hint = " — does it serve plain HTTP? then use plain_http"
+            return f"TLS handshake failed ({_ssl_text(s)}){hint}"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timed out while connecting"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "timed out waiting for a free connection"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out waiting for the registry's answer"
+    if isinstance(exc, httpx.ProxyError):
+        return f"proxy error ({one_line(text, 120)})"
+    for c in _causes(exc):
+        if isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused — is it running?"
+        if isinstance(c, socket.gaierror):
+            return "unknown host (DNS lookup failed)"
+    low = text.lower()
+    if "connection refused" in low:
+        return "connection refused — is it running?"
+    if "name or service not known" in low or "nodename nor servname" in low:
+        return "unknown host (DNS lookup failed)"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the connection broke ({one_line(text, 120) or 'server disconnected'})"
+    return one_line(text, 160) or type(exc).__name__
+
+
+def unreachable_error(
+    host: str, exc: BaseException, *, what: str = "registry"
+) -> RegistryUnreachableError:
+    """ "cannot reach registry 127.0.0.1:1: connection refused — is it running?" """
+    return RegistryUnreachableError(f"cannot reach {what} {host}: {network_reason(exc)}")
+
+
+def request_failure(host: str, exc: httpx.RequestError, *, what: str = "registry") -> RegistryError:
+    """Any httpx request failure: the network's, or a broken answer's."""
+    if isinstance(exc, httpx.TransportError):
+        return unreachable_error(host, exc, what=what)
+    if isinstance(exc, httpx.TooManyRedirects):
+        return RegistryError(f"{what} {host} redirected too many times")
+    if isinstance(exc, httpx.DecodingError):
+        return RegistryError(f"{what} {host} sent a body that cannot be decoded")
+    return RegistryError(f"request to {what} {host} failed: {one_line(str(exc), 160)}")

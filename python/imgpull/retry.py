@@ -1,0 +1,64 @@
+"""When to try a failed request again, and after how long.
+
+One object decides for every request a pull makes, so the rules live in one
+place and are tested alone. Docker's rules (pull-semantics §7): up to five
+attempts with growing waits; never retry what cannot get better by waiting
+(not found, unauthorised, a digest mismatch on a fresh download, local disk
+errors). 429/503 say when to come back (Retry-After), and we listen, capped.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from imgpull.errors import (
+    AuthenticationError,
+    FetchError,
+    ImgpullError,
+    RegistryError,
+    RegistryUnreachableError,
+)
+
+_RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    first_delay: float = 0.5
+    factor: float = 2.0
+    max_delay: float = 10.0
+    max_retry_after: float = 60.0
+    # Spread of the wait, so that many clients cut off together do not come
+    # back together: the delay is scaled by a factor in [1 - jitter, 1].
+    jitter: float = 0.2
+
+    def retryable(self, error: BaseException) -> bool:
+        if isinstance(error, FetchError):
+            return bool(error.retryable)
+        if isinstance(error, AuthenticationError):
+            return False
+        if isinstance(error, RegistryUnreachableError):
+            return True
+        if isinstance(error, RegistryError):
+            return error.status in _RETRY_STATUSES
+        return False
+
+    def delay(self, attempt: int, error: BaseException) -> float | None:
+        """Seconds to wait before attempt `attempt + 1`, or None to give up.
+
+        `attempt` counts from 1 (the attempt that just failed).
+        """
+        if attempt >= self.attempts or not self.retryable(error):
+            return None
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+            return float(min(retry_after, self.max_retry_after))
+        base = min(self.first_delay * self.factor ** (attempt - 1), self.max_delay)
+        return base * (1.0 - self.jitter * random.random())
+
+
+def is_local_error(error: BaseException) -> bool:
+    """Errors of this machine (disk full, permissions), never the network's."""
+    return isinstance(error, OSError) and not isinstance(error, ImgpullError)

@@ -1,0 +1,117 @@
+"""The content-addressed blob store: `blobs/sha256/<hex>` as in an OCI layout.
+
+Bytes arrive through an ingest file (`ingest/sha256/<hex>`) that a native
+BlobWriter appends to and hashes, and that commit() renames into `blobs/`
+only once size and digest match. A lock file per digest makes one process
+(and one thread) at a time the writer of a blob; the others wait and then
+find it committed. Partial ingest files are kept on failure, so any later
+process resumes them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from imgpull._core import BlobWriter
+from imgpull.errors import StoreError
+from imgpull.manifest import check_digest
+
+
+class ContentStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs" / "sha256"
+        self.ingest_dir = self.root / "ingest" / "sha256"
+        try:
+            self.blobs.mkdir(parents=True, exist_ok=True)
+            self.ingest_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
+        # flock is per open file description, so threads of one process would
+        # not exclude each other through it alone.
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def path(self, digest: str) -> Path:
+        algo, hexpart = check_digest(digest).split(":", 1)
+        if algo != "sha256":
+            raise StoreError(f"the store keeps sha256 blobs only, not {algo}")
+        return self.blobs / hexpart
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def read(self, digest: str) -> bytes:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"blob {digest} is not in the store at {self.root}") from None
+
+    def size(self, digest: str) -> int:
+        return self.path(digest).stat().st_size
+
+    @contextmanager
+    def ingest(self, digest: str, size: int | None) -> Iterator[BlobWriter | None]:
+        """Hold the writer's role for `digest`.
+
+        Yields None when the blob is (or, after waiting for another writer,
+        has become) present; else a BlobWriter positioned at the end of any
+        partial file left by an earlier attempt or process. The caller
+        commits it with `commit(writer)`; leaving the block without a commit
+        keeps the partial file.
+        """
+        dest = self.path(digest)
+        hexpart = dest.name
+        with self._thread_lock(hexpart), self._file_lock(hexpart, dest):
+            if dest.is_file():
+                yield None
+                return
+            writer = BlobWriter(str(self.ingest_dir / hexpart), digest, size)
+            try:
+                yield writer
+            finally:
+                writer.close()
+
+    def commit(self, writer: BlobWriter) -> Path:
+        dest = self.path(writer.digest)
+        writer.commit(str(dest))
+        return dest
+
+    def put(self, data: bytes, digest: str) -> Path:
+        """Store small verified bytes (manifests, configs) under their digest."""
+        with self.ingest(digest, len(data)) as writer:
+            if writer is None:
+                return self.path(digest)
+            writer.truncate()
+            writer.write(data)
+            return self.commit(writer)
+
+    def partial_size(self, digest: str) -> int:
+        """Bytes already in the ingest file of `digest` (0 when none)."""
+        try:
+            return (self.ingest_dir / self.path(digest).name).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _thread_lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._thread_locks.setdefault(key, threading.Lock())
+
+    @contextmanager
+    def _file_lock(self, key: str, dest: Path) -> Iterator[None]:
+        lock_path = self.ingest_dir / f"{key}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+            # Once the blob is committed nobody writes it again, so a waiter
+            # still holding the unlinked lock file can only find it present.
+            if dest.is_file():
+                lock_path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)

@@ -1,0 +1,252 @@
+"""Image store, reference store and blob metadata in SQLite (WAL).
+
+WAL lets readers run beside one writer, and `busy_timeout` makes a second
+imgpull process wait for the write lock instead of failing. Every change is
+one short transaction, so a crash leaves the database as before or after a
+change, never between.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgpull.errors import StoreError
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id              TEXT PRIMARY KEY,   -- config digest = image ID
+    manifest_digest TEXT NOT NULL,      -- the platform-specific manifest
+    media_type      TEXT NOT NULL,      -- of that manifest
+    os              TEXT NOT NULL,
+    architecture    TEXT NOT NULL,
+    variant         TEXT,
+    created         TEXT,               -- the config's `created`
+    size            INTEGER NOT NULL,   -- compressed bytes of config + layers
+    pulled_at       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_layers (
+    image_id   TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    position   INTEGER NOT NULL,
+    digest     TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    PRIMARY KEY (image_id, position)
+);
+CREATE TABLE IF NOT EXISTS refs (
+    reference  TEXT PRIMARY KEY,        -- normalised: name:tag or name@digest
+    name       TEXT NOT NULL,
+    tag        TEXT,
+    digest     TEXT,
+    image_id   TEXT NOT NULL REFERENCES images(id),
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS refs_image ON refs(image_id);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest     TEXT PRIMARY KEY,
+    size       INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    added_at   REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_sources (  -- docker's "distribution source"
+    digest     TEXT NOT NULL,
+    registry   TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    PRIMARY KEY (digest, registry, repository)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    manifest_digest: str
+    media_type: str
+    os: str
+    architecture: str
+    variant: str | None
+    created: str | None
+    size: int
+    pulled_at: float
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class ReferenceRecord:
+    reference: str
+    name: str
+    tag: str | None
+    digest: str | None
+    image_id: str
+    updated_at: float
+
+
+class MetadataStore:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            # Threads of the pull share one connection; the lock serialises it.
+            self._db = sqlite3.connect(
+                self.path, timeout=60.0, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the store database {self.path}: {exc}") from None
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store at {self.path} was written by a newer imgpull "
+                    f"(schema {version}); upgrade imgpull to use it"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the write lock is taken up front, so two
+        processes never both read-then-write and deadlock on upgrade."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"store database {self.path}: {exc}") from None
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"store database {self.path}: {exc}") from None
+
+    # Blobs ---------------------------------------------------------------
+
+    def record_blob(
+        self, digest: str, size: int, media_type: str, registry: str, repository: str
+    ) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO blobs(digest, size, media_type, added_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(digest) DO NOTHING",
+                (digest, size, media_type, now),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO blob_sources(digest, registry, repository) VALUES (?, ?, ?)",
+                (digest, registry, repository),
+            )
+
+    def blob_sources(self, digest: str) -> list[tuple[str, str]]:
+        rows = self._query(
+            "SELECT registry, repository FROM blob_sources WHERE digest = ? ORDER BY 1, 2",
+            (digest,),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    # Images --------------------------------------------------------------
+
+    def add_image(self, image: ImageRecord, layers: Sequence[LayerRecord]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO images(id, manifest_digest, media_type, os, architecture, variant,"
+                " created, size, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest,"
+                " media_type = excluded.media_type, pulled_at = excluded.pulled_at",
+                (
+                    image.id,
+                    image.manifest_digest,
+                    image.media_type,
+                    image.os,
+                    image.architecture,
+                    image.variant,
+                    image.created,
+                    image.size,
+                    image.pulled_at,
+                ),
+            )
+            db.execute("DELETE FROM image_layers WHERE image_id = ?", (image.id,))
+            db.executemany(
+                "INSERT INTO image_layers(image_id, position, digest, size, media_type)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(image.id, i, lr.digest, lr.size, lr.media_type) for i, lr in enumerate(layers)],
+            )
+
+    def get_image(self, image_id: str) -> ImageRecord | None:
+        rows = self._query(
+            "SELECT id, manifest_digest, media_type, os, architecture, variant, created, size,"
+            " pulled_at FROM images WHERE id = ?",
+            (image_id,),
+        )
+        return ImageRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def image_layers(self, image_id: str) -> list[LayerRecord]:
+        rows = self._query(
+            "SELECT digest, size, media_type FROM image_layers WHERE image_id = ?"
+            " ORDER BY position",
+            (image_id,),
+        )
+        return [LayerRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    # References ----------------------------------------------------------
+
+    def set_reference(
+        self, reference: str, name: str, tag: str | None, digest: str | None, image_id: str
+    ) -> bool:
+        """Point `reference` at `image_id`; True when that changed something."""
+        with self._transaction() as db:
+            row = db.execute("SELECT image_id FROM refs WHERE reference = ?", (reference,))
+            current = row.fetchone()
+            if current is not None and current[0] == image_id:
+                return False
+            db.execute(
+                "INSERT INTO refs(reference, name, tag, digest, image_id, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(reference) DO UPDATE SET"
+                " image_id = excluded.image_id, updated_at = excluded.updated_at",
+                (reference, name, tag, digest, image_id, time.time()),
+            )
+            return True
+
+    def resolve(self, reference: str) -> str | None:
+        rows = self._query("SELECT image_id FROM refs WHERE reference = ?", (reference,))
+        return str(rows[0][0]) if rows else None
+
+    def references(self, image_id: str | None = None) -> list[ReferenceRecord]:
+        sql = "SELECT reference, name, tag, digest, image_id, updated_at FROM refs"
+        args: tuple[object, ...] = ()
+        if image_id is not None:
+            sql += " WHERE image_id = ?"
+            args = (image_id,)
+        rows = self._query(sql + " ORDER BY name, tag, digest", args)
+        return [ReferenceRecord(*r) for r in rows]  # type: ignore[arg-type]

@@ -1,0 +1,18 @@
+"""Version and the User-Agent every request sends."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from imgpull._core import __version__
+
+__all__ = ["USER_AGENT", "__version__"]
+
+# Registries (Docker Hub among them) log and sometimes key rate limits on
+# the User-Agent, so name the tool, its version and the runtime, like docker's
+# "docker/<v> go/<v> os/<os> arch/<arch>".
+USER_AGENT = (
+    f"imgpull/{__version__} python/{sys.version_info.major}.{sys.version_info.minor}."
+    f"{sys.version_info.micro} os/{sys.platform} arch/{platform.machine().lower() or 'unknown'}"
+)

@@ -1,0 +1,17 @@
+//! imgpull-core: the byte-level work of imgpull, free of Python.
+//!
+//! - [`digest`]: 'sha256:<hex>' parsing and hashing
+//! - [`writer`]: a hashing, resumable, verifying blob writer
+//! - [`fetch`]: streaming blob GETs into a writer
+
+mod classify;
+pub mod digest;
+pub mod error;
+pub mod fetch;
+mod tls;
+pub mod writer;
+
+pub use digest::{sha256_bytes, sha256_file, Digest};
+pub use error::{CoreError, FetchKind, Result};
+pub use fetch::{FetchOptions, FetchResponse, Fetcher, Transfer};
+pub use writer::BlobWriter;

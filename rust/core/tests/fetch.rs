@@ -1,0 +1,376 @@
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::{head, respond, Server};
+use imgpull_core::{
+    sha256_bytes, BlobWriter, CoreError, FetchKind, FetchOptions, Fetcher, Transfer,
+};
+
+fn fetcher(read_timeout: Duration) -> Fetcher {
+    Fetcher::new(&FetchOptions {
+        user_agent: "imgpull-test/1".into(),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        insecure: false,
+        proxy: None,
+        connect_timeout: Duration::from_secs(5),
+        read_timeout,
+    })
+    .unwrap()
+}
+
+fn default_fetcher() -> Fetcher {
+    fetcher(Duration::from_secs(10))
+}
+
+fn data(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 253) as u8).collect()
+}
+
+struct Blob {
+    _dir: tempfile::TempDir,
+    partial: PathBuf,
+    dest: PathBuf,
+    writer: BlobWriter,
+}
+
+fn writer_for(content: &[u8]) -> Blob {
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("partial");
+    let dest = dir.path().join("blob");
+    let digest = sha256_bytes(content).to_string();
+    let writer = BlobWriter::open(&partial, &digest, Some(content.len() as u64)).unwrap();
+    Blob {
+        _dir: dir,
+        partial,
+        dest,
+        writer,
+    }
+}
+
+fn no_headers() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn fetch_kind(err: CoreError) -> (FetchKind, bool) {
+    match err {
+        CoreError::Fetch {
+            kind, retryable, ..
+        } => (kind, retryable),
+        other => panic!("expected a fetch error, got {other:?}"),
+    }
+}
+
+#[test]
+fn ok_200_streams_the_body() {
+    let body = Arc::new(data(3 << 20));
+    let b = body.clone();
+    let server = Server::start(move |_, s| respond(s, "200 OK", &[("X-Test", "yes")], &b));
+    let mut blob = writer_for(&body);
+    let transfer = Transfer::new();
+    let res = default_fetcher()
+        .fetch_blob(
+            &server.url("/blob"),
+            &no_headers(),
+            &mut blob.writer,
+            Some(&transfer),
+        )
+        .unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.written, body.len() as u64);
+    assert_eq!(transfer.received(), body.len() as u64);
+    assert!(res.body.is_empty());
+    assert!(res.headers.contains(&("x-test".into(), "yes".into())));
+    assert_eq!(res.url, server.url("/blob"));
+    // No compression is asked for: blob bytes must arrive as stored.
+    let req = &server.requests()[0];
+    assert!(!req.headers.contains_key("accept-encoding"));
+    assert_eq!(req.headers["user-agent"], "imgpull-test/1");
+    blob.writer.commit(&blob.dest).unwrap();
+    assert_eq!(std::fs::read(&blob.dest).unwrap(), *body);
+}
+
+#[test]
+fn resume_with_206() {
+    let body = Arc::new(data(100_000));
+    let b = body.clone();
+    let server = Server::start(move |req, s| {
+        assert_eq!(req.headers["range"], "bytes=40000-");
+        let range = format!("bytes 40000-99999/{}", b.len());
+        respond(
+            s,
+            "206 Partial Content",
+            &[("Content-Range", &range)],
+            &b[40_000..],
+        );
+    });
+    let mut blob = writer_for(&body);
+    blob.writer.write(&body[..40_000]).unwrap();
+    let headers = vec![("Range".to_owned(), "bytes=40000-".to_owned())];
+    let res = default_fetcher()
+        .fetch_blob(&server.url("/b"), &headers, &mut blob.writer, None)
+        .unwrap();
+    assert_eq!((res.status, res.written), (206, 60_000));
+    blob.writer.commit(&blob.dest).unwrap();
+}
+
+#[test]
+fn range_ignored_200_truncates_and_starts_over() {
+    let body = Arc::new(data(50_000));
+    let b = body.clone();
+    let server = Server::start(move |_, s| respond(s, "200 OK", &[], &b));
+    let mut blob = writer_for(&body);
+    blob.writer.write(b"stale bytes that must go").unwrap();
+    let headers = vec![("Range".to_owned(), "bytes=24-".to_owned())];
+    let res = default_fetcher()
+        .fetch_blob(&server.url("/b"), &headers, &mut blob.writer, None)
+        .unwrap();
+    assert_eq!((res.status, res.written), (200, 50_000));
+    assert_eq!(blob.writer.offset(), 50_000);
+    blob.writer.commit(&blob.dest).unwrap();
+}
+
+#[test]
+fn wrong_content_range_is_a_range_error_and_writes_nothing() {
+    let body = Arc::new(data(1000));
+    let b = body.clone();
+    let server = Server::start(move |_, s| {
+        respond(
+            s,
+            "206 Partial Content",
+            &[("Content-Range", "bytes 0-999/1000")],
+            &b,
+        )
+    });
+    let mut blob = writer_for(&body);
+    blob.writer.write(&body[..500]).unwrap();
+    let err = default_fetcher()
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Range, false));
+    assert_eq!(blob.writer.offset(), 500);
+}
+
+#[test]
+fn short_body_is_retryable_io_and_keeps_the_bytes() {
+    let body = Arc::new(data(200_000));
+    let b = body.clone();
+    let server = Server::start(move |_, s| {
+        head(s, "200 OK", &[], Some(b.len()));
+        let _ = s.write_all(&b[..120_000]);
+        // Dropping the stream closes it early.
+    });
+    let mut blob = writer_for(&body);
+    let err = default_fetcher()
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Io, true));
+    assert_eq!(blob.writer.offset(), 120_000);
+    blob.writer.close().unwrap();
+    assert_eq!(std::fs::metadata(&blob.partial).unwrap().len(), 120_000);
+}
+
+#[test]
+fn redirect_to_another_origin_drops_authorization() {
+    let body = Arc::new(data(1000));
+    let b = body.clone();
+    let storage = Server::start(move |_, s| respond(s, "200 OK", &[], &b));
+    let target = storage.url("/signed?x=1");
+    let registry = Server::start(move |req, s| match req.path.as_str() {
+        "/v2/blob" => respond(
+            s,
+            "307 Temporary Redirect",
+            &[("Location", "/v2/moved")],
+            b"",
+        ),
+        _ => respond(s, "302 Found", &[("Location", &target)], b""),
+    });
+    let mut blob = writer_for(&body);
+    let headers = vec![
+        ("Authorization".to_owned(), "Bearer secret".to_owned()),
+        ("Accept".to_owned(), "*/*".to_owned()),
+    ];
+    let res = default_fetcher()
+        .fetch_blob(&registry.url("/v2/blob"), &headers, &mut blob.writer, None)
+        .unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.url, storage.url("/signed?x=1"));
+    // Same origin: kept on the relative hop.
+    let hops = registry.requests();
+    assert_eq!(hops.len(), 2);
+    assert!(hops
+        .iter()
+        .all(|r| r.headers["authorization"] == "Bearer secret"));
+    let last = &storage.requests()[0];
+    assert!(!last.headers.contains_key("authorization"));
+    assert_eq!(last.headers["accept"], "*/*");
+    blob.writer.commit(&blob.dest).unwrap();
+}
+
+#[test]
+fn endless_redirects_are_a_redirect_error() {
+    let server = Server::start(|_, s| respond(s, "302 Found", &[("Location", "/again")], b""));
+    let mut blob = writer_for(b"x");
+    let err = default_fetcher()
+        .fetch_blob(&server.url("/"), &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Redirect, false));
+    assert_eq!(server.requests().len(), 11);
+}
+
+#[test]
+fn not_found_returns_status_and_body() {
+    let json = br#"{"errors":[{"code":"BLOB_UNKNOWN"}]}"#;
+    let server = Server::start(move |_, s| respond(s, "404 Not Found", &[], json));
+    let mut blob = writer_for(b"x");
+    let res = default_fetcher()
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap();
+    assert_eq!((res.status, res.written), (404, 0));
+    assert_eq!(res.body, json);
+    assert_eq!(blob.writer.offset(), 0);
+}
+
+#[test]
+fn error_body_is_capped_at_64k() {
+    let server = Server::start(|_, s| respond(s, "500 Oops", &[], &vec![b'e'; 100_000]));
+    let mut blob = writer_for(b"x");
+    let res = default_fetcher()
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap();
+    assert_eq!((res.status, res.body.len()), (500, 65_536));
+}
+
+#[test]
+fn cancel_stops_a_running_fetch_and_keeps_the_bytes() {
+    let server = Server::start(|_, s| {
+        head(s, "200 OK", &[], Some(100 << 20));
+        // Trickle until the client goes away.
+        while s.write_all(&[7u8; 4096]).is_ok() {
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let content = vec![7u8; 100 << 20];
+    let mut blob = writer_for(&content);
+    let transfer = Arc::new(Transfer::new());
+    let t = transfer.clone();
+    let canceller = thread::spawn(move || {
+        while t.received() < 20_000 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        t.cancel();
+    });
+    let err = default_fetcher()
+        .fetch_blob(
+            &server.url("/b"),
+            &no_headers(),
+            &mut blob.writer,
+            Some(&transfer),
+        )
+        .unwrap_err();
+    canceller.join().unwrap();
+    assert_eq!(fetch_kind(err), (FetchKind::Cancelled, false));
+    assert!(transfer.cancelled());
+    assert_eq!(blob.writer.offset(), transfer.received());
+}
+
+#[test]
+fn stalled_body_is_a_timeout() {
+    let server = Server::start(|_, s| {
+        head(s, "200 OK", &[], Some(1000));
+        let _ = s.write_all(&[0; 10]);
+        thread::sleep(Duration::from_secs(3));
+    });
+    let mut blob = writer_for(&[0; 1000]);
+    let err = fetcher(Duration::from_millis(300))
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Timeout, true));
+    assert_eq!(blob.writer.offset(), 10);
+}
+
+#[test]
+fn oversized_body_hits_the_size_guard() {
+    let server = Server::start(|_, s| respond(s, "200 OK", &[], &[1; 5000]));
+    let mut blob = writer_for(&[1; 1000]);
+    match default_fetcher().fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None) {
+        Err(CoreError::SizeMismatch { expected: 1000, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn refused_connection_is_retryable_connect() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut blob = writer_for(b"x");
+    let url = format!("http://127.0.0.1:{port}/b");
+    let err = default_fetcher()
+        .fetch_blob(&url, &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Connect, true));
+}
+
+#[test]
+fn tls_to_a_plain_http_server_is_a_fetch_error() {
+    let server = Server::start(|_, s| respond(s, "200 OK", &[], b"not tls"));
+    let mut blob = writer_for(b"x");
+    let url = format!("https://{}/b", server.addr);
+    let err = default_fetcher()
+        .fetch_blob(&url, &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    let (kind, _) = fetch_kind(err);
+    assert!(
+        matches!(kind, FetchKind::Tls | FetchKind::Io | FetchKind::Protocol),
+        "{kind:?}"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let mut opts = FetchOptions {
+        user_agent: "x".into(),
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        client_cert: None,
+        client_key: None,
+        insecure: false,
+        proxy: None,
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
+    };
+    assert!(matches!(Fetcher::new(&opts), Err(CoreError::File { .. })));
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no pem here").unwrap();
+    opts.ca_file = Some(empty);
+    assert!(matches!(Fetcher::new(&opts), Err(CoreError::Invalid(_))));
+    opts.ca_file = None;
+    opts.proxy = Some("::not a url::".into());
+    assert!(matches!(Fetcher::new(&opts), Err(CoreError::Invalid(_))));
+}
+
+#[test]
+fn local_write_failure_is_a_disk_error_not_retryable() {
+    // /dev/full fails every write with ENOSPC.
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let body = Arc::new(data(3 << 20));
+    let b = body.clone();
+    let server = Server::start(move |_, s| respond(s, "200 OK", &[], &b));
+    let digest = sha256_bytes(&body).to_string();
+    let mut writer = BlobWriter::open("/dev/full", &digest, None).unwrap();
+    let err = default_fetcher()
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut writer, None)
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Disk, false));
+}

@@ -1,0 +1,200 @@
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use imgpull_core::{sha256_bytes, BlobWriter, CoreError};
+
+fn blob(n: usize) -> (Vec<u8>, String) {
+    let data: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+    let digest = sha256_bytes(&data).to_string();
+    (data, digest)
+}
+
+fn paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("ingest");
+    let dest = dir.path().join("blob");
+    (dir, partial, dest)
+}
+
+fn assert_gone(p: &Path) {
+    assert!(!p.exists(), "{} should not exist", p.display());
+}
+
+#[test]
+fn append_then_commit() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(3_000_000);
+    let mut w = BlobWriter::open(&partial, &digest, Some(data.len() as u64)).unwrap();
+    for chunk in data.chunks(65_536) {
+        w.write(chunk).unwrap();
+    }
+    assert_eq!(w.offset(), data.len() as u64);
+    w.commit(&dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), data);
+    assert_gone(&partial);
+    assert!(matches!(w.write(b"x"), Err(CoreError::Closed)));
+    assert!(matches!(w.commit(&dest), Err(CoreError::Closed)));
+}
+
+#[test]
+fn reopen_continues_from_the_partial_file() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(1_000_000);
+    let mut w = BlobWriter::open(&partial, &digest, None).unwrap();
+    w.write(&data[..400_000]).unwrap();
+    w.close().unwrap();
+    w.close().unwrap(); // idempotent
+    assert_eq!(fs::metadata(&partial).unwrap().len(), 400_000);
+
+    let mut w = BlobWriter::open(&partial, &digest, None).unwrap();
+    assert_eq!(w.offset(), 400_000);
+    w.write(&data[400_000..]).unwrap();
+    w.commit(&dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), data);
+}
+
+#[test]
+fn partial_longer_than_size_starts_over() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(100);
+    fs::write(&partial, vec![0u8; 150]).unwrap();
+    let mut w = BlobWriter::open(&partial, &digest, Some(100)).unwrap();
+    assert_eq!(w.offset(), 0);
+    w.write(&data).unwrap();
+    w.commit(&dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), data);
+}
+
+#[test]
+fn truncate_starts_over() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(1000);
+    let mut w = BlobWriter::open(&partial, &digest, Some(1000)).unwrap();
+    w.write(b"garbage").unwrap();
+    w.truncate().unwrap();
+    assert_eq!(w.offset(), 0);
+    w.write(&data).unwrap();
+    w.commit(&dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), data);
+}
+
+#[test]
+fn size_guard_refuses_and_writes_nothing() {
+    let (_d, partial, _dest) = paths();
+    let (_, digest) = blob(10);
+    let mut w = BlobWriter::open(&partial, &digest, Some(10)).unwrap();
+    w.write(&[1; 6]).unwrap();
+    match w.write(&[1; 5]) {
+        Err(CoreError::SizeMismatch {
+            expected: 10,
+            actual: 11,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.offset(), 6);
+    w.write(&[1; 4]).unwrap(); // still usable
+    w.close().unwrap();
+    assert_eq!(fs::metadata(&partial).unwrap().len(), 10);
+}
+
+#[test]
+fn short_blob_fails_commit_and_leaves_nothing() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(100);
+    let mut w = BlobWriter::open(&partial, &digest, Some(100)).unwrap();
+    w.write(&data[..99]).unwrap();
+    match w.commit(&dest) {
+        Err(CoreError::SizeMismatch {
+            expected: 100,
+            actual: 99,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_gone(&partial);
+    assert_gone(&dest);
+}
+
+#[test]
+fn digest_mismatch_fails_commit_and_leaves_nothing() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(100);
+    let mut w = BlobWriter::open(&partial, &digest, None).unwrap();
+    w.write(&data[1..]).unwrap();
+    w.write(b"!").unwrap();
+    let err = w.commit(&dest).unwrap_err();
+    let msg = err.to_string();
+    match err {
+        CoreError::DigestMismatch { expected, actual } => {
+            assert_eq!(expected, digest);
+            let mut wrong = data[1..].to_vec();
+            wrong.push(b'!');
+            assert_eq!(actual, sha256_bytes(&wrong).to_string());
+            assert_eq!(
+                msg,
+                format!("digest mismatch: expected {expected}, got {actual}")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_gone(&partial);
+    assert_gone(&dest);
+}
+
+#[test]
+fn existing_dest_is_kept_and_partial_removed() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(100);
+    fs::write(&dest, &data).unwrap();
+    let mut w = BlobWriter::open(&partial, &digest, Some(100)).unwrap();
+    w.write(&data).unwrap();
+    w.commit(&dest).unwrap();
+    assert_gone(&partial);
+    assert_eq!(fs::read(&dest).unwrap(), data);
+}
+
+#[test]
+fn commit_into_missing_directory_keeps_the_partial() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(100);
+    let mut w = BlobWriter::open(&partial, &digest, Some(100)).unwrap();
+    w.write(&data).unwrap();
+    let dest = dest.join("no/such/dir");
+    match w.commit(&dest) {
+        Err(CoreError::File {
+            op: "rename",
+            source,
+            ..
+        }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fs::read(&partial).unwrap(), data);
+}
+
+#[test]
+fn empty_blob() {
+    let (_d, partial, dest) = paths();
+    let (_, digest) = blob(0);
+    let mut w = BlobWriter::open(&partial, &digest, Some(0)).unwrap();
+    w.commit(&dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), b"");
+}
+
+#[test]
+fn bad_digest_and_missing_directory_are_refused_at_open() {
+    let (_d, partial, _dest) = paths();
+    assert!(matches!(
+        BlobWriter::open(&partial, "sha256:abc", None),
+        Err(CoreError::InvalidDigest(_))
+    ));
+    let (_, digest) = blob(1);
+    match BlobWriter::open(partial.join("x/y"), &digest, None) {
+        Err(CoreError::File {
+            op: "open", source, ..
+        }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

@@ -1,0 +1,147 @@
+//! Fetcher, Transfer and FetchResult for Python.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgpull_core::{CoreError, FetchOptions, Fetcher as CoreFetcher, Transfer as CoreTransfer};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::Result;
+use crate::writer::BlobWriter;
+
+#[pyclass(module = "imgpull._core", name = "Transfer", frozen)]
+pub struct Transfer {
+    inner: Arc<CoreTransfer>,
+}
+
+#[pymethods]
+impl Transfer {
+    #[new]
+    fn new() -> Self {
+        Transfer {
+            inner: Arc::new(CoreTransfer::new()),
+        }
+    }
+
+    #[getter]
+    fn received(&self) -> u64 {
+        self.inner.received()
+    }
+
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+
+    fn cancel(&self) {
+        self.inner.cancel()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Transfer(received={}, cancelled={})",
+            self.received(),
+            self.cancelled()
+        )
+    }
+}
+
+#[pyclass(module = "imgpull._core", name = "FetchResult", frozen, get_all)]
+pub struct FetchResult {
+    status: u16,
+    headers: Vec<(String, String)>,
+    url: String,
+    written: u64,
+    body: Py<PyBytes>,
+}
+
+#[pymethods]
+impl FetchResult {
+    fn __repr__(&self) -> String {
+        format!(
+            "FetchResult(status={}, url={:?}, written={})",
+            self.status, self.url, self.written
+        )
+    }
+}
+
+#[pyclass(module = "imgpull._core", name = "Fetcher", frozen)]
+pub struct Fetcher {
+    inner: CoreFetcher,
+}
+
+fn seconds(name: &str, value: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            CoreError::Invalid(format!("{name} must be a positive number of seconds")).into()
+        })
+}
+
+#[pymethods]
+impl Fetcher {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        user_agent,
+        ca_file=None,
+        client_cert=None,
+        client_key=None,
+        insecure=false,
+        proxy=None,
+        connect_timeout=30.0,
+        read_timeout=60.0,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        user_agent: String,
+        ca_file: Option<PathBuf>,
+        client_cert: Option<PathBuf>,
+        client_key: Option<PathBuf>,
+        insecure: bool,
+        proxy: Option<String>,
+        connect_timeout: f64,
+        read_timeout: f64,
+    ) -> Result<Self> {
+        let opts = FetchOptions {
+            user_agent,
+            ca_file,
+            client_cert,
+            client_key,
+            insecure,
+            proxy,
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            read_timeout: seconds("read_timeout", read_timeout)?,
+        };
+        // Reads the system and extra CA bundles.
+        let inner = py.detach(|| CoreFetcher::new(&opts))?;
+        Ok(Fetcher { inner })
+    }
+
+    #[pyo3(signature = (url, headers, writer, transfer=None))]
+    fn fetch_blob(
+        &self,
+        py: Python<'_>,
+        url: &str,
+        headers: Vec<(String, String)>,
+        writer: &Bound<'_, BlobWriter>,
+        transfer: Option<&Bound<'_, Transfer>>,
+    ) -> Result<FetchResult> {
+        let writer = writer.get();
+        let transfer = transfer.map(|t| t.get().inner.clone());
+        let res = py.detach(|| {
+            writer.with(|w| self.inner.fetch_blob(url, &headers, w, transfer.as_deref()))
+        })?;
+        Ok(FetchResult {
+            status: res.status,
+            headers: res.headers,
+            url: res.url,
+            written: res.written,
+            body: PyBytes::new(py, &res.body).unbind(),
+        })
+    }
+}

@@ -1,0 +1,101 @@
+//! BlobWriter for Python: one core writer behind a Mutex so the object can
+//! be shared across threads; every file operation runs with the GIL released.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use imgpull_core::BlobWriter as CoreWriter;
+use pyo3::prelude::*;
+
+use crate::errors::Result;
+
+#[pyclass(module = "imgpull._core", name = "BlobWriter", frozen)]
+pub struct BlobWriter {
+    inner: Mutex<CoreWriter>,
+    /// Mirrors inner.offset() so reading it never waits for a running write.
+    offset: AtomicU64,
+    path: String,
+    digest: String,
+    size: Option<u64>,
+}
+
+impl BlobWriter {
+    /// Locks the core writer; call only with the GIL released. A panic in
+    /// another holder cannot leave the writer half-updated in a way the
+    /// checks in commit() would miss, so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, CoreWriter> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the locked writer, then publishes the new offset, also
+    /// when `f` failed (a fetch may have written some bytes first).
+    pub fn with<T>(&self, f: impl FnOnce(&mut CoreWriter) -> T) -> T {
+        let mut w = self.lock();
+        let out = f(&mut w);
+        self.offset.store(w.offset(), Ordering::Relaxed);
+        out
+    }
+}
+
+#[pymethods]
+impl BlobWriter {
+    #[new]
+    #[pyo3(signature = (path, digest, size=None))]
+    fn new(py: Python<'_>, path: PathBuf, digest: String, size: Option<u64>) -> Result<Self> {
+        let writer = py.detach(|| CoreWriter::open(&path, &digest, size))?;
+        Ok(BlobWriter {
+            offset: AtomicU64::new(writer.offset()),
+            inner: Mutex::new(writer),
+            path: path.to_string_lossy().into_owned(),
+            digest,
+            size,
+        })
+    }
+
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    #[getter]
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    #[getter]
+    fn size(&self) -> Option<u64> {
+        self.size
+    }
+
+    fn write(&self, py: Python<'_>, data: &[u8]) -> Result<()> {
+        Ok(py.detach(|| self.with(|w| w.write(data)))?)
+    }
+
+    fn truncate(&self, py: Python<'_>) -> Result<()> {
+        Ok(py.detach(|| self.with(|w| w.truncate()))?)
+    }
+
+    fn commit(&self, py: Python<'_>, dest: PathBuf) -> Result<()> {
+        Ok(py.detach(|| self.with(|w| w.commit(&dest)))?)
+    }
+
+    fn close(&self, py: Python<'_>) -> Result<()> {
+        Ok(py.detach(|| self.with(|w| w.close()))?)
+    }
+
+    fn __repr__(&self) -> String {
+        let size = self.size.map_or("None".to_owned(), |s| s.to_string());
+        format!(
+            "BlobWriter(path={:?}, digest={:?}, size={size}, offset={})",
+            self.path,
+            self.digest,
+            self.offset()
+        )
+    }
+}

@@ -1,0 +1,70 @@
+"""Renderers of progress events."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from imgpull.progress import (
+    JsonRenderer,
+    PlainRenderer,
+    ProgressEvent,
+    TtyRenderer,
+    human_size,
+    progress_bar,
+)
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [(0, "0B"), (999, "999B"), (1000, "1kB"), (12_345_678, "12.35MB"), (2.5e9, "2.5GB")],
+)
+def test_human_size(n: float, text: str) -> None:
+    assert human_size(n) == text
+
+
+def test_bar() -> None:
+    bar = progress_bar(50, 100, width=10)
+    assert bar.startswith("[=====>     ]")
+    assert bar.endswith("50B/100B")
+    assert progress_bar(100, 100, width=10).startswith("[==========>]")
+
+
+def test_plain_prints_changes_only() -> None:
+    out = io.StringIO()
+    r = PlainRenderer(out)
+    r(ProgressEvent("Pulling fs layer", "abc"))
+    r(ProgressEvent("Downloading", "abc", 1, 10))
+    r(ProgressEvent("Downloading", "abc", 5, 10))
+    r(ProgressEvent("Download complete", "abc"))
+    r(ProgressEvent("Digest: sha256:x"))
+    assert out.getvalue().splitlines() == [
+        "abc: Pulling fs layer",
+        "abc: Downloading",
+        "abc: Download complete",
+        "Digest: sha256:x",
+    ]
+
+
+def test_json_lines() -> None:
+    out = io.StringIO()
+    r = JsonRenderer(out)
+    r(ProgressEvent("Downloading", "abc", 5, 10))
+    assert json.loads(out.getvalue()) == {
+        "status": "Downloading",
+        "id": "abc",
+        "progressDetail": {"current": 5, "total": 10},
+    }
+
+
+def test_tty_rewrites_line_in_place() -> None:
+    out = io.StringIO()
+    r = TtyRenderer(out)
+    r(ProgressEvent("Pulling fs layer", "aaa"))
+    r(ProgressEvent("Pulling fs layer", "bbb"))
+    r(ProgressEvent("Download complete", "aaa"))
+    text = out.getvalue()
+    # aaa is two lines up from the cursor: move up 2, rewrite, move back.
+    assert "\x1b[2A\r\x1b[2Kaaa: Download complete\r\x1b[2B" in text
