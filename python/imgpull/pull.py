@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgpull._core import DigestMismatchError, Fetcher, Transfer, sha256_bytes
+from imgpull._core import BlobWriter, DigestMismatchError, Fetcher, Transfer, sha256_bytes
 from imgpull.errors import (
     ImgpullError,
     ManifestError,
@@ -305,45 +305,53 @@ class Puller:
                 self.emit(ProgressEvent(DOWNLOADING, label, current, total))
 
     def _download(self, desc: Descriptor, label: str | None) -> None:
-        """Fetch one blob into the content store, resuming and retrying."""
-        content = self.store.content
-        repo = self.repo
-        key = label or f"config {short_id(desc.digest)}"
-        with content.ingest(desc.digest, desc.size) as writer:
+        """Fetch one blob into the content store, unless someone else did."""
+        with self.store.content.ingest(desc.digest, desc.size) as writer:
             if writer is not None:
-                restarted = False
-                attempt = 0
-                while True:
-                    attempt += 1
-                    resumed = writer.offset > 0
-                    try:
-                        with self._transfers.track(key, writer.offset, desc.size) as transfer:
-                            if transfer.cancelled:
-                                raise PullCancelledError("pull cancelled")
-                            self.registry.fetch_blob(
-                                repo, desc.digest, writer, self.fetcher, transfer
-                            )
-                        if label:
-                            self.emit(ProgressEvent(VERIFYING, label))
-                        content.commit(writer)
-                        break
-                    except DigestMismatchError:
-                        # Joined bytes of a resume may be at fault: once, start over.
-                        if not resumed or restarted:
-                            raise
-                        restarted = True
-                        writer.truncate()
-                    except ImgpullError as exc:
-                        delay = self.options.retry.delay(attempt, exc)
-                        if delay is None or self._transfers.cancelled:
-                            raise
-                        if label:
-                            self._countdown(label, delay)
-                        else:
-                            self._sleep(delay)
-        self.store.meta.record_blob(desc.digest, desc.size, desc.media_type, self.host, repo)
+                self._fetch_into(writer, desc, label)
+        self.store.meta.record_blob(desc.digest, desc.size, desc.media_type, self.host, self.repo)
         if label:
             self.emit(ProgressEvent(DOWNLOAD_COMPLETE, label))
+
+    def _fetch_into(self, writer: BlobWriter, desc: Descriptor, label: str | None) -> None:
+        """Fill `writer` with the blob and commit it, resuming and retrying."""
+        content = self.store.content
+        key = label or f"config {short_id(desc.digest)}"
+        restarted = False
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                resumed = writer.offset > 0
+                try:
+                    with self._transfers.track(key, writer.offset, desc.size) as transfer:
+                        if transfer.cancelled:
+                            raise PullCancelledError("pull cancelled")
+                        self.registry.fetch_blob(
+                            self.repo, desc.digest, writer, self.fetcher, transfer
+                        )
+                    if label:
+                        self.emit(ProgressEvent(VERIFYING, label))
+                    content.commit(writer)
+                    return
+                except DigestMismatchError:
+                    # The joined bytes of a resume may be at fault: start over,
+                    # once (the failed commit removed the partial file).
+                    if not resumed or restarted:
+                        raise
+                    restarted = True
+                    writer.close()
+                    writer = content.writer(desc.digest, desc.size)
+                except ImgpullError as exc:
+                    delay = self.options.retry.delay(attempt, exc)
+                    if delay is None or self._transfers.cancelled:
+                        raise
+                    if label:
+                        self._countdown(label, delay)
+                    else:
+                        self._sleep(delay)
+        finally:
+            writer.close()
 
     def _countdown(self, label: str, delay: float) -> None:
         whole = int(delay)

@@ -71,11 +71,19 @@ class ContentStore:
             if dest.is_file():
                 yield None
                 return
-            writer = BlobWriter(str(self.ingest_dir / hexpart), digest, size)
+            writer = self.writer(digest, size)
             try:
                 yield writer
             finally:
                 writer.close()
+
+    def writer(self, digest: str, size: int | None) -> BlobWriter:
+        """A writer on the ingest file of `digest`, continuing what is there.
+
+        Only for the holder of `ingest(digest)`: e.g. to start over after a
+        failed commit, which removed the partial file.
+        """
+        return BlobWriter(str(self.ingest_dir / self.path(digest).name), digest, size)
 
     def commit(self, writer: BlobWriter) -> Path:
         dest = self.path(writer.digest)
