@@ -5,6 +5,23 @@ touches a file or the network releases the GIL for its whole duration.
 """
 
 from collections.abc import Sequence
+from typing import final
+
+from typing_extensions import Self
+
+__all__ = [
+    "BlobWriter",
+    "DigestMismatchError",
+    "FetchError",
+    "FetchResult",
+    "Fetcher",
+    "ImgpullError",
+    "SizeMismatchError",
+    "Transfer",
+    "__version__",
+    "sha256_bytes",
+    "sha256_file",
+]
 
 __version__: str
 
@@ -27,7 +44,8 @@ class FetchError(ImgpullError):
     """The native fetcher could not complete a transfer.
 
     An HTTP status is never a FetchError: fetch_blob returns it. This is for
-    what happens below HTTP or mid-body.
+    what happens below HTTP or mid-body. (The class carries defaults
+    kind="io", retryable=False for instances raised without them.)
     """
 
     # "connect" | "dns" | "tls" | "timeout" | "io" | "protocol" | "range"
@@ -42,16 +60,22 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_file(path: str) -> str:
     """'sha256:<hex>' of a file's content, streamed (GIL released)."""
 
+@final
 class BlobWriter:
     """Appends to a partial file in the ingest area while hashing.
 
     Opening an existing partial file continues from its end (its prefix is
     re-hashed). `digest` is 'sha256:<hex>'; `size` is the expected size or
     None when unknown. Writing beyond a known size raises SizeMismatchError at
-    once (a lying server cannot fill the disk).
+    once (a lying server cannot fill the disk). A partial file already longer
+    than a known size can never verify: it is started over (offset 0).
+
+    Errors: ValueError for a malformed digest or a closed writer; OSError
+    (FileNotFoundError, PermissionError, ...) for file errors. After commit(),
+    successful or not, the writer is closed.
     """
 
-    def __init__(self, path: str, digest: str, size: int | None = None) -> None: ...
+    def __new__(cls, path: str, digest: str, size: int | None = None) -> Self: ...
     @property
     def offset(self) -> int:
         """Bytes in the partial file (the next Range start)."""
@@ -76,6 +100,7 @@ class BlobWriter:
     def close(self) -> None:
         """Flush and close, keeping the partial file for a later resume."""
 
+@final
 class Transfer:
     """A handle shared between a running fetch and Python: progress + cancel.
 
@@ -84,7 +109,7 @@ class Transfer:
     FetchError(kind="cancelled"), the partial file kept.
     """
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Self: ...
     @property
     def received(self) -> int:
         """Body bytes received by the fetches using this handle."""
@@ -92,6 +117,7 @@ class Transfer:
     def cancelled(self) -> bool: ...
     def cancel(self) -> None: ...
 
+@final
 class FetchResult:
     status: int
     # Response headers of the final response, names lower-cased.
@@ -103,6 +129,7 @@ class FetchResult:
     # For a non-2xx status: the start of the body (at most 64 KiB), else b"".
     body: bytes
 
+@final
 class Fetcher:
     """A pooled HTTP/1.1 client (rustls) for blob bodies.
 
@@ -112,10 +139,13 @@ class Fetcher:
     `insecure`: skip certificate verification (explicit user choice only).
     `proxy`: 'http://host:port' or None.
     `read_timeout`: seconds without a byte before FetchError(kind="timeout").
+    Construction reads the system roots and the PEM files (OSError if one is
+    missing, ValueError if it holds no usable certificate/key or a setting is
+    invalid). No proxy is taken from the environment: pass the one to use.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         user_agent: str,
         ca_file: str | None = None,
@@ -125,7 +155,7 @@ class Fetcher:
         proxy: str | None = None,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
-    ) -> None: ...
+    ) -> Self: ...
     def fetch_blob(
         self,
         url: str,

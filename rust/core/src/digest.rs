@@ -37,10 +37,6 @@ impl Digest {
     pub fn from_hasher(hasher: Sha256) -> Digest {
         Digest(hasher.finalize().into())
     }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
 }
 
 fn nibble(c: u8) -> Option<u8> {

@@ -119,6 +119,9 @@ impl Fetcher {
     ) -> Result<FetchResponse> {
         let mut url =
             Url::parse(url).map_err(|e| CoreError::Invalid(format!("url {url:?}: {e}")))?;
+        if transfer.is_some_and(Transfer::cancelled) {
+            return Err(cancelled());
+        }
         let origin = url.origin();
         let mut keep_auth = true;
         for hop in 0..=MAX_REDIRECTS {
@@ -311,6 +314,10 @@ fn fill(
         }
     }
     (filled, Ok(true))
+}
+
+fn cancelled() -> CoreError {
+    CoreError::fetch(FetchKind::Cancelled, false, "cancelled")
 }
 
 /// A local write failure while fetching: not the network's fault, and a

@@ -2,7 +2,7 @@
 //! is appended to while hashed; commit only renames verified bytes into place.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -35,7 +35,7 @@ impl BlobWriter {
         let path = path.into();
         let digest = Digest::parse(digest)?;
         // O_APPEND: every write lands at the end, also right after set_len(0).
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
@@ -51,7 +51,15 @@ impl BlobWriter {
                 .map_err(|e| CoreError::file("truncate", &path, e))?;
             0
         } else {
-            hash_reader(&mut hasher, &mut file).map_err(|e| CoreError::file("read", &path, e))?
+            // Only the length seen: a file still growing (or a device) must
+            // not keep us reading.
+            let read = hash_reader(&mut hasher, &mut (&file).take(len))
+                .map_err(|e| CoreError::file("read", &path, e))?;
+            if read != len {
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "partial file shrank");
+                return Err(CoreError::file("read", &path, e));
+            }
+            len
         };
         Ok(BlobWriter {
             path,

@@ -374,3 +374,21 @@ fn local_write_failure_is_a_disk_error_not_retryable() {
         .unwrap_err();
     assert_eq!(fetch_kind(err), (FetchKind::Disk, false));
 }
+
+#[test]
+fn a_cancelled_transfer_sends_no_request() {
+    let server = Server::start(|_, s| respond(s, "200 OK", &[], b"x"));
+    let mut blob = writer_for(b"x");
+    let transfer = Transfer::new();
+    transfer.cancel();
+    let err = default_fetcher()
+        .fetch_blob(
+            &server.url("/b"),
+            &no_headers(),
+            &mut blob.writer,
+            Some(&transfer),
+        )
+        .unwrap_err();
+    assert_eq!(fetch_kind(err), (FetchKind::Cancelled, false));
+    assert!(server.requests().is_empty());
+}
