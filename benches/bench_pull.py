@@ -106,10 +106,17 @@ def main() -> None:
             blobs = [*image.layer_digests, image.config_digest]
             total = image.total_layer_size + len(json.dumps(image.config))
             runs: list[Run] = []
+            tools = (
+                lambda: imgpull_run(ref, args.parallel),
+                lambda: skopeo_run(ref),
+                lambda: curl_run(registry, "bench/image", blobs, args.parallel),
+            )
             for _ in range(args.runs):
-                runs.append(imgpull_run(ref, args.parallel))
-                runs.append(skopeo_run(ref))
-                runs.append(curl_run(registry, "bench/image", blobs, args.parallel))
+                for run in tools:
+                    # Each run starts with no dirty pages left by the one before.
+                    os.sync()
+                    time.sleep(0.5)
+                    runs.append(run())
         report(runs, total, args, built)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -11,13 +11,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
-import typer
+# This process only ever runs imgpull, whose HTTP is synchronous. httpx and
+# httpcore import these optional packages when installed (the async
+# backends, httpx's own CLI): ~0.2 s of every pull's start-up. A None entry
+# makes each import fail, which both libraries expect and handle.
+for _optional in ("anyio", "trio", "httpx._main"):
+    sys.modules.setdefault(_optional, None)  # type: ignore[arg-type]
 
-from imgpull import bench as bench_mod
-from imgpull.client import Client
-from imgpull.errors import ImgpullError
-from imgpull.progress import human_size, renderer_for
-from imgpull.version import __version__
+import typer  # noqa: E402
+
+from imgpull import bench as bench_mod  # noqa: E402
+from imgpull.client import Client  # noqa: E402
+from imgpull.errors import ImgpullError  # noqa: E402
+from imgpull.progress import human_size, renderer_for  # noqa: E402
+from imgpull.version import __version__  # noqa: E402
 
 app = typer.Typer(
     help="A fast, verifying container-image puller for Docker/OCI v2 registries.",

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,7 @@ class Puller:
         self.emit = emit
         self._sleep = sleep
         self._transfers = _Transfers()
+        self._fetched: list[Descriptor] = []
 
     # Resolve --------------------------------------------------------------
 
@@ -251,8 +252,7 @@ class Puller:
         if not have_all:
             self._download_all(config_desc, manifest.layers)
         config = self._load_config(config_desc.digest, len(manifest.layers))
-        self._record(ref, top, manifest, config)
-        return self._result(ref, top, manifest, config)
+        return self._record(ref, top, manifest, config)
 
     def _download_all(self, config: Descriptor, layers: Sequence[Descriptor]) -> None:
         limit = max(1, self.options.max_concurrent_downloads)
@@ -273,11 +273,14 @@ class Puller:
         reporter = threading.Thread(target=self._report, args=(done,), daemon=True)
         reporter.start()
         # The config has its own thread so that it never queues behind layers.
+        # Layer threads outnumber the download slots, so that one blob's
+        # commit (verify, fsync, rename) overlaps the next one's download.
+        slots = threading.BoundedSemaphore(limit)
         config_pool = ThreadPoolExecutor(1, thread_name_prefix="imgpull-config")
-        layer_pool = ThreadPoolExecutor(limit, thread_name_prefix="imgpull-layer")
+        layer_pool = ThreadPoolExecutor(2 * limit, thread_name_prefix="imgpull-layer")
         futures: list[Future[None]] = [
-            config_pool.submit(self._download, config, None),
-            *(layer_pool.submit(self._download, d, short_id(d.digest)) for d in todo),
+            config_pool.submit(self._download, config, None, nullcontext()),
+            *(layer_pool.submit(self._download, d, short_id(d.digest), slots) for d in todo),
         ]
         try:
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -304,16 +307,27 @@ class Puller:
             for label, current, total in self._transfers.snapshot():
                 self.emit(ProgressEvent(DOWNLOADING, label, current, total))
 
-    def _download(self, desc: Descriptor, label: str | None) -> None:
-        """Fetch one blob into the content store, unless someone else did."""
+    def _download(
+        self, desc: Descriptor, label: str | None, slot: AbstractContextManager[Any]
+    ) -> None:
+        """Fetch one blob into the content store, unless someone else did.
+
+        `slot` is held while bytes come over the network.
+        """
         with self.store.content.ingest(desc.digest, desc.size) as writer:
             if writer is not None:
-                self._fetch_into(writer, desc, label)
-        self.store.meta.record_blob(desc.digest, desc.size, desc.media_type, self.host, self.repo)
+                self._fetch_into(writer, desc, label, slot)
+        self._fetched.append(desc)  # recorded with the image, in one transaction
         if label:
             self.emit(ProgressEvent(DOWNLOAD_COMPLETE, label))
 
-    def _fetch_into(self, writer: BlobWriter, desc: Descriptor, label: str | None) -> None:
+    def _fetch_into(
+        self,
+        writer: BlobWriter,
+        desc: Descriptor,
+        label: str | None,
+        slot: AbstractContextManager[Any],
+    ) -> None:
         """Fill `writer` with the blob and commit it, resuming and retrying."""
         content = self.store.content
         key = label or f"config {short_id(desc.digest)}"
@@ -324,7 +338,7 @@ class Puller:
                 attempt += 1
                 resumed = writer.offset > 0
                 try:
-                    with self._transfers.track(key, writer.offset, desc.size) as transfer:
+                    with slot, self._transfers.track(key, writer.offset, desc.size) as transfer:
                         if transfer.cancelled:
                             raise PullCancelledError("pull cancelled")
                         self.registry.fetch_blob(
@@ -397,55 +411,69 @@ class Puller:
 
     def _record(
         self, ref: Reference, top: Manifest, manifest: ImageManifest, config: dict[str, Any]
-    ) -> None:
-        content, meta = self.store.content, self.store.meta
-        host, repo = self.host, self.repo
-        for m in {top.digest: top, manifest.digest: manifest}.values():
-            content.put(m.raw, m.digest)
-            meta.record_blob(m.digest, len(m.raw), m.media_type, host, repo)
-        meta.add_image(
-            ImageRecord(
-                id=manifest.config.digest,
-                manifest_digest=manifest.digest,
-                media_type=manifest.media_type,
-                os=str(config.get("os") or ""),
-                architecture=str(config.get("architecture") or ""),
-                variant=config.get("variant") if isinstance(config.get("variant"), str) else None,
-                created=config.get("created") if isinstance(config.get("created"), str) else None,
-                size=_image_size(manifest),
-                pulled_at=time.time(),
-            ),
-            [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
-        )
-
-    def _result(
-        self, ref: Reference, top: Manifest, manifest: ImageManifest, config: dict[str, Any]
     ) -> Image:
-        meta = self.store.meta
+        """Store the manifests and record the pull: one transaction, so a crash
+        leaves the store as before or after it, and pays for one commit."""
+        content, meta = self.store.content, self.store.meta
         image_id = manifest.config.digest
-        digest_changed = meta.set_reference(
-            f"{ref.name}@{top.digest}", ref.name, None, top.digest, image_id
-        )
-        if ref.digest is None:
-            updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
-        else:
-            updated = digest_changed
+        platform = _config_platform(config)
+        manifests = {top.digest: top, manifest.digest: manifest}.values()
+        for m in manifests:
+            content.put(m.raw, m.digest)
+        with meta.transaction():
+            for m in manifests:
+                meta.record_blob(m.digest, len(m.raw), m.media_type, self.host, self.repo)
+            for d in self._fetched:
+                meta.record_blob(d.digest, d.size, d.media_type, self.host, self.repo)
+            meta.add_image(
+                ImageRecord(
+                    id=image_id,
+                    manifest_digest=manifest.digest,
+                    media_type=manifest.media_type,
+                    os=platform.os,
+                    architecture=platform.architecture,
+                    variant=platform.variant,
+                    created=config.get("created")
+                    if isinstance(config.get("created"), str)
+                    else None,
+                    size=_image_size(manifest),
+                    pulled_at=time.time(),
+                ),
+                [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
+            )
+            updated = meta.set_reference(
+                f"{ref.name}@{top.digest}", ref.name, None, top.digest, image_id
+            )
+            if ref.digest is None:
+                updated = meta.set_reference(
+                    f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id
+                )
         return Image(
             reference=ref,
             id=image_id,
             digest=top.digest,
             manifest_digest=manifest.digest,
             media_type=manifest.media_type,
-            platform=Platform(
-                os=str(config.get("os") or ""),
-                architecture=str(config.get("architecture") or ""),
-                variant=config.get("variant") if isinstance(config.get("variant"), str) else None,
-            ),
+            platform=platform,
             layers=manifest.layers,
             size=_image_size(manifest),
             updated=updated,
             downloaded_bytes=self._transfers.received,
         )
+
+
+def _text(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _config_platform(config: dict[str, Any]) -> Platform:
+    return Platform(
+        os=_text(config, "os") or "",
+        architecture=_text(config, "architecture") or "",
+        variant=_text(config, "variant"),
+        os_version=_text(config, "os.version"),
+    )
 
 
 def _image_size(manifest: ImageManifest) -> int:

@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import certifi
 import httpx
 
 from imgpull.errors import ManifestError, RegistryError, RegistryUnreachableError
@@ -122,8 +121,9 @@ class Endpoint:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
-            # certifi, as httpx does by default; the extra CA adds to it.
-            ctx = ssl.create_default_context(cafile=certifi.where())
+            # The system's roots, as docker and the native Fetcher use; an
+            # extra CA adds to them.
+            ctx = ssl.create_default_context()
             if self.ca_file:
                 ctx.load_verify_locations(cafile=self.ca_file)
         if self.client_cert:
@@ -238,9 +238,10 @@ class RegistryClient:
         self._endpoint = endpoint
         self._owns_http = http is None
         if http is None:
-            tls = endpoint.scheme == "https" or endpoint.http_fallback
             http = httpx.Client(
-                verify=endpoint.ssl_context() if tls else True,
+                # Always our own context: httpx's default one costs ~0.1 s to
+                # build, and redirects may lead from http to https.
+                verify=endpoint.ssl_context(),
                 http2=False,
                 trust_env=True,
                 follow_redirects=True,

@@ -76,6 +76,10 @@ class ContentStore:
                 yield writer
             finally:
                 writer.close()
+                # An empty partial file holds nothing to resume: leave no litter.
+                partial = Path(writer.path)
+                if partial.is_file() and partial.stat().st_size == 0:
+                    partial.unlink()
 
     def writer(self, digest: str, size: int | None) -> BlobWriter:
         """A writer on the ingest file of `digest`, continuing what is there.

@@ -103,16 +103,31 @@ class MetadataStore:
             self._db = sqlite3.connect(
                 self.path, timeout=60.0, check_same_thread=False, isolation_level=None
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal()
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the store database {self.path}: {exc}") from None
         self._lock = threading.RLock()
+        self._depth = 0
         self._migrate()
 
+    def _enable_wal(self) -> None:
+        # Switching a new database to WAL needs a lock that SQLite does not
+        # wait for (no busy handler), so a second process opening the same
+        # new store at that moment gets "database is locked": try again.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     def _migrate(self) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise StoreError(
@@ -129,17 +144,31 @@ class MetadataStore:
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction: the write lock is taken up front, so two
-        processes never both read-then-write and deadlock on upgrade."""
+        processes never both read-then-write and deadlock on upgrade.
+
+        Nested uses join the outer transaction, so a caller can make several
+        changes atomic (and pay for one durable commit instead of several).
+        """
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self._depth = 1
                 try:
                     yield self._db
                 except BaseException:
                     self._db.execute("ROLLBACK")
                     raise
+                finally:
+                    self._depth = 0
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"store database {self.path}: {exc}") from None
@@ -157,7 +186,7 @@ class MetadataStore:
         self, digest: str, size: int, media_type: str, registry: str, repository: str
     ) -> None:
         now = time.time()
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO blobs(digest, size, media_type, added_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(digest) DO NOTHING",
@@ -178,7 +207,7 @@ class MetadataStore:
     # Images --------------------------------------------------------------
 
     def add_image(self, image: ImageRecord, layers: Sequence[LayerRecord]) -> None:
-        with self._transaction() as db:
+        with self.transaction() as db:
             db.execute(
                 "INSERT INTO images(id, manifest_digest, media_type, os, architecture, variant,"
                 " created, size, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -225,7 +254,7 @@ class MetadataStore:
         self, reference: str, name: str, tag: str | None, digest: str | None, image_id: str
     ) -> bool:
         """Point `reference` at `image_id`; True when that changed something."""
-        with self._transaction() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT image_id FROM refs WHERE reference = ?", (reference,))
             current = row.fetchone()
             if current is not None and current[0] == image_id:

@@ -13,6 +13,11 @@ use crate::error::{CoreError, Result};
 /// Coalesces small writes from Python; the fetcher's ~1 MiB chunks bypass it.
 const BUF: usize = 256 * 1024;
 
+/// Every this many bytes, writeback of what was written is started, so that
+/// the disk works while the download goes on and the fsync in commit() only
+/// waits for the tail (it otherwise waits for the whole blob, ~0.2 s/100 MB).
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
 pub struct BlobWriter {
     path: PathBuf,
     digest: Digest,
@@ -25,6 +30,41 @@ pub struct BlobWriter {
 struct Open {
     file: BufWriter<File>,
     hasher: Sha256,
+    /// Offset up to which writeback was started.
+    writeback_from: u64,
+}
+
+impl Open {
+    fn new(file: File, hasher: Sha256, offset: u64) -> Open {
+        Open {
+            file: BufWriter::with_capacity(BUF, file),
+            hasher,
+            writeback_from: offset,
+        }
+    }
+
+    /// Starts (does not wait for) writeback of the bytes up to `offset`.
+    /// Only a hint: a failure here shows again, and is reported, at fsync.
+    fn start_writeback(&mut self, offset: u64) {
+        if offset - self.writeback_from < WRITEBACK_EVERY || self.file.flush().is_err() {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let from = self.writeback_from;
+            // SAFETY: a plain syscall on a file descriptor we own; no memory is shared.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.get_ref().as_raw_fd(),
+                    from as libc::off64_t,
+                    (offset - from) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        self.writeback_from = offset;
+    }
 }
 
 impl BlobWriter {
@@ -66,10 +106,7 @@ impl BlobWriter {
             digest,
             size,
             offset,
-            open: Some(Open {
-                file: BufWriter::with_capacity(BUF, file),
-                hasher,
-            }),
+            open: Some(Open::new(file, hasher, offset)),
         })
     }
 
@@ -114,6 +151,7 @@ impl BlobWriter {
             return Err(CoreError::file("write", &self.path, e));
         }
         open.hasher.update(data);
+        open.start_writeback(end);
         self.offset = end;
         Ok(())
     }
@@ -126,10 +164,7 @@ impl BlobWriter {
         file.set_len(0)
             .map_err(|e| CoreError::file("truncate", &self.path, e))?;
         self.offset = 0;
-        self.open = Some(Open {
-            file: BufWriter::with_capacity(BUF, file),
-            hasher: Sha256::new(),
-        });
+        self.open = Some(Open::new(file, Sha256::new(), 0));
         Ok(())
     }
 
