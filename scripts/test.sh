@@ -176,6 +176,8 @@ mypy_check() {
     local rc=0
     "$PY" -m mypy || rc=$?
     "$PY" -m mypy --strict tests/support tests/conftest.py || rc=$?
+    # The hand-written stubs of the native module against the built module.
+    (cd / && "$PY" -m mypy.stubtest imgpull._core) || rc=$?
     return $rc
 }
 
