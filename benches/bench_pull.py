@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""imgpull vs skopeo (and the curl + sha256sum bound) on the same image, same run.
+"""imgpull vs skopeo (and a curl + sha256 bound) on the same image, same run.
 
 Starts Debian's docker-registry on loopback, builds an image of random
 (incompressible) layers, pushes it with skopeo as Docker v2s2, then for each
 round pulls it with:
   - imgpull  (`imgpull bench`'s run: a fresh store, one process a pull)
   - skopeo   (`skopeo copy docker://… oci:<fresh dir>`)
-  - curl     (every blob `curl | sha256sum`, as many at once as imgpull
+  - curl     (every blob `curl | openssl sha256`, as many at once as imgpull
               downloads: a bound for download + verify, writing nothing)
 and prints medians and ratios. Usage:
 
@@ -76,10 +76,10 @@ def curl_run(registry: RegistryServer, repo: str, digests: Sequence[str], parall
     # xargs -P runs the pipelines concurrently; each checks its own digest.
     script = (
         f"printf '%s\\n' {' '.join(digests)} | xargs -P {parallel} -I{{}} sh -c "
-        f"'test \"sha256:$(curl -sf {registry.url}/v2/{repo}/blobs/{{}} | sha256sum | "
+        f"'test \"sha256:$(curl -sf {registry.url}/v2/{repo}/blobs/{{}} | openssl sha256 -r | "
         'cut -d" " -f1)" = {} || exit 255\''
     )
-    return Run("curl|sha256sum", *timed([script], shell=True))
+    return Run("curl|openssl sha256", *timed([script], shell=True))
 
 
 def imgpull_run(ref: str, parallel: int) -> Run:
@@ -152,10 +152,10 @@ def report(runs: Sequence[Run], total: int, args: argparse.Namespace, built: flo
         f"(built in {built:.1f} s); {args.runs} runs each, medians; "
         f"{os.cpu_count()} cores"
     )
-    print(f"{'tool':<16} {'wall s':>8} {'MB/s':>8} {'cpu s':>7} {'RSS MB':>7} {'x imgpull':>10}")
+    print(f"{'tool':<20} {'wall s':>8} {'MB/s':>8} {'cpu s':>7} {'RSS MB':>7} {'x imgpull':>10}")
     for t, m in med.items():
         print(
-            f"{t:<16} {m['wall_s']:>8.3f} {m['mb_per_s']:>8.0f} {m['cpu_s']:>7.2f} "
+            f"{t:<20} {m['wall_s']:>8.3f} {m['mb_per_s']:>8.0f} {m['cpu_s']:>7.2f} "
             f"{m['peak_rss_mb']:>7.1f} {m['time_vs_imgpull']:>10.2f}"
         )
 
