@@ -32,6 +32,7 @@ from imgpull.errors import (
     NameUnknownError,
     RegistryError,
     RegistryUnreachableError,
+    TLSVerificationError,
 )
 from imgpull.registry import (
     DEFAULT_ACCEPT,
@@ -1221,7 +1222,7 @@ def test_real_tls(tls_registry: Any) -> None:
     with _real(tls_registry) as c:
         assert c.ping() is None
         assert c.base_url == f"https://{tls_registry.host}"
-    with _real(tls_registry, ca=False) as c, pytest.raises(RegistryUnreachableError) as ei:
+    with _real(tls_registry, ca=False) as c, pytest.raises(TLSVerificationError) as ei:
         c.ping()
     msg = str(ei.value)
     _one_line(msg)
@@ -1237,7 +1238,7 @@ def test_real_tls(tls_registry: Any) -> None:
 def test_real_tls_auto_mode_never_downgrades_after_a_certificate_failure(tls_registry: Any) -> None:
     ep = endpoint_for(tls_registry.host, plain_http=None)
     assert ep.http_fallback
-    with RegistryClient(ep) as c, pytest.raises(RegistryUnreachableError, match="TLS certificate"):
+    with RegistryClient(ep) as c, pytest.raises(TLSVerificationError, match="TLS certificate"):
         c.ping()
 
 

@@ -10,6 +10,7 @@ from imgpull.errors import (
     ManifestUnknownError,
     RegistryError,
     RegistryUnreachableError,
+    TLSVerificationError,
 )
 from imgpull.retry import RetryPolicy
 
@@ -27,6 +28,7 @@ P = RetryPolicy(attempts=5, first_delay=1.0, factor=2.0, max_delay=5.0, jitter=0
         (ManifestUnknownError("x", status=404), False),
         (AuthenticationError("x", status=401), False),
         (RegistryUnreachableError("x"), True),
+        (TLSVerificationError("x"), False),
         (DigestMismatchError("x"), False),
         (OSError(28, "No space left on device"), False),
     ],

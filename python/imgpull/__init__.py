@@ -25,6 +25,7 @@ from imgpull.errors import (
     RegistryUnreachableError,
     SizeMismatchError,
     StoreError,
+    TLSVerificationError,
     UnsupportedManifestError,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "RegistryUnreachableError",
     "SizeMismatchError",
     "StoreError",
+    "TLSVerificationError",
     "UnsupportedManifestError",
     "__version__",
     "parse_platform",

@@ -29,6 +29,7 @@ __all__ = [
     "RegistryUnreachableError",
     "SizeMismatchError",
     "StoreError",
+    "TLSVerificationError",
     "UnsupportedManifestError",
 ]
 
@@ -73,6 +74,10 @@ class ManifestUnknownError(RegistryError):
 
 class RegistryUnreachableError(RegistryError):
     """No connection could be made to the registry."""
+
+
+class TLSVerificationError(RegistryError):
+    """The registry's certificate is not trusted: waiting will not fix it."""
 
 
 class ManifestError(ImgpullError):

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from imgpull.errors import (
     AuthenticationError,
     FetchError,
-    ImgpullError,
     RegistryError,
     RegistryUnreachableError,
 )
@@ -58,7 +57,3 @@ class RetryPolicy:
         base = min(self.first_delay * self.factor ** (attempt - 1), self.max_delay)
         return base * (1.0 - self.jitter * random.random())
 
-
-def is_local_error(error: BaseException) -> bool:
-    """Errors of this machine (disk full, permissions), never the network's."""
-    return isinstance(error, OSError) and not isinstance(error, ImgpullError)

@@ -31,6 +31,7 @@ from imgpull.errors import (
     NameUnknownError,
     RegistryError,
     RegistryUnreachableError,
+    TLSVerificationError,
 )
 
 __all__ = [
@@ -305,9 +306,13 @@ def network_reason(exc: BaseException) -> str:
 
 def unreachable_error(
     host: str, exc: BaseException, *, what: str = "registry"
-) -> RegistryUnreachableError:
+) -> RegistryError:
     """ "cannot reach registry 127.0.0.1:1: connection refused — is it running?" """
-    return RegistryUnreachableError(f"cannot reach {what} {host}: {network_reason(exc)}")
+    message = f"cannot reach {what} {host}: {network_reason(exc)}"
+    # An untrusted certificate is final (no retry); a network failure may pass.
+    if is_tls_verify_failure(exc):
+        return TLSVerificationError(message)
+    return RegistryUnreachableError(message)
 
 
 def request_failure(host: str, exc: httpx.RequestError, *, what: str = "registry") -> RegistryError:
