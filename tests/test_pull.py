@@ -223,7 +223,7 @@ def test_images_and_inspect(pushed_image: PushedImage, tmp_path: Path) -> None:
     assert [layer["Digest"] for layer in info["Layers"]] == pushed_image.layer_digests
     assert info["RootFS"]["diff_ids"] == pushed_image.image.diff_ids
     missing = run_cli("inspect", "nothing:here", "--root", str(tmp_path))
-    assert missing.returncode == 1 and "no such image" in missing.stderr
+    assert missing.returncode == 1 and "no such image" in missing.stderr.lower()
 
 
 def test_files_layer_bytes_roundtrip(

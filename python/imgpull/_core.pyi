@@ -16,9 +16,13 @@ __all__ = [
     "FetchResult",
     "Fetcher",
     "ImgpullError",
+    "Schema1Error",
     "SizeMismatchError",
     "Transfer",
     "__version__",
+    "diff_id_file",
+    "fix_schema1_layers",
+    "schema1_payload",
     "sha256_bytes",
     "sha256_file",
 ]
@@ -59,6 +63,38 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str) -> str:
     """'sha256:<hex>' of a file's content, streamed (GIL released)."""
+
+class Schema1Error(ImgpullError):
+    """A Docker schema1 manifest whose layer chain or signature block is invalid."""
+
+def fix_schema1_layers(
+    layers: Sequence[tuple[str, str]], *, allow_base_parent: bool = False
+) -> list[int]:
+    """Check a schema1 layer chain as docker's fixManifestLayers does.
+
+    `layers`: each history entry's v1 (id, parent), top first ("" for no
+    parent). Returns the indexes to keep, top first: of adjacent repeats of
+    an id only the lowest entry stays. Raises Schema1Error (docker's wording)
+    for an id that is not 64 lowercase hex, a base layer with a parent
+    (unless allow_base_parent, docker's Windows rule), an id repeated
+    non-adjacently, or a parent that is not the next layer's id.
+    """
+
+def schema1_payload(raw: bytes) -> bytes:
+    """The canonical payload of a schema1 manifest: what its digest covers.
+
+    Signed ("prettyjws"): raw[:formatLength] + formatTail from the
+    signatures' protected headers, which must agree. Without a
+    `signatures` key: raw itself. Raises Schema1Error.
+    """
+
+def diff_id_file(path: str) -> str:
+    """'sha256:<hex>' of a layer blob's uncompressed content (GIL released).
+
+    gzip (multi-member), zstd or a plain tar, told by the magic bytes.
+    ValueError for an unknown compression or corrupt data; OSError for file
+    errors.
+    """
 
 @final
 class BlobWriter:

@@ -73,6 +73,7 @@ def _client(
     insecure: bool = False,
     ca_cert: Path | None = None,
     max_concurrent_downloads: int = 3,
+    refuse_schema1: bool = False,
 ) -> Client:
     return Client(
         root,
@@ -80,6 +81,7 @@ def _client(
         insecure=insecure,
         ca_file=str(ca_cert) if ca_cert else None,
         max_concurrent_downloads=max_concurrent_downloads,
+        refuse_schema1=refuse_schema1,
     )
 
 
@@ -102,13 +104,28 @@ def pull(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the image reference.")
     ] = False,
+    all_tags: Annotated[
+        bool, typer.Option("--all-tags", "-a", help="Pull every tag of the repository NAME.")
+    ] = False,
+    no_schema1: Annotated[
+        bool,
+        typer.Option("--no-schema1", help="Refuse deprecated Docker schema1 manifests."),
+    ] = False,
 ) -> None:
     """Pull an image from a registry into the local store."""
     with (
         _user_errors(),
-        _client(root, plain_http, insecure, ca_cert, max_concurrent_downloads) as client,
+        _client(
+            root, plain_http, insecure, ca_cert, max_concurrent_downloads, no_schema1
+        ) as client,
     ):
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
+        if all_tags:
+            pulled = client.pull_all_tags(reference, platform=platform, progress=progress)
+            if quiet:
+                for each in pulled:
+                    typer.echo(str(each.reference))
+            return
         image = client.pull(reference, platform=platform, progress=progress)
         if quiet:
             typer.echo(str(image.reference))
@@ -119,7 +136,7 @@ def images(
     root: RootOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False,
 ) -> None:
-    """List the images in the local store, one line per reference."""
+    """List the local images, newest first: a line per tag (digest-only: <none>)."""
     with _user_errors(), _client(root) as client:
         rows = client.images()
         if json_out:
@@ -150,6 +167,39 @@ def inspect(
     """Show what is known of a local image, as JSON."""
     with _user_errors(), _client(root) as client:
         typer.echo(json.dumps(client.inspect(reference), indent=2))
+
+
+@app.command()
+def tag(
+    source: Annotated[str, typer.Argument(help="A local reference or image ID.")],
+    target: Annotated[str, typer.Argument(help="NAME[:TAG] to point at it.")],
+    root: RootOpt = None,
+) -> None:
+    """Create a tag TARGET that refers to the local image SOURCE."""
+    with _user_errors(), _client(root) as client:
+        client.tag(source, target)
+
+
+@app.command()
+def rmi(
+    references: Annotated[list[str], typer.Argument(help="Local references or image IDs.")],
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Remove an image ID of several references.")
+    ] = False,
+    root: RootOpt = None,
+) -> None:
+    """Remove images: untag, and delete what no other image uses."""
+    failed = False
+    with _user_errors(), _client(root) as client:
+        for reference in references:
+            try:
+                for record in client.remove(reference, force=force):
+                    typer.echo(str(record))
+            except ImgpullError as exc:  # as docker: report it, go on with the others
+                typer.echo(f"Error: {exc}", err=True)
+                failed = True
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

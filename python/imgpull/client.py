@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
 from imgpull._core import Fetcher
-from imgpull.errors import ImgpullError
+from imgpull.errors import (
+    ImageConflictError,
+    ImageNotFoundError,
+    ImgpullError,
+    InvalidReferenceError,
+)
+from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent
 from imgpull.pull import Image, Puller, PullOptions
-from imgpull.reference import Reference, parse_reference
+from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
 from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for
 from imgpull.retry import RetryPolicy
-from imgpull.store import Store
+from imgpull.store import ReferenceRecord, Store
 from imgpull.version import USER_AGENT
 
 CredentialLookup = Callable[[str], "Credentials | None"]
@@ -40,6 +48,18 @@ class ImageSummary:
     image_id: str
     created: str | None
     size: int
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One record of `imgpull rmi`, as docker's: a reference untagged or a
+    blob (the image's config, i.e. its ID, or a layer) deleted."""
+
+    untagged: str | None = None
+    deleted: str | None = None
+
+    def __str__(self) -> str:
+        return f"Untagged: {self.untagged}" if self.untagged else f"Deleted: {self.deleted}"
 
 
 def _ignore(_: ProgressEvent) -> None:
@@ -66,6 +86,7 @@ class Client:
         credentials: CredentialLookup | None = None,
         max_concurrent_downloads: int = 3,
         retry: RetryPolicy | None = None,
+        refuse_schema1: bool = False,
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ImgpullError("max concurrent downloads must be at least 1")
@@ -78,6 +99,8 @@ class Client:
         self._credentials = credentials
         self._max_concurrent = max_concurrent_downloads
         self._retry = retry or RetryPolicy()
+        # Docker schema1 manifests (deprecated): pulled with a warning unless refused.
+        self._refuse_schema1 = refuse_schema1
         self._lock = threading.Lock()
         self._registries: dict[str, tuple[RegistryClient, Fetcher]] = {}
 
@@ -117,9 +140,31 @@ class Client:
             platform=want or host_platform(),
             max_concurrent_downloads=self._max_concurrent,
             retry=self._retry,
+            refuse_schema1=self._refuse_schema1,
         )
         puller = Puller(self.store, registry, fetcher, options, progress or _ignore, ref)
         return puller.pull()
+
+    def pull_all_tags(
+        self,
+        name: str | Reference,
+        *,
+        platform: str | Platform | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[Image]:
+        """Pull every tag of a repository (`docker pull --all-tags`), in the
+        order the registry lists them; the first failure stops the run."""
+        ref = parse_reference(name, default_tag=None) if isinstance(name, str) else name
+        if not ref.is_name_only:
+            raise InvalidReferenceError(
+                f"tag can't be used with --all-tags/-a: {ref.familiar()} (give the name only)"
+            )
+        want = parse_platform(platform) if isinstance(platform, str) else platform
+        registry, _ = self._registry(ref.domain)
+        return [
+            self.pull(ref.with_tag(tag), platform=want, progress=progress)
+            for tag in registry.list_tags(ref.repository)
+        ]
 
     def _registry(self, domain: str) -> tuple[RegistryClient, Fetcher]:
         with self._lock:
@@ -149,41 +194,132 @@ class Client:
     # Local queries ----------------------------------------------------------
 
     def images(self) -> list[ImageSummary]:
+        """What `docker images --digests` lists: per image, newest created
+        first, a row per tag (with each digest reference of that repository),
+        a `<none>` tag row per repository with digest references only, and a
+        `<none>` `<none>` row for an image no reference names."""
         meta = self.store.meta
-        rows: list[ImageSummary] = []
+        by_image: dict[str, list[ReferenceRecord]] = {}
         for r in meta.references():
-            image = meta.get_image(r.image_id)
-            if image is None:
-                continue
-            rows.append(
-                ImageSummary(
-                    repository=parse_reference(r.name, default_tag=None).familiar_name,
-                    tag=r.tag,
-                    digest=r.digest,
-                    image_id=image.id,
-                    created=image.created,
-                    size=image.size,
+            by_image.setdefault(r.image_id, []).append(r)
+        images = sorted(
+            meta.images(), key=lambda i: (_timestamp(i.created), i.pulled_at, i.id), reverse=True
+        )
+        rows: list[ImageSummary] = []
+        for image in images:
+            tags: dict[str, list[str]] = {}
+            digests: dict[str, list[str]] = {}
+            for r in by_image.get(image.id, []):
+                if r.tag is not None:
+                    tags.setdefault(_familiar(r.name), []).append(r.tag)
+                elif r.digest is not None:
+                    digests.setdefault(_familiar(r.name), []).append(r.digest)
+            names: list[tuple[str, str | None, str | None]] = []
+            for repo in sorted(tags):
+                for tag in sorted(tags[repo]):
+                    repo_digests: list[str | None] = [*sorted(digests.get(repo, []))]
+                    names += [(repo, tag, d) for d in repo_digests or [None]]
+            for repo in sorted(set(digests) - set(tags)):
+                names += [(repo, None, d) for d in sorted(digests[repo])]
+            for name, maybe_tag, digest in names or [("<none>", None, None)]:
+                rows.append(
+                    ImageSummary(name, maybe_tag, digest, image.id, image.created, image.size)
                 )
-            )
         return rows
 
     def resolve(self, reference: str) -> str:
         """The image ID a local reference (or an image ID / its prefix) names."""
+        return self._lookup(reference)[0]
+
+    def _lookup(self, reference: str) -> tuple[str, Reference | None]:
+        """(image ID, the parsed reference) for a local reference; (image ID,
+        None) when `reference` is an image ID or a unique prefix of one.
+        A reference wins over an ID prefix, as in docker."""
         meta = self.store.meta
         try:
-            ref = parse_reference(reference)
+            ref: Reference | None = parse_reference(reference)
         except ImgpullError:
             ref = None
         if ref is not None:
-            key = f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
-            found = meta.resolve(key)
+            found = meta.resolve(_key(ref))
             if found is not None:
-                return found
+                return found, ref
         wanted = reference.removeprefix("sha256:")
-        matches = {r.image_id for r in meta.references() if r.image_id[7:].startswith(wanted)}
-        if len(wanted) >= 4 and len(matches) == 1:
-            return matches.pop()
-        raise ImgpullError(f"no such image: {reference} (pull it first, or see `imgpull images`)")
+        if re.fullmatch(r"[0-9a-f]{4,64}", wanted):
+            matches = [i.id for i in meta.images() if i.id[7:].startswith(wanted)]
+            if len(matches) == 1:
+                return matches[0], None
+        raise ImageNotFoundError(f"No such image: {ref.familiar() if ref else reference}")
+
+    def tag(self, source: str, target: str | Reference) -> Reference:
+        """Point the tag `target` (name[:tag], default `latest`) at the image
+        `source` names (a reference, an image ID or its prefix), as `docker
+        tag` does; returns the normalised target."""
+        ref = parse_reference(target) if isinstance(target, str) else target
+        if ref.digest is not None:
+            raise InvalidReferenceError("refusing to create a tag with a digest reference")
+        if ref.tag is None:
+            ref = ref.with_tag(DEFAULT_TAG)
+        if ref.path in ("sha256", "library/sha256") and ref.domain == DEFAULT_DOMAIN:
+            raise InvalidReferenceError(
+                "refusing to create an ambiguous tag using digest algorithm as name"
+            )
+        meta = self.store.meta
+        with meta.transaction():  # so that no removal comes between lookup and tag
+            image_id, _ = self._lookup(source)
+            meta.set_reference(_key(ref), ref.name, ref.tag, None, image_id)
+        return ref
+
+    def remove(self, reference: str, *, force: bool = False) -> list[Removal]:
+        """`docker rmi`: remove a reference; when the image has none left,
+        remove the image and the blobs no other image uses.
+
+        By reference: untags it (and, when that was the repository's last
+        tag of the image, the repository's digest references too). By image
+        ID: removes every reference, which needs `force` when the image has
+        more than one tag or references in several repositories. Returns
+        docker's records: `Untagged: name:tag`, then `Deleted: <image ID>`
+        and the layers deleted with it.
+
+        Crash safety: the database changes are one transaction; the blob
+        files go after it (Store.delete_blob), so a crash in between leaves
+        unused files only, which Store.gc() removes.
+        """
+        meta = self.store.meta
+        records: list[Removal] = []
+        with meta.transaction():
+            image_id, ref = self._lookup(reference)
+            refs = sorted(meta.references(image_id), key=_familiar_ref)
+
+            def untag(records_to_remove: list[ReferenceRecord]) -> None:
+                for r in records_to_remove:
+                    meta.delete_reference(r.reference)
+                    records.append(Removal(untagged=_familiar_ref(r)))
+
+            if ref is not None:
+                given = [r for r in refs if r.reference == _key(ref)]
+                untag(given)
+                left = [r for r in refs if r not in given]
+                if ref.digest is None and not any(
+                    r.tag is not None and r.name == ref.name for r in left
+                ):
+                    untag([r for r in left if r.name == ref.name])
+                    left = [r for r in left if r.name != ref.name]
+                if left:
+                    return records
+            elif _single_reference(refs) or force:
+                untag(refs)
+            elif refs:
+                raise ImageConflictError(
+                    f"conflict: unable to delete {short_id(image_id)} (must be forced)"
+                    " - image is referenced in multiple repositories"
+                )
+            layers = [lr.digest for lr in meta.image_layers(image_id)]
+            unused = meta.delete_image(image_id)
+        records.append(Removal(deleted=image_id))
+        deleted = {d for d in unused if self.store.delete_blob(d)}
+        records += [Removal(deleted=d) for d in dict.fromkeys(reversed(layers)) if d in deleted]
+        return records
 
     def inspect(self, reference: str) -> dict[str, Any]:
         """What docker's `image inspect` shows that a puller knows."""
@@ -218,6 +354,37 @@ def _familiar(name: str) -> str:
     return parse_reference(name, default_tag=None).familiar_name
 
 
+def _familiar_ref(r: ReferenceRecord) -> str:
+    """`name:tag` or `name@digest`, in docker's familiar form."""
+    return _familiar(r.name) + (f":{r.tag}" if r.tag is not None else f"@{r.digest}")
+
+
+def _key(ref: Reference) -> str:
+    """The reference store's key for `ref`: `name@digest` or `name:tag`."""
+    return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
+
+
+def _single_reference(refs: list[ReferenceRecord]) -> bool:
+    """Docker's isSingleReference: at most one tag, and every reference in
+    one repository (False when there are none)."""
+    tags = [r for r in refs if r.tag is not None]
+    return bool(refs) and len(tags) <= 1 and len({r.name for r in refs}) == 1
+
+
+def _timestamp(created: str | None) -> float:
+    """Seconds since the epoch of an RFC 3339 `created` (0 when unknown)."""
+    if not created:
+        return 0.0
+    text = re.sub(r"(\.\d{6})\d+", r"\1", created.replace("Z", "+00:00"))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
 def _proxy_for(endpoint: Endpoint) -> str | None:
     """The proxy httpx would use for this host (HTTPS_PROXY / NO_PROXY)."""
     import urllib.request
@@ -229,4 +396,4 @@ def _proxy_for(endpoint: Endpoint) -> str | None:
     return proxies.get(endpoint.scheme)
 
 
-__all__ = ["Client", "Image", "ImageSummary", "Platform"]
+__all__ = ["Client", "Image", "ImageSummary", "Platform", "Removal"]

@@ -18,6 +18,8 @@ __all__ = [
     "AuthenticationError",
     "DigestMismatchError",
     "FetchError",
+    "ImageConflictError",
+    "ImageNotFoundError",
     "ImgpullError",
     "InvalidReferenceError",
     "ManifestError",
@@ -98,3 +100,11 @@ class NoMatchingPlatformError(ImgpullError):
 
 class StoreError(ImgpullError):
     """The local store is unusable (corrupt database, unwritable root, ...)."""
+
+
+class ImageNotFoundError(ImgpullError):
+    """No local image has that reference or ID ("No such image: ...")."""
+
+
+class ImageConflictError(ImgpullError):
+    """A removal docker would refuse without --force."""

@@ -9,25 +9,37 @@ pool whose threads run with the GIL released.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from imgpull._core import BlobWriter, DigestMismatchError, Fetcher, Transfer, sha256_bytes
+from imgpull import schema1
+from imgpull._core import (
+    BlobWriter,
+    DigestMismatchError,
+    Fetcher,
+    Transfer,
+    diff_id_file,
+    sha256_bytes,
+)
 from imgpull.errors import (
     ImgpullError,
     ManifestError,
     ManifestUnknownError,
     ManifestVerificationError,
     NoMatchingPlatformError,
+    StoreError,
     UnsupportedManifestError,
 )
 from imgpull.manifest import (
     ACCEPT,
+    DOCKER_CONFIG,
     IMAGE_MANIFEST_TYPES,
     INDEX_TYPES,
     MAX_MANIFEST_BYTES,
@@ -66,6 +78,8 @@ class PullOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # How often live byte counts are reported while blobs stream.
     progress_interval: float = 0.2
+    # Refuse Docker schema1 manifests (deprecated) instead of pulling them.
+    refuse_schema1: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,7 +169,6 @@ class Puller:
         self.emit = emit
         self._sleep = sleep
         self._transfers = _Transfers()
-        self._fetched: list[Descriptor] = []
 
     # Resolve --------------------------------------------------------------
 
@@ -166,12 +179,10 @@ class Puller:
         top = self._resolve(ref)
         manifest = self._select(top) if isinstance(top, ManifestIndex) else top
         if isinstance(manifest, Schema1Manifest):
-            raise UnsupportedManifestError(
-                f"{ref.familiar()} is a Docker schema1 manifest ({manifest.media_type}), "
-                "which this version of imgpull does not pull yet"
-            )
-        assert isinstance(manifest, ImageManifest)
-        image = self._pull_image(ref, top, manifest)
+            image = self._pull_schema1(ref, top, manifest)
+        else:
+            assert isinstance(manifest, ImageManifest)
+            image = self._pull_image(ref, top, manifest)
         self.emit(ProgressEvent(f"Digest: {image.digest}"))
         self.emit(ProgressEvent(f"Status: {image.status}"))
         return image
@@ -179,16 +190,20 @@ class Puller:
     def _resolve(self, ref: Reference) -> Manifest:
         repo = ref.repository
         if ref.digest is not None:
-            return self._fetch_manifest(repo, ref.digest, expected=ref.digest)
+            return self._manifest_by_digest(repo, ref.digest)
         assert ref.tag is not None
         head = self.registry.head_manifest(repo, ref.tag, ACCEPT)
         if head is None or head.digest is None:
             return self._fetch_manifest(repo, ref.tag, expected=None)
         if self.store.content.exists(head.digest):
             # The registry just said this repository serves that digest, and
-            # we hold the bytes: no need to fetch them again.
-            raw = self.store.content.read(head.digest)
-            return parse_manifest(raw, head.media_type or "", head.digest)
+            # we hold the bytes: no need to fetch them again (unless an `rmi`
+            # deletes them right now).
+            try:
+                raw = self.store.content.read(head.digest)
+                return parse_manifest(raw, head.media_type or "", head.digest)
+            except StoreError:
+                pass
         try:
             return self._fetch_manifest(repo, head.digest, expected=head.digest)
         except ManifestUnknownError:
@@ -200,6 +215,19 @@ class Puller:
             )
             return self._fetch_manifest(repo, ref.tag, expected=None)
 
+    def _manifest_by_digest(self, repo: str, digest: str) -> Manifest:
+        """The manifest `digest` of `repo`: from the local store when the registry
+        confirms (HEAD) that the repository has it, as docker does; else fetched."""
+        if self.store.content.exists(digest):
+            head = self.registry.head_manifest(repo, digest, ACCEPT)
+            if head is not None and head.digest == digest:
+                try:
+                    raw = self.store.content.read(digest)
+                    return parse_manifest(raw, head.media_type or "", digest)
+                except StoreError:
+                    pass  # removed meanwhile (an `rmi`): fetch it
+        return self._fetch_manifest(repo, digest, expected=digest)
+
     def _fetch_manifest(self, repo: str, reference: str, *, expected: str | None) -> Manifest:
         resp = self._retrying(
             f"manifest {reference}",
@@ -208,6 +236,15 @@ class Puller:
             ),
         )
         raw = resp.body
+        if resp.media_type in SCHEMA1_TYPES:
+            # Over the canonical payload (signatures stripped), checked first.
+            digest = schema1.manifest_digest(raw, expected)
+            if resp.digest and resp.digest != digest:
+                raise ManifestVerificationError(
+                    f"manifest verification failed for digest {resp.digest}: "
+                    f"the payload hashes to {digest}"
+                )
+            return parse_manifest(raw, resp.media_type, digest)
         if expected is not None:
             digest = expected
             if resp.media_type not in SCHEMA1_TYPES:
@@ -228,7 +265,7 @@ class Puller:
         entries = [(d, d.platform) for d in index.manifests if d.media_type in known]
         repo = self.repo
         for desc in rank_manifests(entries, want):
-            child = self._fetch_manifest(repo, desc.digest, expected=desc.digest)
+            child = self._manifest_by_digest(repo, desc.digest)
             if isinstance(child, ManifestIndex):
                 try:
                     return self._select(child)
@@ -254,7 +291,7 @@ class Puller:
         config = self._load_config(config_desc.digest, len(manifest.layers))
         return self._record(ref, top, manifest, config)
 
-    def _download_all(self, config: Descriptor, layers: Sequence[Descriptor]) -> None:
+    def _download_all(self, config: Descriptor | None, layers: Sequence[Descriptor]) -> None:
         limit = max(1, self.options.max_concurrent_downloads)
         seen: set[str] = set()
         todo: list[Descriptor] = []
@@ -279,7 +316,7 @@ class Puller:
         config_pool = ThreadPoolExecutor(1, thread_name_prefix="imgpull-config")
         layer_pool = ThreadPoolExecutor(2 * limit, thread_name_prefix="imgpull-layer")
         futures: list[Future[None]] = [
-            config_pool.submit(self._download, config, None, nullcontext()),
+            *([config_pool.submit(self._download, config, None, nullcontext())] if config else []),
             *(layer_pool.submit(self._download, d, short_id(d.digest), slots) for d in todo),
         ]
         try:
@@ -314,10 +351,9 @@ class Puller:
 
         `slot` is held while bytes come over the network.
         """
-        with self.store.content.ingest(desc.digest, desc.size) as writer:
+        with self.store.content.ingest(desc.digest, _known(desc.size)) as writer:
             if writer is not None:
                 self._fetch_into(writer, desc, label, slot)
-        self._fetched.append(desc)  # recorded with the image, in one transaction
         if label:
             self.emit(ProgressEvent(DOWNLOAD_COMPLETE, label))
 
@@ -355,7 +391,7 @@ class Puller:
                         raise
                     restarted = True
                     writer.close()
-                    writer = content.writer(desc.digest, desc.size)
+                    writer = content.writer(desc.digest, _known(desc.size))
                 except ImgpullError as exc:
                     delay = self.options.retry.delay(attempt, exc)
                     if delay is None or self._transfers.cancelled:
@@ -385,6 +421,39 @@ class Puller:
                 if delay is None:
                     raise
                 self._sleep(delay)
+
+    def _pull_schema1(self, ref: Reference, top: Manifest, manifest: Schema1Manifest) -> Image:
+        """Docker's pullSchema1: the plan and the config come from schema1.py."""
+        if self.options.refuse_schema1:
+            raise UnsupportedManifestError(
+                f"{ref.familiar()} is a Docker schema1 manifest ({manifest.media_type}), "
+                "deprecated; refusing it because schema1 pulls are disabled (--no-schema1)"
+            )
+        self.emit(ProgressEvent(schema1.deprecation_message(str(ref))))
+        plan = schema1.plan(manifest, ref.familiar())
+        want_os = self.options.platform.os
+        if plan.os is not None and plan.os != want_os:
+            raise UnsupportedManifestError(
+                f'image operating system "{plan.os}" cannot be used on this platform ({want_os})'
+            )
+        self._download_all(None, plan.layers)
+        content = self.store.content
+        with ThreadPoolExecutor(max(1, self.options.max_concurrent_downloads)) as pool:
+            diff_ids = list(pool.map(lambda d: _diff_id(content.path(d.digest)), plan.layers))
+        config = plan.config(diff_ids)
+        config_desc = Descriptor(DOCKER_CONFIG, sha256_bytes(config), len(config))
+        content.put(config, config_desc.digest)
+        # Recorded as an image manifest whose bytes are the canonical payload
+        # (they hash to the manifest digest), with the synthesised config.
+        image_manifest = ImageManifest(
+            media_type=manifest.media_type,
+            digest=manifest.digest,
+            raw=schema1.canonical_payload(manifest.raw),
+            config=config_desc,
+            layers=tuple(replace(d, size=content.size(d.digest)) for d in plan.layers),
+        )
+        loaded = self._load_config(config_desc.digest, len(plan.layers))
+        return self._record(ref, image_manifest if top is manifest else top, image_manifest, loaded)
 
     # Record ---------------------------------------------------------------
 
@@ -418,36 +487,44 @@ class Puller:
         image_id = manifest.config.digest
         platform = _config_platform(config)
         manifests = {top.digest: top, manifest.digest: manifest}.values()
-        for m in manifests:
-            content.put(m.raw, m.digest)
-        with meta.transaction():
-            for m in manifests:
-                meta.record_blob(m.digest, len(m.raw), m.media_type, self.host, self.repo)
-            for d in self._fetched:
-                meta.record_blob(d.digest, d.size, d.media_type, self.host, self.repo)
-            meta.add_image(
-                ImageRecord(
-                    id=image_id,
-                    manifest_digest=manifest.digest,
-                    media_type=manifest.media_type,
-                    os=platform.os,
-                    architecture=platform.architecture,
-                    variant=platform.variant,
-                    created=config.get("created")
-                    if isinstance(config.get("created"), str)
-                    else None,
-                    size=_image_size(manifest),
-                    pulled_at=time.time(),
-                ),
-                [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
-            )
-            updated = meta.set_reference(
-                f"{ref.name}@{top.digest}", ref.name, None, top.digest, image_id
-            )
-            if ref.digest is None:
-                updated = meta.set_reference(
-                    f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id
+        blobs = {d.digest: d for d in (manifest.config, *manifest.layers)}.values()
+        # A concurrent `rmi` may delete blobs this pull found present (and so
+        # did not download): it deletes a file only inside a write transaction
+        # and only while nothing uses it (Store.delete_blob). So a check made
+        # inside the transaction that records our image is conclusive, and
+        # once the image is committed its blobs are safe. When something is
+        # gone, that same transaction pins every blob of the image (counts
+        # them as used), so that no removal takes them while we fetch what is
+        # gone: the second attempt succeeds. Pins go with the record.
+        pin = f"pull:{os.getpid()}:{id(self)}:{time.time()}"
+        pinned = False
+        try:
+            for _ in range(3):
+                for m in manifests:
+                    content.put(m.raw, m.digest)
+                with meta.transaction():
+                    gone = [d for d in blobs if not content.exists(d.digest)]
+                    if not gone and all(content.exists(m.digest) for m in manifests):
+                        updated = self._record_image(ref, top, manifest, config, blobs)
+                        if pinned:
+                            meta.unpin_blobs(pin)
+                            pinned = False
+                        break
+                    meta.pin_blobs(
+                        pin, [*(d.digest for d in blobs), *(m.digest for m in manifests)]
+                    )
+                    pinned = True
+                for d in gone:
+                    label = None if d is manifest.config else short_id(d.digest)
+                    self._download(d, label, nullcontext())
+            else:
+                raise StoreError(
+                    f"blobs of {ref.familiar()} keep disappearing from the store as they are "
+                    "pulled; try again"
                 )
+        finally:
+            if pinned:
+                meta.unpin_blobs(pin)
         return Image(
             reference=ref,
             id=image_id,
@@ -460,6 +537,60 @@ class Puller:
             updated=updated,
             downloaded_bytes=self._transfers.received,
         )
+
+    def _record_image(
+        self,
+        ref: Reference,
+        top: Manifest,
+        manifest: ImageManifest,
+        config: dict[str, Any],
+        blobs: Iterable[Descriptor],
+    ) -> bool:
+        """The rows of one pull, inside the caller's transaction; True when
+        the reference now points somewhere new."""
+        meta = self.store.meta
+        image_id = manifest.config.digest
+        platform = _config_platform(config)
+        for m in {top.digest: top, manifest.digest: manifest}.values():
+            meta.record_blob(m.digest, len(m.raw), m.media_type, self.host, self.repo)
+        # Every blob, not only those fetched: a concurrent `rmi` may have
+        # dropped the rows of one this pull found present.
+        for d in blobs:
+            meta.record_blob(d.digest, d.size, d.media_type, self.host, self.repo)
+        meta.add_image(
+            ImageRecord(
+                id=image_id,
+                manifest_digest=manifest.digest,
+                media_type=manifest.media_type,
+                os=platform.os,
+                architecture=platform.architecture,
+                variant=platform.variant,
+                created=config.get("created") if isinstance(config.get("created"), str) else None,
+                size=_image_size(manifest),
+                pulled_at=time.time(),
+            ),
+            [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
+            manifests=[top.digest],
+        )
+        updated = meta.set_reference(
+            f"{ref.name}@{top.digest}", ref.name, None, top.digest, image_id
+        )
+        if ref.digest is None:
+            updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
+        return updated
+
+
+def _diff_id(path: Path) -> str:
+    """The diffID of a stored layer blob."""
+    try:
+        return diff_id_file(str(path))
+    except ValueError as exc:
+        raise ImgpullError(f"cannot read layer {path.name}: {exc}") from None
+
+
+def _known(size: int) -> int | None:
+    """A descriptor's size, None when unknown (schema1 gives none)."""
+    return size if size >= 0 else None
 
 
 def _text(obj: dict[str, Any], key: str) -> str | None:

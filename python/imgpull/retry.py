@@ -56,4 +56,3 @@ class RetryPolicy:
             return float(min(retry_after, self.max_retry_after))
         base = min(self.first_delay * self.factor ** (attempt - 1), self.max_delay)
         return base * (1.0 - self.jitter * random.random())
-

@@ -47,7 +47,7 @@ FIXED_CREATED = "2024-01-01T00:00:00Z"
 
 _CHUNK = 1 << 20  # 1 MiB: big enough that per-call overhead vanishes on ~500 MB layers
 
-PushFormat = Literal["v2s2", "oci"]
+PushFormat = Literal["v2s2", "oci", "v2s1"]
 
 
 def sha256_digest(data: bytes) -> str:
@@ -420,6 +420,7 @@ def _write_image(
     config: Mapping[str, Any] | None,
     config_extra: Mapping[str, Any] | None,
     annotations: Mapping[str, str] | None,
+    os_version: str | None = None,
 ) -> ImageInfo:
     infos = tuple(store.put_layer(spec) for spec in layers)
     cfg: dict[str, Any] = {
@@ -439,6 +440,8 @@ def _write_image(
     }
     if variant:
         cfg["variant"] = variant
+    if os_version:
+        cfg["os.version"] = os_version
     cfg.update(config_extra or {})
     config_bytes = json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
     config_digest, config_size = store.put_bytes(config_bytes)
@@ -455,6 +458,8 @@ def _write_image(
     platform = {"architecture": architecture, "os": os_name}
     if variant:
         platform["variant"] = variant
+    if os_version:
+        platform["os.version"] = os_version
     return ImageInfo(
         layout_dir,
         ref,
@@ -528,6 +533,7 @@ class PlatformSpec:
     architecture: str = "amd64"
     os_name: str = "linux"
     variant: str | None = None
+    os_version: str | None = None  # Windows: "10.0.20348.2113", in config and index entry
 
 
 def build_oci_index_layout(
@@ -557,6 +563,7 @@ def build_oci_index_layout(
             config=None,
             config_extra=None,
             annotations=None,
+            os_version=p.os_version,
         )
         for p in platforms
     )
@@ -658,8 +665,10 @@ def push(
 ) -> str:
     """``skopeo copy`` an image from an OCI layout to ``registry/<repo_tag>``.
 
-    ``format`` is ``"v2s2"`` (Docker v2 schema 2) or ``"oci"``; layer blobs
-    keep their digests either way, only the manifest (and its digest) differs.
+    ``format`` is ``"v2s2"`` (Docker v2 schema 2), ``"oci"``, or ``"v2s1"``
+    (Docker schema 1, signed by skopeo; the registry needs schema1 enabled);
+    layer blobs keep their digests either way, only the manifest (and its
+    digest) differs.
     ``repo_tag`` may end in ``@sha256:...`` instead of ``:tag``.  Returns the
     digest of the manifest as pushed.
     """
@@ -667,7 +676,7 @@ def push(
         layout_dir, ref = source.layout_dir, ref or source.ref
     else:
         layout_dir, ref = Path(source), ref or "latest"
-    fmt = {"v2s2": "v2s2", "oci": "oci"}[format]
+    fmt = {"v2s2": "v2s2", "oci": "oci", "v2s1": "v2s1"}[format]
     with tempfile.TemporaryDirectory(prefix="imgpull-push-") as tmp:
         digestfile = Path(tmp) / "digest"
         args = [

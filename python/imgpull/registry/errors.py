@@ -304,9 +304,7 @@ def network_reason(exc: BaseException) -> str:
     return one_line(text, 160) or type(exc).__name__
 
 
-def unreachable_error(
-    host: str, exc: BaseException, *, what: str = "registry"
-) -> RegistryError:
+def unreachable_error(host: str, exc: BaseException, *, what: str = "registry") -> RegistryError:
     """ "cannot reach registry 127.0.0.1:1: connection refused — is it running?" """
     message = f"cannot reach {what} {host}: {network_reason(exc)}"
     # An untrusted certificate is final (no retry); a network failure may pass.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+from imgpull.errors import ImgpullError
 from imgpull.store.content import ContentStore
 from imgpull.store.metadata import ImageRecord, LayerRecord, MetadataStore, ReferenceRecord
 
@@ -35,6 +37,52 @@ class Store:
         self.root = Path(root) if root is not None else default_root()
         self.content = ContentStore(self.root)
         self.meta = MetadataStore(self.root / "imgpull.db")
+
+    def delete_blob(self, digest: str) -> bool:
+        """Delete a blob's file and rows unless some image uses it; True if deleted.
+
+        The race this settles: a pull that found the blob present (and so
+        did not download it) records its image later. Here the check "no
+        image uses it" and the unlink happen inside one write transaction;
+        the pull checks that its blobs exist inside the write transaction
+        that records its image, and fetches again what is gone. Write
+        transactions exclude each other, so either the pull's image is
+        committed first (and this keeps the file) or the file is gone before
+        the pull looks (and it downloads it again). The per-digest lock keeps
+        a writer of the same blob from committing it while it is deleted.
+        """
+        with self.content.locked(digest), self.meta.transaction():
+            if self.meta.blob_in_use(digest):
+                return False
+            self.meta.forget_blob(digest)
+            # A crash after this unlink rolls back the row deletion: rows of
+            # an unused blob without a file, which gc() removes too.
+            self.content.remove(digest)
+            return True
+
+    def gc(self, *, grace: float = 3600.0) -> list[str]:
+        """Delete the blobs (files and rows) no image uses: what a crash
+        between `rmi`'s commit and its file deletion leaves, or a failed pull.
+
+        Files younger than `grace` seconds are kept: they may be the fresh
+        downloads of a pull that has not recorded its image yet (deleting
+        them would only cost that pull a second download, see delete_blob).
+        Returns the digests deleted.
+        """
+        cutoff = time.time() - grace
+        files: dict[str, float] = {}
+        for path in self.content.blobs.iterdir():
+            try:
+                self.content.path("sha256:" + path.name)
+                files["sha256:" + path.name] = path.stat().st_mtime
+            except (ImgpullError, OSError):  # not a blob name, or gone already
+                continue
+        unused = (set(files) | self.meta.recorded_blobs()) - self.meta.used_blobs()
+        return [
+            digest
+            for digest in sorted(unused)
+            if files.get(digest, 0.0) <= cutoff and self.delete_blob(digest)
+        ]
 
     def close(self) -> None:
         self.meta.close()

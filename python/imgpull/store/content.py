@@ -115,15 +115,45 @@ class ContentStore:
             return self._thread_locks.setdefault(key, threading.Lock())
 
     @contextmanager
-    def _file_lock(self, key: str, dest: Path) -> Iterator[None]:
-        lock_path = self.ingest_dir / f"{key}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    def locked(self, digest: str) -> Iterator[Path]:
+        """Hold the writer's role for `digest` without writing: to delete the
+        blob (`remove`) with no writer or waiter of it in between."""
+        dest = self.path(digest)
+        with self._thread_lock(dest.name), self._file_lock(dest.name, dest, always_unlink=True):
+            yield dest
+
+    def remove(self, digest: str) -> bool:
+        """Delete the blob file; only for the holder of `locked(digest)`."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.path(digest).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    @contextmanager
+    def _file_lock(self, key: str, dest: Path, *, always_unlink: bool = False) -> Iterator[None]:
+        lock_path = self.ingest_dir / f"{key}.lock"
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # The holder before us may have unlinked the lock file (see
+                # below): then a newcomer can lock a new file at that path,
+                # so our lock on the old one excludes nobody; start over.
+                st, now = os.fstat(fd), os.stat(lock_path)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        try:
             yield
-            # Once the blob is committed nobody writes it again, so a waiter
-            # still holding the unlinked lock file can only find it present.
-            if dest.is_file():
+            # Unlinking is safe at any time thanks to the check above; it is
+            # done once the blob is committed (or deleted) to leave no litter.
+            if always_unlink or dest.is_file():
                 lock_path.unlink(missing_ok=True)
         finally:
             os.close(fd)

@@ -12,14 +12,21 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from imgpull.errors import StoreError
 
-_SCHEMA_VERSION = 1
+# 1: images, image_layers, refs, blobs, blob_sources.
+# 2: image_manifests (which manifest blobs belong to which image, so that
+#    removing an image removes them), blob_pins, indexes for "is this blob
+#    still used".
+_SCHEMA_VERSION = 2
+
+# A pin older than this is from a pull that crashed: it protects nothing.
+PIN_TTL = 24 * 3600.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -62,6 +69,19 @@ CREATE TABLE IF NOT EXISTS blob_sources (  -- docker's "distribution source"
     repository TEXT NOT NULL,
     PRIMARY KEY (digest, registry, repository)
 );
+CREATE TABLE IF NOT EXISTS image_manifests (  -- the platform manifest and any list above it
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    digest   TEXT NOT NULL,
+    PRIMARY KEY (image_id, digest)
+);
+CREATE INDEX IF NOT EXISTS image_manifests_digest ON image_manifests(digest);
+CREATE TABLE IF NOT EXISTS blob_pins (  -- blobs a pull in progress will use (see pull.py)
+    digest  TEXT NOT NULL,
+    owner   TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (digest, owner)
+);
+CREATE INDEX IF NOT EXISTS image_layers_digest ON image_layers(digest);
 """
 
 
@@ -137,6 +157,18 @@ class MetadataStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if version < 2:
+                # Schema 1 knew an image's platform manifest, and the digest
+                # references name the manifests (lists included) pulled for it.
+                db.execute(
+                    "INSERT OR IGNORE INTO image_manifests(image_id, digest)"
+                    " SELECT id, manifest_digest FROM images"
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO image_manifests(image_id, digest)"
+                    " SELECT image_id, digest FROM refs WHERE digest IS NOT NULL"
+                    " AND image_id IN (SELECT id FROM images)"
+                )
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -206,7 +238,14 @@ class MetadataStore:
 
     # Images --------------------------------------------------------------
 
-    def add_image(self, image: ImageRecord, layers: Sequence[LayerRecord]) -> None:
+    def add_image(
+        self,
+        image: ImageRecord,
+        layers: Sequence[LayerRecord],
+        manifests: Sequence[str] = (),
+    ) -> None:
+        """Record an image, its layers and the manifests it came from
+        (`image.manifest_digest` always; `manifests` adds e.g. a list's own)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO images(id, manifest_digest, media_type, os, architecture, variant,"
@@ -231,6 +270,10 @@ class MetadataStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 [(image.id, i, lr.digest, lr.size, lr.media_type) for i, lr in enumerate(layers)],
             )
+            db.executemany(
+                "INSERT OR IGNORE INTO image_manifests(image_id, digest) VALUES (?, ?)",
+                [(image.id, d) for d in dict.fromkeys([image.manifest_digest, *manifests])],
+            )
 
     def get_image(self, image_id: str) -> ImageRecord | None:
         rows = self._query(
@@ -239,6 +282,95 @@ class MetadataStore:
             (image_id,),
         )
         return ImageRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def images(self) -> list[ImageRecord]:
+        rows = self._query(
+            "SELECT id, manifest_digest, media_type, os, architecture, variant, created, size,"
+            " pulled_at FROM images ORDER BY id"
+        )
+        return [ImageRecord(*r) for r in rows]  # type: ignore[arg-type]
+
+    def image_manifests(self, image_id: str) -> list[str]:
+        rows = self._query(
+            "SELECT digest FROM image_manifests WHERE image_id = ? ORDER BY digest", (image_id,)
+        )
+        return [str(r[0]) for r in rows]
+
+    def delete_image(self, image_id: str) -> list[str]:
+        """Forget an image that no reference names any more, and the rows of
+        every blob (config, layers, manifests) no other image uses.
+
+        Returns those blobs' digests: the caller deletes their files after
+        the commit (see Store.delete_blob), so that a crash in between leaves
+        only unreferenced files, which Store.gc() removes.
+        """
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM refs WHERE image_id = ?", (image_id,)).fetchone():
+                raise StoreError(f"image {image_id} still has references")
+            candidates = [image_id]
+            candidates += [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT digest FROM image_layers WHERE image_id = ?"
+                    " UNION SELECT digest FROM image_manifests WHERE image_id = ?",
+                    (image_id, image_id),
+                )
+            ]
+            db.execute("DELETE FROM images WHERE id = ?", (image_id,))  # cascades
+            unused = [d for d in dict.fromkeys(candidates) if not self.blob_in_use(d)]
+            for d in unused:
+                self.forget_blob(d)
+            return unused
+
+    # Blob use --------------------------------------------------------------
+
+    def blob_in_use(self, digest: str) -> bool:
+        """Whether some image uses `digest` as config, layer or manifest."""
+        rows = self._query(
+            "SELECT 1 FROM images WHERE id = ?1"
+            " UNION ALL SELECT 1 FROM image_layers WHERE digest = ?1"
+            " UNION ALL SELECT 1 FROM image_manifests WHERE digest = ?1"
+            " UNION ALL SELECT 1 FROM blob_pins WHERE digest = ?1 AND created > ?2 LIMIT 1",
+            (digest, time.time() - PIN_TTL),
+        )
+        return bool(rows)
+
+    def used_blobs(self) -> set[str]:
+        rows = self._query(
+            "SELECT id FROM images UNION SELECT digest FROM image_layers"
+            " UNION SELECT digest FROM image_manifests"
+            " UNION SELECT digest FROM blob_pins WHERE created > ?",
+            (time.time() - PIN_TTL,),
+        )
+        return {str(r[0]) for r in rows}
+
+    def pin_blobs(self, owner: str, digests: Iterable[str]) -> None:
+        """Count `digests` as used (by `owner`, e.g. a pull) until unpinned
+        or PIN_TTL has passed."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO blob_pins(digest, owner, created) VALUES (?, ?, ?)",
+                [(d, owner, now) for d in digests],
+            )
+
+    def unpin_blobs(self, owner: str) -> None:
+        """Drop `owner`'s pins, and any pin past PIN_TTL."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM blob_pins WHERE owner = ? OR created <= ?",
+                (owner, time.time() - PIN_TTL),
+            )
+
+    def recorded_blobs(self) -> set[str]:
+        rows = self._query("SELECT digest FROM blobs UNION SELECT digest FROM blob_sources")
+        return {str(r[0]) for r in rows}
+
+    def forget_blob(self, digest: str) -> None:
+        """Drop the rows of a blob (and its sources)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+            db.execute("DELETE FROM blob_sources WHERE digest = ?", (digest,))
 
     def image_layers(self, image_id: str) -> list[LayerRecord]:
         rows = self._query(
@@ -266,6 +398,11 @@ class MetadataStore:
                 (reference, name, tag, digest, image_id, time.time()),
             )
             return True
+
+    def delete_reference(self, reference: str) -> bool:
+        """Remove `reference`; True when it existed."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM refs WHERE reference = ?", (reference,)).rowcount > 0
 
     def resolve(self, reference: str) -> str | None:
         rows = self._query("SELECT image_id FROM refs WHERE reference = ?", (reference,))

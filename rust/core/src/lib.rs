@@ -3,14 +3,19 @@
 //! - [`digest`]: 'sha256:<hex>' parsing and hashing
 //! - [`writer`]: a hashing, resumable, verifying blob writer
 //! - [`fetch`]: streaming blob GETs into a writer
+//! - [`diffid`]: the digest of a layer's uncompressed content
+//! - [`schema1`]: Docker schema1 layer chains and signed payloads
 
 mod classify;
+pub mod diffid;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod schema1;
 mod tls;
 pub mod writer;
 
+pub use diffid::diff_id_file;
 pub use digest::{sha256_bytes, sha256_file, Digest};
 pub use error::{CoreError, FetchKind, Result};
 pub use fetch::{FetchOptions, FetchResponse, Fetcher, Transfer};

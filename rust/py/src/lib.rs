@@ -3,6 +3,7 @@
 
 mod errors;
 mod fetch;
+mod schema1;
 mod writer;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ fn sha256_file(py: Python<'_>, path: PathBuf) -> errors::Result<String> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    schema1::register(m)?;
     m.add_function(wrap_pyfunction!(sha256_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
     m.add_class::<writer::BlobWriter>()?;

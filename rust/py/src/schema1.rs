@@ -1,0 +1,53 @@
+//! Schema1 helpers and layer diffIDs for Python: fix_schema1_layers,
+//! schema1_payload, diff_id_file, and the Schema1Error they raise.
+
+use std::path::PathBuf;
+
+use imgpull_core::schema1::{self, Schema1Error as CoreSchema1Error};
+use pyo3::create_exception;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::{self, ImgpullError};
+
+create_exception!(
+    imgpull._core,
+    Schema1Error,
+    ImgpullError,
+    "A Docker schema1 manifest whose layer chain or signature block is invalid."
+);
+
+fn to_py(e: CoreSchema1Error) -> PyErr {
+    Schema1Error::new_err(e.0)
+}
+
+/// Indexes of the history entries to keep, top first (see the stub).
+#[pyfunction]
+#[pyo3(signature = (layers, *, allow_base_parent=false))]
+fn fix_schema1_layers(
+    layers: Vec<(String, String)>,
+    allow_base_parent: bool,
+) -> PyResult<Vec<usize>> {
+    schema1::fix_layers(&layers, allow_base_parent).map_err(to_py)
+}
+
+/// The canonical payload of a schema1 manifest (signatures stripped).
+#[pyfunction]
+fn schema1_payload<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let payload = schema1::canonical_payload(raw).map_err(to_py)?;
+    Ok(PyBytes::new(py, &payload))
+}
+
+/// 'sha256:<hex>' of a layer blob's decompressed content (GIL released).
+#[pyfunction]
+fn diff_id_file(py: Python<'_>, path: PathBuf) -> errors::Result<String> {
+    Ok(py.detach(|| imgpull_core::diff_id_file(&path))?.to_string())
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("Schema1Error", m.py().get_type::<Schema1Error>())?;
+    m.add_function(wrap_pyfunction!(fix_schema1_layers, m)?)?;
+    m.add_function(wrap_pyfunction!(schema1_payload, m)?)?;
+    m.add_function(wrap_pyfunction!(diff_id_file, m)?)?;
+    Ok(())
+}
