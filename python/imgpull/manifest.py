@@ -239,27 +239,22 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest:
 
     if media_type in IMAGE_MANIFEST_TYPES:
         _check_schema_version(obj, 2)
-        layers = obj.get("layers")
-        if not isinstance(layers, list):
-            raise ManifestError("malformed manifest: layers must be a list")
+        layers = _descriptors(obj, "layers", "layer", "malformed manifest")
         return ImageManifest(
             media_type=media_type,
             digest=digest,
             raw=raw,
             config=Descriptor.from_json(obj.get("config"), "config descriptor"),
-            layers=tuple(Descriptor.from_json(d, f"layer {i}") for i, d in enumerate(layers)),
+            layers=layers,
         )
     if media_type in INDEX_TYPES:
         _check_schema_version(obj, 2)
-        entries = obj.get("manifests")
-        if not isinstance(entries, list):
-            raise ManifestError("malformed manifest list: manifests must be a list")
         return ManifestIndex(
             media_type=media_type,
             digest=digest,
             raw=raw,
-            manifests=tuple(
-                Descriptor.from_json(d, f"manifest list entry {i}") for i, d in enumerate(entries)
+            manifests=_descriptors(
+                obj, "manifests", "manifest list entry", "malformed manifest list"
             ),
         )
     if media_type in SCHEMA1_TYPES:
@@ -267,6 +262,15 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest:
         return Schema1Manifest(media_type=media_type, digest=digest, raw=raw, body=obj)
     shown = media_type or "no media type"
     raise UnsupportedManifestError(f"unsupported manifest format: {shown}")
+
+
+def _descriptors(
+    obj: Mapping[str, Any], key: str, what: str, problem: str
+) -> tuple[Descriptor, ...]:
+    items = obj.get(key)
+    if not isinstance(items, list):
+        raise ManifestError(f"{problem}: {key} must be a list")
+    return tuple(Descriptor.from_json(d, f"{what} {i}") for i, d in enumerate(items))
 
 
 def _check_schema_version(obj: Mapping[str, Any], want: int) -> None:
