@@ -69,11 +69,12 @@ install_system_packages() {
     command -v docker-registry >/dev/null || missing+=(docker-registry)
     command -v skopeo >/dev/null || missing+=(skopeo)
     command -v openssl >/dev/null || missing+=(openssl)
+    command -v umoci >/dev/null || missing+=(umoci)  # tests/test_export.py compares rootfs exports
     if [[ ${#missing[@]} -gt 0 ]]; then
         echo "installing from Debian: ${missing[*]}"
         "${SUDO[@]}" apt-get update -q || return
         "${SUDO[@]}" apt-get install -y -q --no-install-recommends \
-            docker-registry skopeo openssl || return
+            docker-registry skopeo openssl umoci || return
     fi
     # No Rust toolchain can be fetched here (rustup's servers are out of
     # reach): the machine must come with one, clippy included.

@@ -120,7 +120,7 @@ def test_progress_events_and_bytes(pushed_image: PushedImage, tmp_path: Path) ->
     assert "Waiting" in by_layer[layers[-1]]
     for statuses in by_layer.values():
         assert statuses[0] == "Pulling fs layer"
-        assert statuses[-2:] == ["Download complete", "Pull complete"]
+        assert statuses[-3:] == ["Download complete", "Extracting", "Pull complete"]
 
 
 def test_moved_tag_repoints(

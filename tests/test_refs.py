@@ -59,7 +59,9 @@ def check_store(root: Path) -> None:
             assert (image_id, manifest) in set(db.execute("SELECT * FROM image_manifests"))
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
         assert db.execute("SELECT * FROM blob_pins").fetchall() == []
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert col("SELECT digest FROM layer_diff_ids") <= used
+        assert col("SELECT image_id FROM image_rootfs") <= images
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     finally:
         db.close()
     assert not any((root / "ingest" / "sha256").iterdir()), "litter in ingest/"

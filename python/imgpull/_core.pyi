@@ -12,6 +12,7 @@ from typing_extensions import Self
 __all__ = [
     "BlobWriter",
     "DigestMismatchError",
+    "ExtractError",
     "FetchError",
     "FetchResult",
     "Fetcher",
@@ -20,7 +21,9 @@ __all__ = [
     "SizeMismatchError",
     "Transfer",
     "__version__",
+    "decompress_to",
     "diff_id_file",
+    "extract_layers",
     "fix_schema1_layers",
     "schema1_payload",
     "sha256_bytes",
@@ -96,6 +99,34 @@ def diff_id_file(path: str) -> str:
     errors.
     """
 
+def decompress_to(src: str, dest: str) -> str:
+    """Write the decompressed content of the layer blob `src` (gzip, zstd or
+    plain, as diff_id_file tells it) to `dest` (created or truncated, then
+    fsynced); return its 'sha256:<hex>', the diffID (GIL released).
+    ValueError for an unknown compression or corrupt data; OSError for file
+    errors."""
+
+class ExtractError(ImgpullError):
+    """A layer could not be applied to a root filesystem.
+
+    `kind`: "unsafe" (an entry that would land outside the root: `..`, an
+    absolute path, a symbolic link on its way, a hard link out), "ratio"
+    (decompressed/compressed above max_ratio: a bomb), "size" (above
+    max_bytes), "io" (creating an entry failed)."""
+
+    kind: str
+
+def extract_layers(
+    root: str, layers: Sequence[str], *, max_ratio: int = ..., max_bytes: int | None = None
+) -> int:
+    """Apply layer blobs in order to the existing directory `root` (GIL
+    released): whiteouts, opaque directories, hard and symbolic links, modes,
+    mtimes, xattrs where possible; owners and device nodes only as root.
+    `max_ratio` (default 200) bounds each layer's decompressed:compressed bytes past 8 MiB
+    (0: none); `max_bytes` the decompressed bytes of all layers. Returns the
+    decompressed bytes read. ExtractError as above; ValueError/OSError for a
+    corrupt or unreadable blob. What was written before an error stays."""
+
 @final
 class BlobWriter:
     """Appends to a partial file in the ingest area while hashing.
@@ -109,9 +140,18 @@ class BlobWriter:
     Errors: ValueError for a malformed digest or a closed writer; OSError
     (FileNotFoundError, PermissionError, ...) for file errors. After commit(),
     successful or not, the writer is closed.
+
+    `layer=True`: the blob is a layer. Every byte written is also pushed
+    through a streaming decompressor (gzip incl. multi-member, zstd, or a
+    plain tar: told by the magic bytes) into a SHA-256, so commit() yields
+    the diffID without reading the file again. Reopening a partial file
+    replays its prefix through the decompressor as well (in the same read
+    that re-hashes it).
     """
 
-    def __new__(cls, path: str, digest: str, size: int | None = None) -> Self: ...
+    def __new__(
+        cls, path: str, digest: str, size: int | None = None, *, layer: bool = False
+    ) -> Self: ...
     @property
     def offset(self) -> int:
         """Bytes in the partial file (the next Range start)."""
@@ -121,6 +161,15 @@ class BlobWriter:
     def digest(self) -> str: ...
     @property
     def size(self) -> int | None: ...
+    @property
+    def layer(self) -> bool: ...
+    @property
+    def diff_id(self) -> str | None:
+        """A layer writer's diffID ('sha256:<hex>' of the uncompressed
+        stream), once commit() succeeded; else None."""
+    @property
+    def uncompressed_size(self) -> int | None:
+        """A layer writer's uncompressed size, once commit() succeeded."""
     def write(self, data: bytes) -> None:
         """Append and hash (GIL released)."""
     def truncate(self) -> None:
@@ -131,7 +180,9 @@ class BlobWriter:
         On a mismatch the partial file is removed and DigestMismatchError /
         SizeMismatchError is raised; nothing appears at dest. The parent of
         dest must exist. If dest already exists with this content the partial
-        file is just removed.
+        file is just removed. A layer writer whose verified bytes do not
+        decompress (unknown compression, corrupt data) raises ValueError
+        ("layer sha256:…: …"), the partial file removed, nothing at dest.
         """
     def close(self) -> None:
         """Flush and close, keeping the partial file for a later resume."""

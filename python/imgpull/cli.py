@@ -229,6 +229,35 @@ def bench(
 
 
 @app.command()
+def export(
+    reference: Annotated[str, typer.Argument(help="A reference or image ID (pulled if absent).")],
+    dest: Annotated[Path, typer.Argument(help="Directory (oci, rootfs) or file (docker-archive).")],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="oci | docker-archive | rootfs.")
+    ] = "oci",
+    platform: Annotated[str | None, typer.Option("--platform", help="When pulling.")] = None,
+    max_ratio: Annotated[
+        int,
+        typer.Option("--max-ratio", min=0, help="rootfs: per-layer decompression ratio limit."),
+    ] = 200,
+    max_size: Annotated[
+        int | None,
+        typer.Option("--max-size", min=0, help="rootfs: limit of decompressed bytes in all."),
+    ] = None,
+    root: RootOpt = None,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    ca_cert: CaCertOpt = None,
+) -> None:
+    """Export an image: an OCI layout, a docker-archive tar, or a root filesystem."""
+    with _user_errors(), _client(root, plain_http, insecure, ca_cert) as client:
+        client.export(
+            reference, fmt, dest, platform=platform, max_ratio=max_ratio, max_bytes=max_size
+        )
+        typer.echo(str(dest))
+
+
+@app.command()
 def version() -> None:
     """Print imgpull's version."""
     typer.echo(f"imgpull {__version__}")

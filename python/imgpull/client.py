@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +26,7 @@ from imgpull.errors import (
     ImgpullError,
     InvalidReferenceError,
 )
+from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, ExportError, export_image
 from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent
@@ -320,6 +322,33 @@ class Client:
         deleted = {d for d in unused if self.store.delete_blob(d)}
         records += [Removal(deleted=d) for d in dict.fromkeys(reversed(layers)) if d in deleted]
         return records
+
+    def export(
+        self,
+        reference: str,
+        fmt: str,
+        dest: str | os.PathLike[str],
+        *,
+        platform: str | Platform | None = None,
+        max_ratio: int = DEFAULT_MAX_RATIO,
+        max_bytes: int | None = None,
+    ) -> Path:
+        """Export an image as `fmt`: "oci" (an OCI layout directory),
+        "docker-archive" (a `docker save` tar file) or "rootfs" (the layers
+        applied to a directory); see imgpull.export. A reference not in the
+        store is pulled first. `max_ratio` (per layer, decompressed :
+        compressed, 0 for none) and `max_bytes` (all layers, decompressed)
+        bound a rootfs extraction. Returns `dest`."""
+        if fmt not in FORMATS:
+            raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+        try:
+            image_id, ref = self._lookup(reference)
+        except ImageNotFoundError:
+            ref = parse_reference(reference)
+            image_id = self.pull(ref, platform=platform).id
+        return export_image(
+            self.store, image_id, ref, fmt, dest, max_ratio=max_ratio, max_bytes=max_bytes
+        )
 
     def inspect(self, reference: str) -> dict[str, Any]:
         """What docker's `image inspect` shows that a puller knows."""

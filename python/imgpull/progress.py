@@ -19,6 +19,7 @@ WAITING = "Waiting"
 DOWNLOADING = "Downloading"
 VERIFYING = "Verifying Checksum"
 DOWNLOAD_COMPLETE = "Download complete"
+EXTRACTING = "Extracting"
 PULL_COMPLETE = "Pull complete"
 ALREADY_EXISTS = "Already exists"
 

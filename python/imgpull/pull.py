@@ -37,6 +37,7 @@ from imgpull.errors import (
     StoreError,
     UnsupportedManifestError,
 )
+from imgpull.layers import chain_ids, check_diff_ids
 from imgpull.manifest import (
     ACCEPT,
     DOCKER_CONFIG,
@@ -58,6 +59,7 @@ from imgpull.progress import (
     ALREADY_EXISTS,
     DOWNLOAD_COMPLETE,
     DOWNLOADING,
+    EXTRACTING,
     PULL_COMPLETE,
     PULLING_FS_LAYER,
     VERIFYING,
@@ -286,12 +288,19 @@ class Puller:
         have_all = existing is not None and all(
             content.exists(d.digest) for d in (config_desc, *manifest.layers)
         )
-        if not have_all:
-            self._download_all(config_desc, manifest.layers)
+        downloaded = [] if have_all else self._download_all(config_desc, manifest.layers)
         config = self._load_config(config_desc.digest, len(manifest.layers))
-        return self._record(ref, top, manifest, config)
+        diff_ids = self._diff_ids(manifest.layers)
+        # Nothing (image, references) is recorded unless they match.
+        check_diff_ids(config["rootfs"]["diff_ids"], diff_ids)
+        self._registered(downloaded)
+        return self._record(ref, top, manifest, config, diff_ids)
 
-    def _download_all(self, config: Descriptor | None, layers: Sequence[Descriptor]) -> None:
+    def _download_all(
+        self, config: Descriptor | None, layers: Sequence[Descriptor]
+    ) -> list[Descriptor]:
+        """Download the config and the layers not in the store; returns the
+        layers downloaded (each digest once), in manifest order."""
         limit = max(1, self.options.max_concurrent_downloads)
         seen: set[str] = set()
         todo: list[Descriptor] = []
@@ -335,9 +344,47 @@ class Puller:
             layer_pool.shutdown(wait=True, cancel_futures=True)
             done.set()
             reporter.join()
+        return todo
+
+    def _registered(self, downloaded: Iterable[Descriptor]) -> None:
+        """Docker's last two statuses of a downloaded layer, once its diffID
+        (computed while it downloaded) has been checked against the config."""
+        for layer in downloaded:
+            label = short_id(layer.digest)
+            self.emit(ProgressEvent(EXTRACTING, label))
+            self.emit(ProgressEvent(PULL_COMPLETE, label))
+
+    def _diff_ids(self, layers: Sequence[Descriptor]) -> list[str]:
+        """Each layer's diffID: as recorded when it was downloaded, else (a blob
+        stored by an older imgpull, or by a process that has not recorded it
+        yet) computed from the file and recorded."""
+        meta = self.store.meta
+        found: dict[str, str] = {}
+        missing: dict[str, Descriptor] = {}
         for layer in layers:
-            if layer.digest in seen:
-                self.emit(ProgressEvent(PULL_COMPLETE, short_id(layer.digest)))
+            record = meta.layer_diff_id(layer.digest)
+            if record is not None:
+                found[layer.digest] = record.diff_id
+            else:
+                missing.setdefault(layer.digest, layer)
+        if missing:
+            limit = max(1, self.options.max_concurrent_downloads)
+            with ThreadPoolExecutor(limit, thread_name_prefix="imgpull-diffid") as pool:
+                computed = pool.map(self._compute_diff_id, missing.values())
+                found.update(zip(missing, computed, strict=True))
+        return [found[layer.digest] for layer in layers]
+
+    def _compute_diff_id(self, layer: Descriptor) -> str:
+        content, meta = self.store.content, self.store.meta
+        if not content.exists(layer.digest):
+            # Removed meanwhile (an `rmi`): fetch it again, which records it.
+            self._download(layer, short_id(layer.digest), nullcontext())
+            record = meta.layer_diff_id(layer.digest)
+            if record is not None:
+                return record.diff_id
+        diff_id = _diff_id(content.path(layer.digest))
+        meta.record_layer(layer.digest, diff_id, None, self.host, self.repo)
+        return diff_id
 
     def _report(self, done: threading.Event) -> None:
         while not done.wait(self.options.progress_interval):
@@ -351,7 +398,9 @@ class Puller:
 
         `slot` is held while bytes come over the network.
         """
-        with self.store.content.ingest(desc.digest, _known(desc.size)) as writer:
+        # A layer's writer also computes its diffID while the bytes arrive.
+        layer = label is not None
+        with self.store.content.ingest(desc.digest, _known(desc.size), layer=layer) as writer:
             if writer is not None:
                 self._fetch_into(writer, desc, label, slot)
         if label:
@@ -382,7 +431,18 @@ class Puller:
                         )
                     if label:
                         self.emit(ProgressEvent(VERIFYING, label))
-                    content.commit(writer)
+                    try:
+                        content.commit(writer)
+                    except ValueError as exc:  # verified, but does not decompress
+                        raise ImgpullError(f"failed to register layer: {exc}") from None
+                    if writer.diff_id is not None:
+                        self.store.meta.record_layer(
+                            desc.digest,
+                            writer.diff_id,
+                            writer.uncompressed_size,
+                            self.host,
+                            self.repo,
+                        )
                     return
                 except DigestMismatchError:
                     # The joined bytes of a resume may be at fault: start over,
@@ -391,7 +451,7 @@ class Puller:
                         raise
                     restarted = True
                     writer.close()
-                    writer = content.writer(desc.digest, _known(desc.size))
+                    writer = content.writer(desc.digest, _known(desc.size), layer=writer.layer)
                 except ImgpullError as exc:
                     delay = self.options.retry.delay(attempt, exc)
                     if delay is None or self._transfers.cancelled:
@@ -436,10 +496,10 @@ class Puller:
             raise UnsupportedManifestError(
                 f'image operating system "{plan.os}" cannot be used on this platform ({want_os})'
             )
-        self._download_all(None, plan.layers)
+        downloaded = self._download_all(None, plan.layers)
         content = self.store.content
-        with ThreadPoolExecutor(max(1, self.options.max_concurrent_downloads)) as pool:
-            diff_ids = list(pool.map(lambda d: _diff_id(content.path(d.digest)), plan.layers))
+        # Computed while downloading (or from the files of blobs already here).
+        diff_ids = self._diff_ids(plan.layers)
         config = plan.config(diff_ids)
         config_desc = Descriptor(DOCKER_CONFIG, sha256_bytes(config), len(config))
         content.put(config, config_desc.digest)
@@ -453,7 +513,10 @@ class Puller:
             layers=tuple(replace(d, size=content.size(d.digest)) for d in plan.layers),
         )
         loaded = self._load_config(config_desc.digest, len(plan.layers))
-        return self._record(ref, image_manifest if top is manifest else top, image_manifest, loaded)
+        self._registered(downloaded)
+        return self._record(
+            ref, image_manifest if top is manifest else top, image_manifest, loaded, diff_ids
+        )
 
     # Record ---------------------------------------------------------------
 
@@ -479,7 +542,12 @@ class Puller:
         return config
 
     def _record(
-        self, ref: Reference, top: Manifest, manifest: ImageManifest, config: dict[str, Any]
+        self,
+        ref: Reference,
+        top: Manifest,
+        manifest: ImageManifest,
+        config: dict[str, Any],
+        diff_ids: Sequence[str],
     ) -> Image:
         """Store the manifests and record the pull: one transaction, so a crash
         leaves the store as before or after it, and pays for one commit."""
@@ -506,6 +574,7 @@ class Puller:
                     gone = [d for d in blobs if not content.exists(d.digest)]
                     if not gone and all(content.exists(m.digest) for m in manifests):
                         updated = self._record_image(ref, top, manifest, config, blobs)
+                        meta.set_image_rootfs(image_id, diff_ids, chain_ids(diff_ids))
                         if pinned:
                             meta.unpin_blobs(pin)
                             pinned = False

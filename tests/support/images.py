@@ -35,6 +35,16 @@ MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MT_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MT_OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+# How a layer blob is compressed (zstd needs the `zstandard` package); zstd
+# and plain layers are OCI only: push them with fmt="oci".
+Compression = Literal["gzip", "zstd", "none"]
+_LAYER_MEDIA_TYPES = {
+    "gzip": MT_OCI_LAYER_GZIP,
+    "zstd": MT_OCI_LAYER_ZSTD,
+    "none": MT_OCI_LAYER_TAR,
+}
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -121,11 +131,13 @@ class RandomLayer:
     files: int = 1
     prefix: str = "data"
     compresslevel: int = 0
+    compression: Compression = "gzip"
 
     def key(self) -> str:
-        return (
+        key = (
             f"random:{self.size_bytes}:{self.seed}:{self.files}:{self.prefix}:{self.compresslevel}"
         )
+        return key if self.compression == "gzip" else f"{key}:{self.compression}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ class FilesLayer:
 
     entries: tuple[tuple[str, Entry], ...]
     compresslevel: int = 6
+    compression: Compression = "gzip"
 
     def key(self) -> str:
         return "files:" + hashlib.sha256(repr(self).encode()).hexdigest()
@@ -143,15 +156,23 @@ LayerSpec = RandomLayer | FilesLayer
 
 
 def random_layer(
-    size_bytes: int, seed: int, *, files: int = 1, prefix: str = "data", compresslevel: int = 0
+    size_bytes: int,
+    seed: int,
+    *,
+    files: int = 1,
+    prefix: str = "data",
+    compresslevel: int = 0,
+    compression: Compression = "gzip",
 ) -> RandomLayer:
     """A layer of pseudo-random bytes (``size_bytes`` in total over ``files`` files)."""
     if size_bytes < 0 or files < 1:
         raise ValueError("size_bytes must be >= 0 and files >= 1")
-    return RandomLayer(size_bytes, seed, files, prefix.strip("/"), compresslevel)
+    return RandomLayer(size_bytes, seed, files, prefix.strip("/"), compresslevel, compression)
 
 
-def files_layer(entries: Mapping[str, Entry], *, compresslevel: int = 6) -> FilesLayer:
+def files_layer(
+    entries: Mapping[str, Entry], *, compresslevel: int = 6, compression: Compression = "gzip"
+) -> FilesLayer:
     """A layer of real files.
 
     ``entries`` maps a path (``etc/hostname``; a leading ``/`` is dropped) to
@@ -161,7 +182,7 @@ def files_layer(entries: Mapping[str, Entry], *, compresslevel: int = 6) -> File
     contents and hard-link targets before links.
     """
     norm = tuple((p.lstrip("/"), e) for p, e in entries.items())
-    return FilesLayer(norm, compresslevel)
+    return FilesLayer(norm, compresslevel, compression)
 
 
 # ---------------------------------------------------------------------------
@@ -175,12 +196,22 @@ class _LayerSink:
     One pass, constant memory, so a 500 MB layer never sits in RAM.
     """
 
-    def __init__(self, out: BinaryIO, compresslevel: int) -> None:
+    def __init__(
+        self, out: BinaryIO, compresslevel: int, compression: Compression = "gzip"
+    ) -> None:
         self._out = out
         self._tar_hash = hashlib.sha256()
         self._gz_hash = hashlib.sha256()
-        # wbits=31: gzip container; zlib writes mtime 0 and no name: reproducible.
-        self._z = zlib.compressobj(compresslevel, zlib.DEFLATED, 31)
+        self._z: Any
+        if compression == "zstd":
+            import zstandard  # only the tests that build zstd layers need it
+
+            self._z = zstandard.ZstdCompressor(level=max(1, compresslevel)).compressobj()
+        elif compression == "none":
+            self._z = _Identity()
+        else:
+            # wbits=31: gzip container; zlib writes mtime 0 and no name: reproducible.
+            self._z = zlib.compressobj(compresslevel, zlib.DEFLATED, 31)
         self.tar_size = 0
         self.gz_size = 0
 
@@ -208,6 +239,16 @@ class _LayerSink:
             "sha256:" + self._tar_hash.hexdigest(),
             self.tar_size,
         )
+
+
+class _Identity:
+    """The compressobj interface, compressing nothing (plain tar layers)."""
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(data)
+
+    def flush(self) -> bytes:
+        return b""
 
 
 class _RandomReader:
@@ -339,14 +380,15 @@ class BlobStore:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb", buffering=_CHUNK) as out:
-                sink = _LayerSink(out, spec.compresslevel)
+                sink = _LayerSink(out, spec.compresslevel, spec.compression)
                 _write_tar(spec, sink)
                 digest, size, diff_id, tar_size = sink.finish()
             tmp.replace(self.path(digest))
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return LayerInfo(digest, size, diff_id, tar_size, MT_OCI_LAYER_GZIP, spec)
+        media_type = _LAYER_MEDIA_TYPES[spec.compression]
+        return LayerInfo(digest, size, diff_id, tar_size, media_type, spec)
 
 
 # ---------------------------------------------------------------------------

@@ -56,14 +56,17 @@ class ContentStore:
         return self.path(digest).stat().st_size
 
     @contextmanager
-    def ingest(self, digest: str, size: int | None) -> Iterator[BlobWriter | None]:
+    def ingest(
+        self, digest: str, size: int | None, *, layer: bool = False
+    ) -> Iterator[BlobWriter | None]:
         """Hold the writer's role for `digest`.
 
         Yields None when the blob is (or, after waiting for another writer,
         has become) present; else a BlobWriter positioned at the end of any
         partial file left by an earlier attempt or process. The caller
         commits it with `commit(writer)`; leaving the block without a commit
-        keeps the partial file.
+        keeps the partial file. `layer`: a layer writer, which also computes
+        the diffID (BlobWriter(layer=True)).
         """
         dest = self.path(digest)
         hexpart = dest.name
@@ -71,7 +74,7 @@ class ContentStore:
             if dest.is_file():
                 yield None
                 return
-            writer = self.writer(digest, size)
+            writer = self.writer(digest, size, layer=layer)
             try:
                 yield writer
             finally:
@@ -81,13 +84,14 @@ class ContentStore:
                 if partial.is_file() and partial.stat().st_size == 0:
                     partial.unlink()
 
-    def writer(self, digest: str, size: int | None) -> BlobWriter:
+    def writer(self, digest: str, size: int | None, *, layer: bool = False) -> BlobWriter:
         """A writer on the ingest file of `digest`, continuing what is there.
 
         Only for the holder of `ingest(digest)`: e.g. to start over after a
         failed commit, which removed the partial file.
         """
-        return BlobWriter(str(self.ingest_dir / self.path(digest).name), digest, size)
+        path = str(self.ingest_dir / self.path(digest).name)
+        return BlobWriter(path, digest, size, layer=layer)
 
     def commit(self, writer: BlobWriter) -> Path:
         dest = self.path(writer.digest)

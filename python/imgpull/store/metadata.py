@@ -23,7 +23,10 @@ from imgpull.errors import StoreError
 # 2: image_manifests (which manifest blobs belong to which image, so that
 #    removing an image removes them), blob_pins, indexes for "is this blob
 #    still used".
-_SCHEMA_VERSION = 2
+# 3: layer_diff_ids (layer digest -> diffID, uncompressed size, the
+#    repository it was first registered from), image_rootfs (each image's
+#    diffIDs and chain IDs, in order).
+_SCHEMA_VERSION = 3
 
 # A pin older than this is from a pull that crashed: it protects nothing.
 PIN_TTL = 24 * 3600.0
@@ -82,6 +85,21 @@ CREATE TABLE IF NOT EXISTS blob_pins (  -- blobs a pull in progress will use (se
     PRIMARY KEY (digest, owner)
 );
 CREATE INDEX IF NOT EXISTS image_layers_digest ON image_layers(digest);
+CREATE TABLE IF NOT EXISTS layer_diff_ids (  -- docker's v2 metadata: a layer blob is registered
+    digest            TEXT PRIMARY KEY,      -- compressed blob digest
+    diff_id           TEXT NOT NULL,         -- sha256 of the uncompressed tar
+    uncompressed_size INTEGER,               -- NULL when computed by an older path
+    registry          TEXT NOT NULL,
+    repository        TEXT NOT NULL,
+    added_at          REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS image_rootfs (  -- per image: diffIDs and chain IDs, bottom first
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    diff_id  TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    PRIMARY KEY (image_id, position)
+);
 """
 
 
@@ -103,6 +121,17 @@ class LayerRecord:
     digest: str
     size: int
     media_type: str
+
+
+@dataclass(frozen=True)
+class LayerDiffRecord:
+    """A registered layer blob: its diffID and where it was first pulled from."""
+
+    digest: str
+    diff_id: str
+    uncompressed_size: int | None
+    registry: str
+    repository: str
 
 
 @dataclass(frozen=True)
@@ -169,6 +198,9 @@ class MetadataStore:
                     " SELECT image_id, digest FROM refs WHERE digest IS NOT NULL"
                     " AND image_id IN (SELECT id FROM images)"
                 )
+            # version < 3: the new tables start empty. A layer pulled before
+            # has no diffID yet; the next pull that uses it computes it from
+            # the blob file (pull.py) and records it.
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -228,6 +260,55 @@ class MetadataStore:
                 "INSERT OR IGNORE INTO blob_sources(digest, registry, repository) VALUES (?, ?, ?)",
                 (digest, registry, repository),
             )
+
+    def record_layer(
+        self,
+        digest: str,
+        diff_id: str,
+        uncompressed_size: int | None,
+        registry: str,
+        repository: str,
+    ) -> None:
+        """Register layer blob `digest` as having `diff_id` (first writer wins:
+        a diffID is a function of the bytes; a later size fills a NULL one)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO layer_diff_ids(digest, diff_id, uncompressed_size, registry,"
+                " repository, added_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(digest) DO UPDATE"
+                " SET uncompressed_size = coalesce(uncompressed_size, excluded.uncompressed_size)",
+                (digest, diff_id, uncompressed_size, registry, repository, time.time()),
+            )
+
+    def layer_diff_id(self, digest: str) -> LayerDiffRecord | None:
+        rows = self._query(
+            "SELECT digest, diff_id, uncompressed_size, registry, repository"
+            " FROM layer_diff_ids WHERE digest = ?",
+            (digest,),
+        )
+        return LayerDiffRecord(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def set_image_rootfs(
+        self, image_id: str, diff_ids: Sequence[str], chain_ids: Sequence[str]
+    ) -> None:
+        """Record an image's diffIDs and chain IDs (bottom layer first)."""
+        rows = [
+            (image_id, i, d, c) for i, (d, c) in enumerate(zip(diff_ids, chain_ids, strict=True))
+        ]
+        with self.transaction() as db:
+            db.execute("DELETE FROM image_rootfs WHERE image_id = ?", (image_id,))
+            db.executemany(
+                "INSERT INTO image_rootfs(image_id, position, diff_id, chain_id)"
+                " VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def image_rootfs(self, image_id: str) -> list[tuple[str, str]]:
+        """(diffID, chain ID) of each layer of an image, bottom first."""
+        rows = self._query(
+            "SELECT diff_id, chain_id FROM image_rootfs WHERE image_id = ? ORDER BY position",
+            (image_id,),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def blob_sources(self, digest: str) -> list[tuple[str, str]]:
         rows = self._query(
@@ -363,7 +444,10 @@ class MetadataStore:
             )
 
     def recorded_blobs(self) -> set[str]:
-        rows = self._query("SELECT digest FROM blobs UNION SELECT digest FROM blob_sources")
+        rows = self._query(
+            "SELECT digest FROM blobs UNION SELECT digest FROM blob_sources"
+            " UNION SELECT digest FROM layer_diff_ids"
+        )
         return {str(r[0]) for r in rows}
 
     def forget_blob(self, digest: str) -> None:
@@ -371,6 +455,7 @@ class MetadataStore:
         with self.transaction() as db:
             db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
             db.execute("DELETE FROM blob_sources WHERE digest = ?", (digest,))
+            db.execute("DELETE FROM layer_diff_ids WHERE digest = ?", (digest,))
 
     def image_layers(self, image_id: str) -> list[LayerRecord]:
         rows = self._query(

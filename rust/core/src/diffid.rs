@@ -5,9 +5,11 @@
 //! concatenated members), zstd (every frame, skippable frames included), or
 //! none (a plain tar).
 
+use std::cell::Cell;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
+use std::rc::Rc;
 
 use flate2::bufread::MultiGzDecoder;
 use sha2::{Digest as _, Sha256};
@@ -57,15 +59,19 @@ fn is_zstd_skippable(head: &[u8]) -> bool {
 }
 
 /// Remembers whether an error came from the file itself (an OSError) rather
-/// than from the decoder (corrupt data).
+/// than from the decoder (corrupt data), and counts the compressed bytes the
+/// decoder has taken (for ratio limits, see rootfs.rs).
 struct Tracked<R> {
     inner: R,
     failed: bool,
+    consumed: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|_| self.failed = true)
+        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
     }
 }
 
@@ -80,19 +86,29 @@ impl<R: BufRead> BufRead for Tracked<R> {
         }
     }
     fn consume(&mut self, amt: usize) {
+        self.consumed.set(self.consumed.get() + amt as u64);
         self.inner.consume(amt)
     }
 }
 
-/// 'sha256:<hex>' of the decompressed content of the layer blob at `path`.
+/// Runs `f` on the decompressed stream of the layer blob at `path` (gzip,
+/// zstd or plain, told by its first bytes). `f` also gets a counter of the
+/// compressed bytes read so far.
 ///
 /// Errors: `CoreError::File` when the file cannot be opened or read;
-/// `CoreError::Invalid` for an unknown compression or corrupt data.
-pub fn diff_id_file(path: &Path) -> Result<Digest> {
+/// `CoreError::Invalid` for an unknown compression, or for any other error
+/// `f` returns (taken as corrupt data: callers that fail for their own
+/// reasons keep the reason themselves).
+pub fn read_layer<T>(
+    path: &Path,
+    f: impl FnOnce(&mut dyn Read, &Rc<Cell<u64>>) -> io::Result<T>,
+) -> Result<T> {
     let file = File::open(path).map_err(|e| CoreError::file("open", path, e))?;
+    let consumed = Rc::new(Cell::new(0));
     let mut reader = Tracked {
         inner: BufReader::with_capacity(CHUNK, file),
         failed: false,
+        consumed: consumed.clone(),
     };
     let head = reader
         .fill_buf()
@@ -101,17 +117,16 @@ pub fn diff_id_file(path: &Path) -> Result<Digest> {
     let head = &head[..head.len().min(512)];
     let kind = detect_compression(head)
         .map_err(|m| CoreError::Invalid(format!("{}: {m}", path.display())))?;
-    let mut hasher = Sha256::new();
     let result = match kind {
-        Compression::None => hash_reader(&mut hasher, &mut reader),
-        Compression::Gzip => hash_reader(&mut hasher, &mut MultiGzDecoder::new(&mut reader)),
+        Compression::None => f(&mut reader, &consumed),
+        Compression::Gzip => f(&mut MultiGzDecoder::new(&mut reader), &consumed),
         Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(&mut reader) {
-            Ok(mut d) => hash_reader(&mut hasher, &mut d),
+            Ok(mut d) => f(&mut d, &consumed),
             Err(e) => Err(e),
         },
     };
     match result {
-        Ok(_) => Ok(Digest::from_hasher(hasher)),
+        Ok(v) => Ok(v),
         Err(e) if reader.failed => Err(CoreError::file("read", path, e)),
         Err(e) => Err(CoreError::Invalid(format!(
             "{}: corrupt {} data: {e}",
@@ -123,6 +138,57 @@ pub fn diff_id_file(path: &Path) -> Result<Digest> {
             }
         ))),
     }
+}
+
+/// 'sha256:<hex>' of the decompressed content of the layer blob at `path`.
+///
+/// Errors: `CoreError::File` when the file cannot be opened or read;
+/// `CoreError::Invalid` for an unknown compression or corrupt data.
+pub fn diff_id_file(path: &Path) -> Result<Digest> {
+    read_layer(path, |mut reader, _| {
+        let mut hasher = Sha256::new();
+        hash_reader(&mut hasher, &mut reader)?;
+        Ok(Digest::from_hasher(hasher))
+    })
+}
+
+/// Writes the decompressed content of the layer blob at `src` to `dest`
+/// (created or truncated) and returns its digest, the layer's diffID.
+///
+/// Errors: as [`diff_id_file`], plus `CoreError::File` for `dest`.
+pub fn decompress_to(src: &Path, dest: &Path) -> Result<Digest> {
+    let out = File::create(dest).map_err(|e| CoreError::file("create", dest, e))?;
+    let mut out = io::BufWriter::with_capacity(CHUNK, out);
+    let mut write_error: Option<io::Error> = None;
+    let digest = read_layer(src, |reader, _| {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            if let Err(e) = out.write_all(&buf[..n]) {
+                let msg = e.to_string();
+                write_error = Some(e);
+                return Err(io::Error::other(msg));
+            }
+        }
+        Ok(Digest::from_hasher(hasher))
+    });
+    if let Some(e) = write_error {
+        return Err(CoreError::file("write", dest, e));
+    }
+    let digest = digest?;
+    let file = out
+        .into_inner()
+        .map_err(|e| CoreError::file("write", dest, e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| CoreError::file("fsync", dest, e))?;
+    Ok(digest)
 }
 
 #[cfg(test)]
@@ -171,6 +237,18 @@ mod tests {
         blob.extend(gzip(b));
         let path = write(&dir, "g", &blob);
         assert_eq!(diff_id_file(&path).unwrap(), sha256_bytes(&data));
+    }
+
+    #[test]
+    fn decompress_to_writes_the_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tar_like(CHUNK + 77);
+        let src = write(&dir, "g", &gzip(&data));
+        let dest = dir.path().join("out.tar");
+        assert_eq!(decompress_to(&src, &dest).unwrap(), sha256_bytes(&data));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let bad = write(&dir, "u", b"not a layer at all");
+        assert!(decompress_to(&bad, &dest).is_err());
     }
 
     #[test]

@@ -4,19 +4,25 @@
 //! - [`writer`]: a hashing, resumable, verifying blob writer
 //! - [`fetch`]: streaming blob GETs into a writer
 //! - [`diffid`]: the digest of a layer's uncompressed content
+//! - [`layer`]: that digest computed while a layer is downloaded
 //! - [`schema1`]: Docker schema1 layer chains and signed payloads
+//! - [`rootfs`]: applying layers to a directory (whiteouts, safety limits)
 
 mod classify;
 pub mod diffid;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod layer;
+#[cfg(target_os = "linux")]
+pub mod rootfs;
 pub mod schema1;
 mod tls;
 pub mod writer;
 
-pub use diffid::diff_id_file;
+pub use diffid::{decompress_to, diff_id_file};
 pub use digest::{sha256_bytes, sha256_file, Digest};
 pub use error::{CoreError, FetchKind, Result};
 pub use fetch::{FetchOptions, FetchResponse, Fetcher, Transfer};
+pub use layer::LayerDigest;
 pub use writer::BlobWriter;

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{hash_reader, Digest};
+use crate::digest::{Digest, CHUNK};
 use crate::error::{CoreError, Result};
+use crate::layer::{LayerDigest, Unpacker};
 
 /// Coalesces small writes from Python; the fetcher's ~1 MiB chunks bypass it.
 const BUF: usize = 256 * 1024;
@@ -25,6 +26,10 @@ pub struct BlobWriter {
     offset: u64,
     /// None once closed, committed, or poisoned by a failed write.
     open: Option<Open>,
+    /// A layer writer also decompresses and hashes what it writes (layer.rs).
+    layer: bool,
+    /// Set by a successful commit() of a layer writer.
+    layer_digest: Option<LayerDigest>,
 }
 
 struct Open {
@@ -32,14 +37,17 @@ struct Open {
     hasher: Sha256,
     /// Offset up to which writeback was started.
     writeback_from: u64,
+    /// For a layer writer: the decompressor + hasher fed every byte written.
+    unpacker: Option<Unpacker>,
 }
 
 impl Open {
-    fn new(file: File, hasher: Sha256, offset: u64) -> Open {
+    fn new(file: File, hasher: Sha256, offset: u64, unpacker: Option<Unpacker>) -> Open {
         Open {
             file: BufWriter::with_capacity(BUF, file),
             hasher,
             writeback_from: offset,
+            unpacker,
         }
     }
 
@@ -72,7 +80,27 @@ impl BlobWriter {
     /// end, re-hashing what is already there. A partial file longer than a
     /// known `size` can never verify, so it is started over.
     pub fn open(path: impl Into<PathBuf>, digest: &str, size: Option<u64>) -> Result<BlobWriter> {
-        let path = path.into();
+        BlobWriter::open_with(path.into(), digest, size, false)
+    }
+
+    /// As [`BlobWriter::open`], for a layer: what is written is also
+    /// decompressed (gzip, zstd or plain tar, told by the first bytes) and
+    /// hashed as it is written, so that commit() gives the layer's diffID
+    /// ([`BlobWriter::layer_digest`]) without reading the file again.
+    pub fn open_layer(
+        path: impl Into<PathBuf>,
+        digest: &str,
+        size: Option<u64>,
+    ) -> Result<BlobWriter> {
+        BlobWriter::open_with(path.into(), digest, size, true)
+    }
+
+    fn open_with(
+        path: PathBuf,
+        digest: &str,
+        size: Option<u64>,
+        layer: bool,
+    ) -> Result<BlobWriter> {
         let digest = Digest::parse(digest)?;
         // O_APPEND: every write lands at the end, also right after set_len(0).
         let file = OpenOptions::new()
@@ -86,14 +114,18 @@ impl BlobWriter {
             .map_err(|e| CoreError::file("stat", &path, e))?
             .len();
         let mut hasher = Sha256::new();
+        let mut unpacker = layer.then(Unpacker::start);
         let offset = if size.is_some_and(|s| len > s) {
             file.set_len(0)
                 .map_err(|e| CoreError::file("truncate", &path, e))?;
             0
         } else {
             // Only the length seen: a file still growing (or a device) must
-            // not keep us reading.
-            let read = hash_reader(&mut hasher, &mut (&file).take(len))
+            // not keep us reading. A layer writer replays this prefix through
+            // its decompressor too: the decoder state at the resume point
+            // (inside a deflate block, a zstd frame) cannot be saved, so it
+            // is rebuilt from the bytes, in the same single read as the hash.
+            let read = replay(&mut (&file).take(len), &mut hasher, unpacker.as_mut())
                 .map_err(|e| CoreError::file("read", &path, e))?;
             if read != len {
                 let e = io::Error::new(io::ErrorKind::UnexpectedEof, "partial file shrank");
@@ -106,8 +138,21 @@ impl BlobWriter {
             digest,
             size,
             offset,
-            open: Some(Open::new(file, hasher, offset)),
+            open: Some(Open::new(file, hasher, offset, unpacker)),
+            layer,
+            layer_digest: None,
         })
+    }
+
+    /// Whether this writer computes a diffID (opened with `open_layer`).
+    pub fn is_layer(&self) -> bool {
+        self.layer
+    }
+
+    /// The layer's diffID and uncompressed size, once a layer writer has
+    /// committed successfully.
+    pub fn layer_digest(&self) -> Option<LayerDigest> {
+        self.layer_digest
     }
 
     pub fn path(&self) -> &Path {
@@ -151,6 +196,9 @@ impl BlobWriter {
             return Err(CoreError::file("write", &self.path, e));
         }
         open.hasher.update(data);
+        if let Some(unpacker) = open.unpacker.as_mut() {
+            unpacker.feed(data);
+        }
         open.start_writeback(end);
         self.offset = end;
         Ok(())
@@ -164,7 +212,8 @@ impl BlobWriter {
         file.set_len(0)
             .map_err(|e| CoreError::file("truncate", &self.path, e))?;
         self.offset = 0;
-        self.open = Some(Open::new(file, Sha256::new(), 0));
+        let unpacker = self.layer.then(Unpacker::start);
+        self.open = Some(Open::new(file, Sha256::new(), 0, unpacker));
         Ok(())
     }
 
@@ -204,6 +253,16 @@ impl BlobWriter {
                 actual: actual.to_string(),
             });
         }
+        if let Some(unpacker) = open.unpacker {
+            match unpacker.finish() {
+                Ok(found) => self.layer_digest = Some(found),
+                Err(why) => {
+                    // Verified bytes, but not a layer we can register.
+                    self.discard();
+                    return Err(CoreError::Invalid(format!("layer {}: {why}", self.digest)));
+                }
+            }
+        }
         // Content-addressed: a complete file already at dest holds these bytes.
         if fs::metadata(dest).is_ok_and(|m| m.is_file() && m.len() == self.offset) {
             self.discard();
@@ -219,6 +278,31 @@ impl BlobWriter {
     fn discard(&self) {
         // Best effort: the error being reported matters more than this one.
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Hashes (and, for a layer, unpacks) everything `reader` yields; returns
+/// the byte count.
+fn replay(
+    reader: &mut impl Read,
+    hasher: &mut Sha256,
+    mut unpacker: Option<&mut Unpacker>,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                if let Some(u) = unpacker.as_deref_mut() {
+                    u.feed(&buf[..n]);
+                }
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! converted, the core runs with the GIL released, errors are mapped.
 
 mod errors;
+mod export;
 mod fetch;
 mod schema1;
 mod writer;
@@ -33,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     schema1::register(m)?;
+    export::register(m)?;
     m.add_function(wrap_pyfunction!(sha256_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
     m.add_class::<writer::BlobWriter>()?;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
 use imgpull_core::BlobWriter as CoreWriter;
 use pyo3::prelude::*;
@@ -18,6 +18,9 @@ pub struct BlobWriter {
     path: String,
     digest: String,
     size: Option<u64>,
+    layer: bool,
+    /// (diffID, uncompressed size), set by a layer writer's successful commit.
+    layer_digest: OnceLock<(String, u64)>,
 }
 
 impl BlobWriter {
@@ -41,16 +44,45 @@ impl BlobWriter {
 #[pymethods]
 impl BlobWriter {
     #[new]
-    #[pyo3(signature = (path, digest, size=None))]
-    fn new(py: Python<'_>, path: PathBuf, digest: String, size: Option<u64>) -> Result<Self> {
-        let writer = py.detach(|| CoreWriter::open(&path, &digest, size))?;
+    #[pyo3(signature = (path, digest, size=None, *, layer=false))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        digest: String,
+        size: Option<u64>,
+        layer: bool,
+    ) -> Result<Self> {
+        let writer = py.detach(|| {
+            if layer {
+                CoreWriter::open_layer(&path, &digest, size)
+            } else {
+                CoreWriter::open(&path, &digest, size)
+            }
+        })?;
         Ok(BlobWriter {
             offset: AtomicU64::new(writer.offset()),
             inner: Mutex::new(writer),
             path: path.to_string_lossy().into_owned(),
             digest,
             size,
+            layer,
+            layer_digest: OnceLock::new(),
         })
+    }
+
+    #[getter]
+    fn layer(&self) -> bool {
+        self.layer
+    }
+
+    #[getter]
+    fn diff_id(&self) -> Option<&str> {
+        self.layer_digest.get().map(|(d, _)| d.as_str())
+    }
+
+    #[getter]
+    fn uncompressed_size(&self) -> Option<u64> {
+        self.layer_digest.get().map(|&(_, n)| n)
     }
 
     #[getter]
@@ -82,7 +114,13 @@ impl BlobWriter {
     }
 
     fn commit(&self, py: Python<'_>, dest: PathBuf) -> Result<()> {
-        Ok(py.detach(|| self.with(|w| w.commit(&dest)))?)
+        let found = py.detach(|| self.with(|w| w.commit(&dest).map(|()| w.layer_digest())))?;
+        if let Some(found) = found {
+            let _ = self
+                .layer_digest
+                .set((found.diff_id.to_string(), found.uncompressed_size));
+        }
+        Ok(())
     }
 
     fn close(&self, py: Python<'_>) -> Result<()> {
@@ -92,10 +130,11 @@ impl BlobWriter {
     fn __repr__(&self) -> String {
         let size = self.size.map_or("None".to_owned(), |s| s.to_string());
         format!(
-            "BlobWriter(path={:?}, digest={:?}, size={size}, offset={})",
+            "BlobWriter(path={:?}, digest={:?}, size={size}, offset={}, layer={})",
             self.path,
             self.digest,
-            self.offset()
+            self.offset(),
+            if self.layer { "True" } else { "False" }
         )
     }
 }

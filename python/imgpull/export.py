@@ -1,0 +1,364 @@
+"""Exports of a local image (`imgpull export`, `Client.export`).
+
+- `oci`: an OCI image layout directory (`oci-layout`, `index.json`, blobs):
+  the manifest, its config and layers. An OCI manifest is the one pulled,
+  byte for byte. A Docker v2s2 manifest is converted to OCI media types as
+  `skopeo copy docker://… oci:…` does (skopeo's oci transport finds no
+  image whose index entry has a Docker media type), config and layer blobs
+  unchanged; so is the manifest built for a schema1 image. Blobs are hard
+  links to the store's files where the filesystem allows, else reflinks
+  (FICLONE), else copies: don't modify them in place.
+- `docker-archive`: the tar `docker save` writes and `docker load` and
+  `skopeo ... docker-archive:` read: `manifest.json` ([{Config, RepoTags,
+  Layers}]), `repositories`, `<config hex>.json` and `<diffID hex>/layer.tar`
+  (uncompressed, so its sha256 is the diffID, checked against the config).
+- `rootfs`: the layers applied in order to a directory by the native core
+  (whiteouts, opaque directories, links, modes, mtimes, xattrs; owners and
+  devices as root). Unsafe entries (`..`, absolute paths, writes through a
+  symbolic link, hard links out) and decompression bombs raise ExtractError.
+
+Every format is built beside DEST and appears there only once complete
+(rootfs: extracted into DEST, which is emptied again on failure). DEST must
+not exist or be an empty directory (docker-archive: must not exist).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from imgpull._core import ExtractError, decompress_to, extract_layers, sha256_bytes
+from imgpull.errors import ImgpullError
+from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
+from imgpull.reference import Reference
+from imgpull.store import Store
+
+__all__ = [
+    "DEFAULT_MAX_RATIO",
+    "FORMATS",
+    "ExportError",
+    "ExportFormat",
+    "ExtractError",
+    "export_image",
+]
+
+ExportFormat = Literal["oci", "docker-archive", "rootfs"]
+FORMATS: tuple[ExportFormat, ...] = ("oci", "docker-archive", "rootfs")
+DEFAULT_MAX_RATIO = 200
+REF_NAME = "org.opencontainers.image.ref.name"
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+class ExportError(ImgpullError):
+    """An export that cannot be made: a bad destination, a missing blob, a
+    layer whose content does not match the config's diffID."""
+
+
+def export_image(
+    store: Store,
+    image_id: str,
+    ref: Reference | None,
+    fmt: str,
+    dest: str | os.PathLike[str],
+    *,
+    max_ratio: int = DEFAULT_MAX_RATIO,
+    max_bytes: int | None = None,
+) -> Path:
+    """Export the stored image `image_id` as `fmt` to `dest`; returns `dest`.
+
+    `ref` names the image in the export (OCI ref.name annotation = its tag,
+    docker-archive RepoTags); None for an image given by ID.
+    """
+    out = Path(dest)
+    try:
+        if fmt == "oci":
+            _export_oci(store, image_id, ref, out)
+        elif fmt == "docker-archive":
+            _export_docker_archive(store, image_id, ref, out)
+        elif fmt == "rootfs":
+            _export_rootfs(store, image_id, out, max_ratio=max_ratio, max_bytes=max_bytes)
+        else:
+            raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    except ImgpullError:
+        raise
+    except (OSError, ValueError) as exc:  # a corrupt blob, a file error
+        raise ExportError(f"export to {out} failed: {exc}") from exc
+    return out
+
+
+# Shared ----------------------------------------------------------------------
+
+
+def _check_dir_dest(dest: Path) -> bool:
+    """True when `dest` exists (then it must be an empty directory)."""
+    try:
+        st = dest.lstat()
+    except FileNotFoundError:
+        if not dest.parent.is_dir():
+            raise ExportError(f"{dest.parent} is not a directory") from None
+        return False
+    if not stat.S_ISDIR(st.st_mode) or any(dest.iterdir()):
+        raise ExportError(f"{dest} exists and is not an empty directory")
+    return True
+
+
+def _blob(store: Store, digest: str) -> Path:
+    path = store.content.path(digest)
+    if not path.is_file():
+        raise ExportError(f"blob {digest} is missing from the store: pull the image again")
+    return path
+
+
+def _config(store: Store, image_id: str) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads(store.content.read(image_id))
+    return config
+
+
+def _manifest(store: Store, image_id: str) -> tuple[bytes, str]:
+    """The image's manifest, as an OCI layout holds it (bytes, media type).
+
+    An OCI manifest is kept byte for byte. A Docker v2s2 manifest is
+    converted as `skopeo copy docker://... oci:...` does (skopeo refuses
+    other media types in an OCI layout's index): the media types mapped, the
+    config and layer blobs unchanged. A schema1 image gets the manifest of
+    its stored (converted) config and layers.
+    """
+    image = store.meta.get_image(image_id)
+    if image is None:
+        raise ExportError(f"No such image: {image_id}")
+    if image.media_type == OCI_MANIFEST:
+        return store.content.read(image.manifest_digest), OCI_MANIFEST
+    if image.media_type in SCHEMA1_TYPES:
+        config: dict[str, Any] = {"digest": image_id, "size": store.content.size(image_id)}
+        layers: list[dict[str, Any]] = [
+            {"mediaType": lr.media_type, "digest": lr.digest, "size": lr.size}
+            for lr in store.meta.image_layers(image_id)
+        ]
+    else:
+        docker = json.loads(store.content.read(image.manifest_digest))
+        config, layers = docker["config"], docker.get("layers", [])
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config["digest"], "size": config["size"]},
+        "layers": [_oci_layer(layer) for layer in layers],
+    }
+    return json.dumps(manifest, separators=(",", ":")).encode(), OCI_MANIFEST
+
+
+_OCI_LAYER_TYPES = {
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    ),
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": (
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+    ),
+    "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar",
+}
+
+
+def _oci_layer(layer: dict[str, Any]) -> dict[str, Any]:
+    media_type = layer.get("mediaType") or "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    out: dict[str, Any] = {
+        "mediaType": _OCI_LAYER_TYPES.get(media_type, media_type),
+        "digest": layer["digest"],
+        "size": layer["size"],
+    }
+    if layer.get("urls"):
+        out["urls"] = layer["urls"]
+    return out
+
+
+def _layers(store: Store, image_id: str) -> list[tuple[str, str]]:
+    """(layer blob digest, diffID) in order, checked against the config."""
+    digests = [lr.digest for lr in store.meta.image_layers(image_id)]
+    diff_ids = list(_config(store, image_id).get("rootfs", {}).get("diff_ids") or [])
+    if len(digests) != len(diff_ids):
+        raise ExportError(
+            f"image {image_id}: {len(digests)} layers but {len(diff_ids)} diffIDs in its config"
+        )
+    return list(zip(digests, diff_ids, strict=True))
+
+
+def _share(src: Path, dst: Path) -> None:
+    """dst as a hard link to src, else a reflink, else a copy."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also gets through directories an image made read-only."""
+
+    def retry(func: Any, p: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, 0o700)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                func(p)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+# oci ------------------------------------------------------------------------------
+
+
+def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) -> None:
+    existed = _check_dir_dest(dest)
+    raw, media_type = _manifest(store, image_id)
+    manifest = json.loads(raw)
+    image = store.meta.get_image(image_id)
+    assert image is not None
+    manifest_digest = sha256_bytes(raw)
+    wanted = [manifest["config"]["digest"], *(lr["digest"] for lr in manifest.get("layers", []))]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        blobs = tmp / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        for digest in dict.fromkeys(wanted):
+            _share(_blob(store, digest), blobs / digest.split(":", 1)[1])
+        (blobs / manifest_digest.split(":", 1)[1]).write_bytes(raw)
+        descriptor: dict[str, Any] = {
+            "mediaType": media_type,
+            "digest": manifest_digest,
+            "size": len(raw),
+            "platform": {"architecture": image.architecture, "os": image.os},
+        }
+        if image.variant:
+            descriptor["platform"]["variant"] = image.variant
+        if ref is not None and ref.tag is not None:
+            descriptor["annotations"] = {REF_NAME: ref.tag}
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}
+        (tmp / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+        tmp.chmod(0o755)
+        if existed:
+            dest.rmdir()  # empty, checked above
+        os.rename(tmp, dest)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+
+
+# docker-archive -----------------------------------------------------------------
+
+
+def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, dest: Path) -> None:
+    if dest.exists() or dest.is_symlink():
+        raise ExportError(f"{dest} exists")
+    if not dest.parent.is_dir():
+        raise ExportError(f"{dest.parent} is not a directory")
+    layers = _layers(store, image_id)
+    config_hex = image_id.split(":", 1)[1]
+    repo_tags: list[str] = []
+    repositories: dict[str, dict[str, str]] = {}
+    if ref is not None and ref.tag is not None:
+        name = ref.familiar_name
+        repo_tags.append(f"{name}:{ref.tag}")
+        if layers:
+            repositories[name] = {ref.tag: layers[-1][1].split(":", 1)[1]}
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    part = work / "archive.tar"
+    try:
+        with (
+            open(part, "wb") as fileobj,
+            tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            paths: list[str] = []
+            parent = ""
+            done: set[str] = set()
+            for digest, diff_id in layers:
+                hexpart = diff_id.split(":", 1)[1]
+                paths.append(f"{hexpart}/layer.tar")
+                if hexpart in done:
+                    continue
+                done.add(hexpart)
+                layer_tar = work / "layer.tar"
+                got = decompress_to(str(_blob(store, digest)), str(layer_tar))
+                if got != diff_id:
+                    raise ExportError(
+                        f"layer {digest} decompresses to {got}, not the config's diffID {diff_id}"
+                    )
+                _add_dir(tar, hexpart)
+                _add_bytes(tar, f"{hexpart}/VERSION", b"1.0")
+                v1: dict[str, Any] = {"id": hexpart, "created": "1970-01-01T00:00:00Z"}
+                if parent:
+                    v1["parent"] = parent
+                _add_bytes(tar, f"{hexpart}/json", json.dumps(v1).encode())
+                info = _info(f"{hexpart}/layer.tar", layer_tar.stat().st_size)
+                with open(layer_tar, "rb") as data:
+                    tar.addfile(info, data)
+                layer_tar.unlink()
+                parent = hexpart
+            _add_bytes(tar, f"{config_hex}.json", store.content.read(image_id))
+            manifest = [{"Config": f"{config_hex}.json", "RepoTags": repo_tags, "Layers": paths}]
+            _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
+            if repositories:
+                _add_bytes(tar, "repositories", json.dumps(repositories).encode())
+        os.chmod(part, 0o644)
+        os.rename(part, dest)
+    finally:
+        _remove_tree(work)
+
+
+def _info(name: str, size: int, *, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, mode, 0
+    return info
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = _info(name, 0, mode=0o755)
+    info.type = tarfile.DIRTYPE
+    tar.addfile(info)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_info(name, len(data)), io.BytesIO(data))
+
+
+# rootfs ---------------------------------------------------------------------------
+
+
+def _export_rootfs(
+    store: Store, image_id: str, dest: Path, *, max_ratio: int, max_bytes: int | None
+) -> None:
+    existed = _check_dir_dest(dest)
+    blobs = [str(_blob(store, digest)) for digest, _ in _layers(store, image_id)]
+    if not existed:
+        dest.mkdir(mode=0o755)
+    try:
+        extract_layers(str(dest), blobs, max_ratio=max_ratio, max_bytes=max_bytes)
+    except BaseException:
+        # Leave DEST as it was: gone, or an empty directory.
+        if existed:
+            for child in list(dest.iterdir()):
+                if child.is_dir() and not child.is_symlink():
+                    _remove_tree(child)
+                else:
+                    child.unlink()
+        else:
+            _remove_tree(dest)
+        raise

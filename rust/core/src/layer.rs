@@ -1,0 +1,317 @@
+//! The diffID of a layer computed while its compressed bytes are written:
+//! what `BlobWriter::open_layer` adds to a blob writer.
+//!
+//! Each piece written is also pushed through a streaming decoder (gzip with
+//! every member, zstd with every frame, or a plain tar: told by the first
+//! bytes with `diffid::detect_compression`, as for files) into a SHA-256.
+//! One pass, memory bounded by the decoders' windows, and the file is never
+//! read back.
+//!
+//! Measured (500 MB image of 5 layers, 3 at a time, 2 cores): this inline
+//! form beat a decoder thread fed by a bounded channel (1.48-2.08 s vs
+//! 1.61-2.22 s a pull, 2.0 vs 2.3 CPU-s): with several layers at once the
+//! cores are already busy, and the thread only added copies and wake-ups.
+
+use std::io;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::diffid::{detect_compression, Compression};
+use crate::digest::Digest;
+
+/// What a layer's uncompressed stream gave: its diffID and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDigest {
+    pub diff_id: Digest,
+    pub uncompressed_size: u64,
+}
+
+type Outcome = std::result::Result<LayerDigest, String>;
+
+/// The decoder + hasher of one layer writer.
+///
+/// A decode error does not fail the write: the bytes are still written and
+/// hashed, and finish() reports the error (the writer checks the blob
+/// digest first, which explains e.g. a corrupt resumed prefix better).
+pub(crate) struct Unpacker {
+    state: Inline,
+}
+
+enum Inline {
+    Head(Vec<u8>),
+    Plain(HashSink),
+    Gzip(Box<flate2::write::MultiGzDecoder<HashSink>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, HashSink>>),
+    Failed(String),
+}
+
+struct HashSink {
+    hasher: Sha256,
+    n: u64,
+}
+
+impl io::Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.n += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Unpacker {
+    pub(crate) fn start() -> Unpacker {
+        Unpacker {
+            state: Inline::Head(Vec::with_capacity(512)),
+        }
+    }
+
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        use io::Write as _;
+        let mut data = data;
+        if let Inline::Head(head) = &mut self.state {
+            let n = data.len().min(512 - head.len());
+            head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if head.len() < 512 {
+                return;
+            }
+            let head = std::mem::take(head);
+            self.state = Inline::detect(head);
+        }
+        if data.is_empty() {
+            return;
+        }
+        let result = match &mut self.state {
+            Inline::Plain(w) => w.write_all(data),
+            Inline::Gzip(w) => w.write_all(data),
+            Inline::Zstd(w) => w.write_all(data),
+            Inline::Head(_) | Inline::Failed(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            self.state = Inline::Failed(self.state.corrupt(e));
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Outcome {
+        if let Inline::Head(head) = &mut self.state {
+            let head = std::mem::take(head);
+            self.state = Inline::detect(head);
+        }
+        let state = std::mem::replace(&mut self.state, Inline::Failed(String::new()));
+        let sink = match state {
+            Inline::Plain(w) => Ok(w),
+            Inline::Gzip(w) => w.finish().map_err(|e| format!("corrupt gzip data: {e}")),
+            Inline::Zstd(w) => w.finish().map_err(|e| format!("corrupt zstd data: {e}")),
+            Inline::Failed(m) => Err(m),
+            Inline::Head(_) => unreachable!(),
+        }?;
+        Ok(LayerDigest {
+            diff_id: Digest::from_hasher(sink.hasher),
+            uncompressed_size: sink.n,
+        })
+    }
+}
+
+impl Inline {
+    /// Classifies, then feeds the head to the chosen decoder.
+    fn detect(head: Vec<u8>) -> Inline {
+        use io::Write as _;
+        let sink = HashSink {
+            hasher: Sha256::new(),
+            n: 0,
+        };
+        let mut state = match detect_compression(&head) {
+            Ok(Compression::None) => Inline::Plain(sink),
+            Ok(Compression::Gzip) => {
+                Inline::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink)))
+            }
+            Ok(Compression::Zstd) => match zstd::stream::write::Decoder::new(sink) {
+                Ok(d) => Inline::Zstd(Box::new(d)),
+                Err(e) => return Inline::Failed(e.to_string()),
+            },
+            Err(m) => return Inline::Failed(m),
+        };
+        let result = match &mut state {
+            Inline::Plain(w) => w.write_all(&head),
+            Inline::Gzip(w) => w.write_all(&head),
+            Inline::Zstd(w) => w.write_all(&head),
+            _ => Ok(()),
+        };
+        match result {
+            Ok(()) => state,
+            Err(e) => Inline::Failed(state.corrupt(e)),
+        }
+    }
+
+    fn corrupt(&self, e: io::Error) -> String {
+        let name = match self {
+            Inline::Gzip(_) => "gzip",
+            Inline::Zstd(_) => "zstd",
+            _ => "tar",
+        };
+        format!("corrupt {name} data: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::write::GzEncoder;
+
+    use crate::digest::sha256_bytes;
+    use crate::error::CoreError;
+    use crate::writer::BlobWriter;
+
+    fn tar_like(len: usize) -> Vec<u8> {
+        let mut data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        data[257..262].copy_from_slice(b"ustar");
+        data
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    /// Writes `blob` in `piece`-byte writes after `prefix` bytes already in
+    /// the partial file (a resume), commits, and returns the layer digest.
+    fn write_layer(blob: &[u8], prefix: usize, piece: usize) -> crate::Result<super::LayerDigest> {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("partial");
+        std::fs::write(&partial, &blob[..prefix]).unwrap();
+        let digest = sha256_bytes(blob).to_string();
+        let mut w = BlobWriter::open_layer(&partial, &digest, Some(blob.len() as u64))?;
+        assert_eq!(w.offset(), prefix as u64);
+        for chunk in blob[prefix..].chunks(piece) {
+            w.write(chunk)?;
+        }
+        let dest = dir.path().join("blob");
+        w.commit(&dest)?;
+        assert_eq!(std::fs::read(&dest).unwrap(), blob);
+        Ok(w.layer_digest().unwrap())
+    }
+
+    #[test]
+    fn gzip_multi_member() {
+        let data = tar_like(3_000_000);
+        let (a, b) = data.split_at(1_100_000);
+        let mut blob = gzip(a);
+        blob.extend(gzip(b));
+        let got = write_layer(&blob, 0, 1 << 20).unwrap();
+        assert_eq!(got.diff_id, sha256_bytes(&data));
+        assert_eq!(got.uncompressed_size, data.len() as u64);
+        // Tiny writes: the head is gathered across pieces.
+        assert_eq!(
+            write_layer(&blob, 0, 7).unwrap().diff_id,
+            sha256_bytes(&data)
+        );
+    }
+
+    #[test]
+    fn zstd_frames() {
+        let data = tar_like(2_000_000);
+        let (a, b) = data.split_at(1000);
+        let mut blob = zstd::encode_all(a, 3).unwrap();
+        blob.extend(zstd::encode_all(b, 3).unwrap());
+        let got = write_layer(&blob, 0, 65536).unwrap();
+        assert_eq!(got.diff_id, sha256_bytes(&data));
+        assert_eq!(got.uncompressed_size, data.len() as u64);
+    }
+
+    #[test]
+    fn plain_tar_and_empty() {
+        let data = tar_like(1_500_000);
+        let got = write_layer(&data, 0, 100_000).unwrap();
+        assert_eq!(got.diff_id, sha256_bytes(&data));
+        let zeros = [0u8; 1024];
+        assert_eq!(
+            write_layer(&zeros, 0, 1024).unwrap().diff_id,
+            sha256_bytes(&zeros)
+        );
+    }
+
+    #[test]
+    fn resume_in_the_middle() {
+        let data = tar_like(3_000_000);
+        let gz = gzip(&data);
+        // Prefixes inside the gzip header, inside the stream, and whole.
+        for prefix in [5, gz.len() / 2, gz.len()] {
+            let got = write_layer(&gz, prefix, 300_000).unwrap();
+            assert_eq!(got.diff_id, sha256_bytes(&data), "prefix {prefix}");
+        }
+        let zs = zstd::encode_all(&data[..], 1).unwrap();
+        let got = write_layer(&zs, zs.len() / 3, 4096).unwrap();
+        assert_eq!(got.diff_id, sha256_bytes(&data));
+    }
+
+    #[test]
+    fn truncate_starts_the_decompressor_over() {
+        let data = tar_like(500_000);
+        let gz = gzip(&data);
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("p");
+        let digest = sha256_bytes(&gz).to_string();
+        let mut w = BlobWriter::open_layer(&partial, &digest, None).unwrap();
+        w.write(b"garbage that is not a layer").unwrap();
+        w.truncate().unwrap();
+        w.write(&gz).unwrap();
+        w.commit(&dir.path().join("b")).unwrap();
+        assert_eq!(w.layer_digest().unwrap().diff_id, sha256_bytes(&data));
+    }
+
+    #[test]
+    fn unknown_compression_and_corrupt_data() {
+        let blob = b"hello, this is not a layer at all".repeat(100);
+        match write_layer(&blob, 0, 1000).unwrap_err() {
+            CoreError::Invalid(m) => assert!(m.contains("unknown layer compression"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let blob = b"BZh91AY&SY".repeat(100);
+        let e = write_layer(&blob, 0, 1000).unwrap_err();
+        assert!(e.to_string().contains("bzip2"), "{e}");
+
+        let mut gz = gzip(&tar_like(100_000));
+        let n = gz.len();
+        gz.truncate(n - 100);
+        match write_layer(&gz, 0, 1000).unwrap_err() {
+            CoreError::Invalid(m) => assert!(m.contains("corrupt gzip"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+
+        let mut zs = zstd::encode_all(&tar_like(100_000)[..], 3).unwrap();
+        let n = zs.len();
+        zs.truncate(n - 10);
+        match write_layer(&zs, 0, 1000).unwrap_err() {
+            CoreError::Invalid(m) => assert!(m.contains("corrupt zstd"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn digest_mismatch_wins_over_a_decode_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("p");
+        let digest = sha256_bytes(b"something else").to_string();
+        let mut w = BlobWriter::open_layer(&partial, &digest, None).unwrap();
+        w.write(b"not a layer").unwrap();
+        let e = w.commit(&dir.path().join("b")).unwrap_err();
+        assert!(matches!(e, CoreError::DigestMismatch { .. }), "{e:?}");
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn plain_writer_has_no_layer_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = sha256_bytes(b"x").to_string();
+        let mut w = BlobWriter::open(dir.path().join("p"), &digest, Some(1)).unwrap();
+        w.write(b"x").unwrap();
+        w.commit(&dir.path().join("b")).unwrap();
+        assert!(!w.is_layer());
+        assert_eq!(w.layer_digest(), None);
+    }
+}

@@ -1,0 +1,756 @@
+//! Applying image layers to a directory: the image's root filesystem.
+//!
+//! Layers are applied in order, as overlayfs would stack them: a whiteout
+//! `.wh.<name>` removes `<name>` from the layers below, an opaque marker
+//! `.wh..wh..opq` hides everything the layers below put in its directory.
+//! Regular files, directories, symbolic and hard links, FIFOs and (as root)
+//! device nodes are created with their modes, mtimes, extended attributes
+//! where the filesystem takes them, and (as root) their owners.
+//!
+//! Safety: every entry stays inside the root. Entry and hard-link paths with
+//! `..` or a leading `/` are refused; parent directories are walked component
+//! by component with `symlink_metadata` and a symbolic link among them is
+//! refused (nothing is ever written through a link); the final component is
+//! replaced, never followed (`O_NOFOLLOW | O_EXCL`). A per-layer ratio of
+//! decompressed to compressed bytes and a total size bound stop
+//! decompression bombs.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{lchown, symlink, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use tar::EntryType;
+
+use crate::diffid::read_layer;
+use crate::error::CoreError;
+
+/// A ratio is only judged past this many decompressed bytes: small layers of
+/// text (or the 1 KiB empty tar) compress far better than big ones.
+pub const RATIO_GRACE: u64 = 8 << 20;
+/// The default limit of decompressed : compressed bytes of one layer. gzip
+/// tops out near 1032:1 (all zeros); real layers stay well under 100:1.
+pub const DEFAULT_MAX_RATIO: u64 = 200;
+
+/// Why an extraction stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// An entry that would land outside the root (refused, nothing written for it).
+    #[error("layer {layer}: refusing entry {entry:?}: {reason}")]
+    Unsafe {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+    #[error(
+        "layer {layer}: decompresses to more than {ratio} times its compressed size \
+         (a decompression bomb?)"
+    )]
+    Ratio { layer: String, ratio: u64 },
+    #[error("layer {layer}: the layers decompress to more than the limit of {limit} bytes")]
+    TooLarge { layer: String, limit: u64 },
+    /// Creating an entry failed.
+    #[error("layer {layer}: {entry}: {op}: {source}")]
+    Io {
+        layer: String,
+        entry: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The layer blob is unreadable or corrupt (compression or tar).
+    #[error(transparent)]
+    Layer(#[from] CoreError),
+}
+
+/// Limits and choices of an extraction.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// Decompressed : compressed bytes allowed per layer (0: no limit).
+    pub max_ratio: u64,
+    /// Decompressed tar bytes allowed over all layers (None: no limit).
+    pub max_bytes: Option<u64>,
+    /// Set owners (lchown) and create device nodes: needs root.
+    pub privileged: bool,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            max_ratio: DEFAULT_MAX_RATIO,
+            max_bytes: None,
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            privileged: unsafe { libc::geteuid() } == 0,
+        }
+    }
+}
+
+/// Applies `layers` (blob files, any compression diffid.rs knows) in order
+/// to `root`, which must exist. Returns the decompressed bytes read.
+pub fn extract_layers(
+    root: &Path,
+    layers: &[PathBuf],
+    opts: &ExtractOptions,
+) -> Result<u64, ExtractError> {
+    let mut total = 0;
+    for layer in layers {
+        total += apply_layer(root, layer, opts, total)?;
+    }
+    Ok(total)
+}
+
+#[derive(Clone, Copy)]
+enum Limit {
+    Ratio,
+    Total,
+}
+
+/// The decompressed stream, counted and bounded.
+struct Bounded<'a> {
+    inner: &'a mut dyn Read,
+    consumed: Rc<Cell<u64>>,
+    out: u64,
+    before: u64,
+    opts: &'a ExtractOptions,
+    hit: Rc<Cell<Option<Limit>>>,
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        let ratio = self.opts.max_ratio;
+        let limit = if ratio > 0
+            && self.out > RATIO_GRACE
+            && self.out > ratio.saturating_mul(self.consumed.get().max(1))
+        {
+            Some(Limit::Ratio)
+        } else if matches!(self.opts.max_bytes, Some(max) if self.before + self.out > max) {
+            Some(Limit::Total)
+        } else {
+            None
+        };
+        if let Some(l) = limit {
+            self.hit.set(Some(l));
+            return Err(io::Error::other("extraction limit reached"));
+        }
+        Ok(n)
+    }
+}
+
+fn apply_layer(
+    root: &Path,
+    layer: &Path,
+    opts: &ExtractOptions,
+    before: u64,
+) -> Result<u64, ExtractError> {
+    // A store blob is named by its hex digest: show the digest.
+    let name = match layer.file_name().map(|n| n.to_string_lossy()) {
+        Some(n) if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("sha256:{n}")
+        }
+        _ => layer.display().to_string(),
+    };
+    let hit = Rc::new(Cell::new(None));
+    let result = read_layer(layer, |reader, consumed| {
+        let mut bounded = Bounded {
+            inner: reader,
+            consumed: consumed.clone(),
+            out: 0,
+            before,
+            opts,
+            hit: hit.clone(),
+        };
+        let outcome = Applier {
+            root,
+            layer: &name,
+            opts,
+            written: HashSet::new(),
+            dir_times: Vec::new(),
+        }
+        .run(&mut bounded)?;
+        // The tar's end: read what is left (padding) so limits see it all.
+        io::copy(&mut bounded, &mut io::sink())?;
+        Ok(outcome.map(|()| bounded.out))
+    });
+    match (hit.get(), result) {
+        (Some(Limit::Ratio), _) => Err(ExtractError::Ratio {
+            layer: name,
+            ratio: opts.max_ratio,
+        }),
+        (Some(Limit::Total), _) => Err(ExtractError::TooLarge {
+            layer: name,
+            limit: opts.max_bytes.unwrap_or(0),
+        }),
+        (None, Ok(inner)) => inner,
+        (None, Err(e)) => Err(e.into()),
+    }
+}
+
+struct Applier<'a> {
+    root: &'a Path,
+    layer: &'a str,
+    opts: &'a ExtractOptions,
+    /// Paths (relative) this layer created: an opaque marker keeps them.
+    written: HashSet<PathBuf>,
+    /// Directories whose mtime is set once the layer is done.
+    dir_times: Vec<(PathBuf, u64)>,
+}
+
+/// `Ok(Err(_))`: the extraction's own failure; `Err(_)`: reading the layer failed.
+type Step = io::Result<Result<(), ExtractError>>;
+
+impl Applier<'_> {
+    fn run(mut self, reader: &mut dyn Read) -> Step {
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            if let Err(e) = self.entry(&mut entry)? {
+                return Ok(Err(e));
+            }
+        }
+        for (path, mtime) in self.dir_times.iter().rev() {
+            // Best effort: a later entry may have replaced the directory.
+            let _ = set_mtime(path, *mtime);
+        }
+        Ok(Ok(()))
+    }
+
+    fn unsafe_entry(&self, entry: &str, reason: impl Into<String>) -> ExtractError {
+        ExtractError::Unsafe {
+            layer: self.layer.to_owned(),
+            entry: entry.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn io_error(&self, entry: &str, op: &'static str, source: io::Error) -> ExtractError {
+        ExtractError::Io {
+            layer: self.layer.to_owned(),
+            entry: entry.to_owned(),
+            op,
+            source,
+        }
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Step {
+        let raw = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let rel = match clean_path(&raw) {
+            Ok(Some(rel)) => rel,
+            Ok(None) => return Ok(Ok(())), // the root itself
+            Err(reason) => return Ok(Err(self.unsafe_entry(&shown, reason))),
+        };
+        let file_name = rel.file_name().unwrap_or_default().as_bytes().to_vec();
+        let parent_rel = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+
+        if let Some(hidden) = file_name.strip_prefix(b".wh.") {
+            return Ok(self.whiteout(&shown, &parent_rel, hidden));
+        }
+
+        let parent = match self.parent_dir(&shown, &parent_rel, true) {
+            Ok(Some(p)) => p,
+            Ok(None) => unreachable!("parents are created"),
+            Err(e) => return Ok(Err(e)),
+        };
+        let dest = parent.join(rel.file_name().unwrap_or_default());
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644) & 0o7777;
+        let uid = header.uid().unwrap_or(0);
+        let gid = header.gid().unwrap_or(0);
+        let mtime = header.mtime().unwrap_or(0);
+        let device = (
+            header.device_major().ok().flatten().unwrap_or(0),
+            header.device_minor().ok().flatten().unwrap_or(0),
+        );
+        let xattrs = xattrs_of(entry);
+        let existing = fs::symlink_metadata(&dest).ok();
+
+        match kind {
+            EntryType::Directory => {
+                if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    if let Err(e) = remove_any(&dest) {
+                        return Ok(Err(self.io_error(&shown, "remove", e)));
+                    }
+                    if let Err(e) = fs::create_dir(&dest) {
+                        return Ok(Err(self.io_error(&shown, "mkdir", e)));
+                    }
+                }
+                if let Err(e) = self.set_meta(&dest, mode, uid, gid, None, &xattrs) {
+                    return Ok(Err(self.io_error(&shown, "set attributes", e)));
+                }
+                self.dir_times.push((dest, mtime));
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                if let Err(e) = remove_any(&dest) {
+                    return Ok(Err(self.io_error(&shown, "remove", e)));
+                }
+                let mut file = match OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&dest)
+                {
+                    Ok(f) => f,
+                    Err(e) => return Ok(Err(self.io_error(&shown, "create", e))),
+                };
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = match entry.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    if let Err(e) = file.write_all(&buf[..n]) {
+                        return Ok(Err(self.io_error(&shown, "write", e)));
+                    }
+                }
+                drop(file);
+                if let Err(e) = self.set_meta(&dest, mode, uid, gid, Some(mtime), &xattrs) {
+                    return Ok(Err(self.io_error(&shown, "set attributes", e)));
+                }
+            }
+            EntryType::Symlink => {
+                let target = match entry.link_name_bytes() {
+                    Some(t) => t.into_owned(),
+                    None => return Ok(Err(self.unsafe_entry(&shown, "symlink without target"))),
+                };
+                if let Err(e) = remove_any(&dest) {
+                    return Ok(Err(self.io_error(&shown, "remove", e)));
+                }
+                if let Err(e) = symlink(std::ffi::OsStr::from_bytes(&target), &dest) {
+                    return Ok(Err(self.io_error(&shown, "symlink", e)));
+                }
+                if self.opts.privileged {
+                    let _ = lchown(&dest, Some(uid as u32), Some(gid as u32));
+                }
+                for (k, v) in &xattrs {
+                    let _ = set_xattr(&dest, k, v);
+                }
+                let _ = set_mtime(&dest, mtime);
+            }
+            EntryType::Link => {
+                let target_raw = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let target_rel = match clean_path(&target_raw) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => return Ok(Err(self.unsafe_entry(&shown, "hard link to the root"))),
+                    Err(reason) => {
+                        return Ok(Err(
+                            self.unsafe_entry(&shown, format!("hard link target {reason}"))
+                        ))
+                    }
+                };
+                let target_parent = target_rel.parent().unwrap_or(Path::new(""));
+                let target = match self.parent_dir(&shown, target_parent, false) {
+                    Ok(Some(p)) => p.join(target_rel.file_name().unwrap_or_default()),
+                    Ok(None) => {
+                        return Ok(Err(self.io_error(
+                            &shown,
+                            "link",
+                            io::Error::new(io::ErrorKind::NotFound, "hard link target missing"),
+                        )))
+                    }
+                    Err(e) => return Ok(Err(e)),
+                };
+                match fs::symlink_metadata(&target) {
+                    Ok(m) if m.is_dir() => {
+                        return Ok(Err(self.unsafe_entry(&shown, "hard link to a directory")))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Ok(Err(self.io_error(&shown, "link", e))),
+                }
+                if target != dest {
+                    if let Err(e) = remove_any(&dest) {
+                        return Ok(Err(self.io_error(&shown, "remove", e)));
+                    }
+                    if let Err(e) = fs::hard_link(&target, &dest) {
+                        return Ok(Err(self.io_error(&shown, "link", e)));
+                    }
+                }
+            }
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
+                let is_fifo = kind == EntryType::Fifo;
+                if !is_fifo && !self.opts.privileged {
+                    return Ok(Ok(())); // device nodes need root: skipped
+                }
+                if let Err(e) = remove_any(&dest) {
+                    return Ok(Err(self.io_error(&shown, "remove", e)));
+                }
+                let file_type = match kind {
+                    EntryType::Fifo => libc::S_IFIFO,
+                    EntryType::Char => libc::S_IFCHR,
+                    _ => libc::S_IFBLK,
+                };
+                if let Err(e) = mknod(&dest, file_type | 0o600, device.0, device.1) {
+                    return Ok(Err(self.io_error(&shown, "mknod", e)));
+                }
+                if let Err(e) = self.set_meta(&dest, mode, uid, gid, Some(mtime), &xattrs) {
+                    return Ok(Err(self.io_error(&shown, "set attributes", e)));
+                }
+            }
+            // pax/GNU headers are read by the tar crate; anything else has no file.
+            _ => return Ok(Ok(())),
+        }
+        self.written.insert(rel);
+        Ok(Ok(()))
+    }
+
+    /// `.wh..wh..opq` in `dir`, or `.wh.<hidden>` in `dir`.
+    fn whiteout(&mut self, shown: &str, dir: &Path, hidden: &[u8]) -> Result<(), ExtractError> {
+        let Some(dir_abs) = self.parent_dir(shown, dir, false)? else {
+            return Ok(()); // nothing below to hide
+        };
+        if hidden == b".wh..opq" {
+            return clear_lower(&dir_abs, dir, &self.written)
+                .map_err(|e| self.io_error(shown, "opaque whiteout", e));
+        }
+        if hidden.starts_with(b".wh.") {
+            return Ok(()); // other aufs metadata (.wh..wh.plnk, ...): not files
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.unsafe_entry(shown, "whiteout of no file"));
+        }
+        let victim = dir_abs.join(std::ffi::OsStr::from_bytes(hidden));
+        remove_any(&victim).map_err(|e| self.io_error(shown, "whiteout", e))
+    }
+
+    /// The absolute path of the directory `rel` under the root, checked one
+    /// component at a time: a symbolic link (or a non-directory) on the way
+    /// is refused. Missing directories are created (0755) when `create`, else
+    /// `Ok(None)`.
+    fn parent_dir(
+        &mut self,
+        shown: &str,
+        rel: &Path,
+        create: bool,
+    ) -> Result<Option<PathBuf>, ExtractError> {
+        let mut abs = self.root.to_path_buf();
+        let mut so_far = PathBuf::new();
+        for part in rel.components() {
+            abs.push(part);
+            so_far.push(part);
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(self.unsafe_entry(
+                        shown,
+                        format!(
+                            "its parent {} is a symbolic link (not followed)",
+                            so_far.display()
+                        ),
+                    ))
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(self.io_error(
+                        shown,
+                        "open parent",
+                        io::Error::new(
+                            io::ErrorKind::NotADirectory,
+                            format!("{} is not a directory", so_far.display()),
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(None);
+                    }
+                    if let Err(e) = fs::create_dir(&abs) {
+                        return Err(self.io_error(shown, "mkdir", e));
+                    }
+                    let _ = fs::set_permissions(&abs, fs::Permissions::from_mode(0o755));
+                    self.written.insert(so_far.clone());
+                }
+                Err(e) => return Err(self.io_error(shown, "stat", e)),
+            }
+        }
+        Ok(Some(abs))
+    }
+
+    fn set_meta(
+        &self,
+        path: &Path,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: Option<u64>,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+    ) -> io::Result<()> {
+        if self.opts.privileged {
+            // Before chmod: chown clears the set-id bits.
+            lchown(path, Some(uid as u32), Some(gid as u32))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        for (k, v) in xattrs {
+            let _ = set_xattr(path, k, v); // where the filesystem allows
+        }
+        if let Some(t) = mtime {
+            set_mtime(path, t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The entry's path as relative components; `Ok(None)` for the root itself.
+fn clean_path(raw: &[u8]) -> Result<Option<PathBuf>, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("is an absolute path");
+    }
+    let mut out = PathBuf::new();
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => return Err("has a '..' component (it would escape the root)"),
+            p if p.contains(&0) => return Err("has a NUL byte"),
+            p => out.push(std::ffi::OsStr::from_bytes(p)),
+        }
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+/// Removes whatever is at `path` (a directory with its contents), never
+/// following a symbolic link; a missing path is fine.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An opaque directory: removes what lower layers put in `dir_abs`, i.e.
+/// every child this layer did not write (recursing into those it did).
+fn clear_lower(dir_abs: &Path, dir_rel: &Path, written: &HashSet<PathBuf>) -> io::Result<()> {
+    for child in fs::read_dir(dir_abs)? {
+        let child = child?;
+        let rel = dir_rel.join(child.file_name());
+        let abs = dir_abs.join(child.file_name());
+        if written.contains(&rel) {
+            if child.file_type()?.is_dir() {
+                clear_lower(&abs, &rel, written)?;
+            }
+        } else {
+            remove_any(&abs)?;
+        }
+    }
+    Ok(())
+}
+
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(Some(exts)) = entry.pax_extensions() {
+        for ext in exts.flatten() {
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                out.push((name.to_vec(), ext.value_bytes().to_vec()));
+            }
+        }
+    }
+    out
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
+    let cpath = c_path(path)?;
+    let t = libc::timespec {
+        tv_sec: mtime.min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [t, t];
+    // SAFETY: cpath is a valid C string; times points at two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cpath.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let cpath = c_path(path)?;
+    let cname = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; value pointer/length from a slice.
+    let rc = unsafe {
+        libc::lsetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn mknod(path: &Path, mode: libc::mode_t, major: u32, minor: u32) -> io::Result<()> {
+    let cpath = c_path(path)?;
+    // SAFETY: a valid C string; mknod does not keep the pointer.
+    let rc = unsafe { libc::mknod(cpath.as_ptr(), mode, libc::makedev(major, minor)) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+
+    fn layer(dir: &Path, name: &str, build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> PathBuf {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        let data = b.into_inner().unwrap();
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&data).unwrap();
+        let path = dir.join(name);
+        fs::write(&path, enc.finish().unwrap()).unwrap();
+        path
+    }
+
+    fn header(path: &str, kind: EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        // set_path refuses '..'; write the raw name bytes to build bad layers.
+        let bytes = path.as_bytes();
+        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(if kind == EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        h
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let h = header(path, EntryType::Regular, data.len() as u64);
+        b.append(&h, data).unwrap();
+    }
+
+    fn dir(b: &mut tar::Builder<Vec<u8>>, path: &str) {
+        b.append(&header(path, EntryType::Directory, 0), &[][..])
+            .unwrap();
+    }
+
+    fn link(b: &mut tar::Builder<Vec<u8>>, path: &str, kind: EntryType, target: &str) {
+        let mut h = header(path, kind, 0);
+        h.as_old_mut().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+
+    fn opts() -> ExtractOptions {
+        ExtractOptions {
+            privileged: false,
+            ..ExtractOptions::default()
+        }
+    }
+
+    #[test]
+    fn whiteouts_opaque_and_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let l1 = layer(tmp.path(), "l1", |b| {
+            dir(b, "a/");
+            file(b, "a/old", b"old");
+            dir(b, "a/sub/");
+            file(b, "a/sub/deep", b"deep");
+            file(b, "gone", b"x");
+            dir(b, "keep/");
+            file(b, "keep/k", b"k");
+        });
+        let l2 = layer(tmp.path(), "l2", |b| {
+            file(b, "a/new", b"new");
+            file(b, "a/.wh..wh..opq", b"");
+            file(b, ".wh.gone", b"");
+            link(b, "keep/hl", EntryType::Link, "keep/k");
+            link(b, "sl", EntryType::Symlink, "/etc/passwd");
+        });
+        extract_layers(&root, &[l1, l2], &opts()).unwrap();
+        assert!(!root.join("a/old").exists());
+        assert!(!root.join("a/sub").exists());
+        assert_eq!(fs::read(root.join("a/new")).unwrap(), b"new");
+        assert!(!root.join("gone").exists());
+        assert_eq!(fs::read(root.join("keep/hl")).unwrap(), b"k");
+        assert_eq!(
+            fs::read_link(root.join("sl")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        type Build = Box<dyn Fn(&mut tar::Builder<Vec<u8>>)>;
+        let cases: Vec<(&str, Build)> = vec![
+            ("dotdot", Box::new(|b| file(b, "../x", b"pwned"))),
+            ("abs", Box::new(|b| file(b, "/x", b"pwned"))),
+            (
+                "through-symlink",
+                Box::new(|b| {
+                    link(b, "esc", EntryType::Symlink, "../outside");
+                    file(b, "esc/x", b"pwned");
+                }),
+            ),
+            (
+                "hardlink-out",
+                Box::new(|b| link(b, "h", EntryType::Link, "../outside/y")),
+            ),
+        ];
+        for (name, build) in cases {
+            let root = tmp.path().join(format!("root-{name}"));
+            fs::create_dir(&root).unwrap();
+            let l = layer(tmp.path(), name, |b| build(b));
+            let err = extract_layers(&root, &[l], &opts()).unwrap_err();
+            assert!(matches!(err, ExtractError::Unsafe { .. }), "{name}: {err}");
+            assert!(!tmp.path().join("x").exists());
+            assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        }
+    }
+
+    #[test]
+    fn ratio_and_size_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let zeros = vec![0u8; 32 << 20];
+        let bomb = layer(tmp.path(), "bomb", |b| file(b, "z", &zeros));
+        let err = extract_layers(&root, std::slice::from_ref(&bomb), &opts()).unwrap_err();
+        assert!(matches!(err, ExtractError::Ratio { .. }), "{err}");
+        let no_ratio = ExtractOptions {
+            max_ratio: 0,
+            max_bytes: Some(1 << 20),
+            privileged: false,
+        };
+        let err = extract_layers(&root, &[bomb], &no_ratio).unwrap_err();
+        assert!(matches!(err, ExtractError::TooLarge { .. }), "{err}");
+    }
+}
