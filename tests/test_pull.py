@@ -221,6 +221,8 @@ def test_images_and_inspect(pushed_image: PushedImage, tmp_path: Path) -> None:
     assert info["RepoTags"] == [ref]
     assert info["RepoDigests"] == [f"{repo}@{pushed_image.digests['oci']}"]
     assert [layer["Digest"] for layer in info["Layers"]] == pushed_image.layer_digests
+    assert [layer["DiffID"] for layer in info["Layers"]] == pushed_image.image.diff_ids
+    assert info["Layers"][0]["ChainID"] == pushed_image.image.diff_ids[0]
     assert info["RootFS"]["diff_ids"] == pushed_image.image.diff_ids
     missing = run_cli("inspect", "nothing:here", "--root", str(tmp_path))
     assert missing.returncode == 1 and "no such image" in missing.stderr.lower()

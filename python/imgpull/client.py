@@ -12,7 +12,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +34,7 @@ from imgpull.pull import Image, Puller, PullOptions
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
 from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for
 from imgpull.retry import RetryPolicy
-from imgpull.store import ReferenceRecord, Store
+from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.version import USER_AGENT
 
 CredentialLookup = Callable[[str], "Credentials | None"]
@@ -369,14 +369,25 @@ class Client:
             "Architecture": image.architecture,
             "Variant": image.variant,
             "Size": image.size,
-            "Layers": [
-                {"Digest": lr.digest, "Size": lr.size, "MediaType": lr.media_type}
-                for lr in meta.image_layers(image_id)
-            ],
+            "Layers": _layers_info(meta.image_layers(image_id), meta.image_rootfs(image_id)),
             "Config": config.get("config"),
             "RootFS": config.get("rootfs"),
             "History": config.get("history"),
         }
+
+
+def _layers_info(
+    layers: Sequence[LayerRecord], rootfs: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Each layer: compressed digest and size, with its diffID and chain ID
+    when registered (rootfs rows are bottom first, like the layers)."""
+    info: list[dict[str, Any]] = []
+    for i, lr in enumerate(layers):
+        entry: dict[str, Any] = {"Digest": lr.digest, "Size": lr.size, "MediaType": lr.media_type}
+        if i < len(rootfs):
+            entry["DiffID"], entry["ChainID"] = rootfs[i]
+        info.append(entry)
+    return info
 
 
 def _familiar(name: str) -> str:
