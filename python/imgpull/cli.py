@@ -32,6 +32,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help texts are plain: "os/arch[/variant]" is not markup.
+    rich_markup_mode=None,
 )
 
 RootOpt = Annotated[

@@ -1,0 +1,32 @@
+"""The command's own surface: every command explains itself."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+COMMANDS = ["pull", "images", "inspect", "tag", "rmi", "export", "bench", "version"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgpull", command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: ")
+    assert proc.stderr == ""
+
+
+def test_top_level_help_lists_every_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgpull", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    for command in COMMANDS:
+        assert command in proc.stdout
