@@ -19,57 +19,17 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+# _common puts tests/ on sys.path (for `support`), so it comes first.
+from _common import Run, medians, settle, skopeo_run, table, timed
+from support.images import build_oci_layout, push, random_layer
+from support.registry import RegistryServer
 
-from support.images import build_oci_layout, push, random_layer  # noqa: E402
-from support.registry import RegistryServer  # noqa: E402
-
-from imgpull.bench import run_once  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Run:
-    tool: str
-    wall: float
-    cpu: float
-    rss: int
-
-
-def timed(cmd: Sequence[str], *, shell: bool = False) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and peak RSS of a command and its children."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd if not shell else cmd[0], shell=shell)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {cmd}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
-
-
-def skopeo_run(ref: str) -> Run:
-    dest = Path(tempfile.mkdtemp(prefix="bench-skopeo-"))
-    try:
-        cmd = [
-            "skopeo",
-            "copy",
-            "--quiet",
-            "--src-tls-verify=false",
-            f"docker://{ref}",
-            f"oci:{dest}:latest",
-        ]
-        return Run("skopeo copy", *timed(cmd))
-    finally:
-        shutil.rmtree(dest, ignore_errors=True)
+from imgpull.bench import run_once
 
 
 def curl_run(registry: RegistryServer, repo: str, digests: Sequence[str], parallel: int) -> Run:
@@ -119,9 +79,7 @@ def main() -> None:
             order = [pair[r % 2] for r in range(2 * args.runs)]
             order += [lambda: curl_run(registry, "bench/image", blobs, args.parallel)] * args.runs
             for run in order:
-                # Each run starts with no dirty pages left by the one before.
-                os.sync()
-                time.sleep(1.0)
+                settle()
                 runs.append(run())
         report(runs, total, args, built)
     finally:
@@ -129,22 +87,9 @@ def main() -> None:
 
 
 def report(runs: Sequence[Run], total: int, args: argparse.Namespace, built: float) -> None:
-    tools = list(dict.fromkeys(r.tool for r in runs))
-    med = {
-        t: {
-            "wall_s": statistics.median(r.wall for r in runs if r.tool == t),
-            "cpu_s": statistics.median(r.cpu for r in runs if r.tool == t),
-            "peak_rss_mb": statistics.median(r.rss for r in runs if r.tool == t) / 1e6,
-        }
-        for t in tools
-    }
-    for m in med.values():
-        m["mb_per_s"] = total / m["wall_s"] / 1e6
-    base = med["imgpull pull"]["wall_s"]
-    for m in med.values():
-        m["time_vs_imgpull"] = m["wall_s"] / base
+    med = medians(runs, total, "imgpull pull")
     if args.json:
-        per_run = {t: [round(r.wall, 3) for r in runs if r.tool == t] for t in tools}
+        per_run = {t: [round(r.wall, 3) for r in runs if r.tool == t] for t in med}
         print(json.dumps({"bytes": total, "median": med, "wall_s_per_run": per_run}, indent=2))
         return
     print(
@@ -152,12 +97,7 @@ def report(runs: Sequence[Run], total: int, args: argparse.Namespace, built: flo
         f"(built in {built:.1f} s); {args.runs} runs each, medians; "
         f"{os.cpu_count()} cores"
     )
-    print(f"{'tool':<20} {'wall s':>8} {'MB/s':>8} {'cpu s':>7} {'RSS MB':>7} {'x imgpull':>10}")
-    for t, m in med.items():
-        print(
-            f"{t:<20} {m['wall_s']:>8.3f} {m['mb_per_s']:>8.0f} {m['cpu_s']:>7.2f} "
-            f"{m['peak_rss_mb']:>7.1f} {m['time_vs_imgpull']:>10.2f}"
-        )
+    print("\n".join(table(med)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""Helpers shared by the benchmarks in this folder (not a benchmark itself)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# tests/support (RegistryServer, image builders, push) is importable as `support`.
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+
+@dataclass(frozen=True)
+class Run:
+    tool: str
+    wall: float
+    cpu: float
+    rss: int
+    # For runs of several commands: (step name, wall s, cpu s, peak RSS bytes).
+    steps: tuple[tuple[str, float, float, int], ...] = field(default=())
+
+
+def timed(cmd: Sequence[str], *, shell: bool = False) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS of a command and its children."""
+    start = time.perf_counter()
+    # stdout dropped: only the report goes there (`--json` must stay parseable).
+    proc = subprocess.Popen(cmd if not shell else cmd[0], shell=shell, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {cmd}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def timed_steps(tool: str, steps: Sequence[tuple[str, Sequence[str]]]) -> Run:
+    """Run commands one after the other: walls and CPU add up, peak RSS is the max."""
+    done = [(name, *timed(cmd)) for name, cmd in steps]
+    return Run(
+        tool,
+        sum(s[1] for s in done),
+        sum(s[2] for s in done),
+        max(s[3] for s in done),
+        tuple(done),
+    )
+
+
+def rss_floor() -> int:
+    """This process's peak RSS: a child's ru_maxrss is never below it.
+
+    Linux carries the pre-exec hiwater RSS (of this process's memory, under
+    fork or vfork) into the child's ru_maxrss, so keep the parent small.
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def settle() -> None:
+    """Each run starts with no dirty pages left by the one before."""
+    os.sync()
+    time.sleep(1.0)
+
+
+def skopeo_copy_cmd(ref: str, dest: Path, tag: str = "latest") -> list[str]:
+    return [
+        "skopeo",
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        f"docker://{ref}",
+        f"oci:{dest}:{tag}",
+    ]
+
+
+def skopeo_run(ref: str) -> Run:
+    dest = Path(tempfile.mkdtemp(prefix="bench-skopeo-"))
+    try:
+        return Run("skopeo copy", *timed(skopeo_copy_cmd(ref, dest)))
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def medians(runs: Sequence[Run], total: int, base_tool: str) -> dict[str, dict[str, float]]:
+    """Per tool (in first-run order): median wall, CPU, RSS; MB/s of `total`; x base_tool."""
+    tools = list(dict.fromkeys(r.tool for r in runs))
+    med = {
+        t: {
+            "wall_s": statistics.median(r.wall for r in runs if r.tool == t),
+            "cpu_s": statistics.median(r.cpu for r in runs if r.tool == t),
+            "peak_rss_mb": statistics.median(r.rss for r in runs if r.tool == t) / 1e6,
+        }
+        for t in tools
+    }
+    for m in med.values():
+        m["mb_per_s"] = total / m["wall_s"] / 1e6
+    base = med[base_tool]
+    for m in med.values():
+        m["time_vs_imgpull"] = m["wall_s"] / base["wall_s"]
+        m["cpu_vs_imgpull"] = m["cpu_s"] / base["cpu_s"]
+    return med
+
+
+def table(med: dict[str, dict[str, float]], width: int = 20) -> list[str]:
+    lines = [
+        f"{'tool':<{width}} {'wall s':>8} {'MB/s':>8} {'cpu s':>7} {'RSS MB':>7} "
+        f"{'x imgpull':>10} {'cpu x':>6}"
+    ]
+    for t, m in med.items():
+        lines.append(
+            f"{t:<{width}} {m['wall_s']:>8.3f} {m['mb_per_s']:>8.0f} {m['cpu_s']:>7.2f} "
+            f"{m['peak_rss_mb']:>7.1f} {m['time_vs_imgpull']:>10.2f} {m['cpu_vs_imgpull']:>6.2f}"
+        )
+    return lines
