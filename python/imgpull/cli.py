@@ -76,6 +76,7 @@ def _client(
     ca_cert: Path | None = None,
     max_concurrent_downloads: int = 3,
     refuse_schema1: bool = False,
+    allow_foreign: bool = True,
 ) -> Client:
     return Client(
         root,
@@ -84,6 +85,7 @@ def _client(
         ca_file=str(ca_cert) if ca_cert else None,
         max_concurrent_downloads=max_concurrent_downloads,
         refuse_schema1=refuse_schema1,
+        allow_foreign=allow_foreign,
     )
 
 
@@ -113,12 +115,25 @@ def pull(
         bool,
         typer.Option("--no-schema1", help="Refuse deprecated Docker schema1 manifests."),
     ] = False,
+    no_foreign_layers: Annotated[
+        bool,
+        typer.Option(
+            "--no-foreign-layers",
+            help="Refuse images with foreign (non-distributable) layers fetched from other URLs.",
+        ),
+    ] = False,
 ) -> None:
     """Pull an image from a registry into the local store."""
     with (
         _user_errors(),
         _client(
-            root, plain_http, insecure, ca_cert, max_concurrent_downloads, no_schema1
+            root,
+            plain_http,
+            insecure,
+            ca_cert,
+            max_concurrent_downloads,
+            no_schema1,
+            allow_foreign=not no_foreign_layers,
         ) as client,
     ):
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 from imgpull._core import Fetcher
 from imgpull.errors import (
@@ -89,6 +90,7 @@ class Client:
         max_concurrent_downloads: int = 3,
         retry: RetryPolicy | None = None,
         refuse_schema1: bool = False,
+        allow_foreign: bool = True,
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ImgpullError("max concurrent downloads must be at least 1")
@@ -103,6 +105,11 @@ class Client:
         self._retry = retry or RetryPolicy()
         # Docker schema1 manifests (deprecated): pulled with a warning unless refused.
         self._refuse_schema1 = refuse_schema1
+        # Foreign (non-distributable) layers: fetched from their URLs unless refused.
+        self._allow_foreign = allow_foreign
+        # Fetchers for foreign layer URLs, by proxy: never the registry's
+        # client certificate or TLS exceptions.
+        self._foreign_fetchers: dict[str | None, Fetcher] = {}
         self._lock = threading.Lock()
         self._registries: dict[str, tuple[RegistryClient, Fetcher]] = {}
 
@@ -143,8 +150,17 @@ class Client:
             max_concurrent_downloads=self._max_concurrent,
             retry=self._retry,
             refuse_schema1=self._refuse_schema1,
+            allow_foreign=self._allow_foreign,
         )
-        puller = Puller(self.store, registry, fetcher, options, progress or _ignore, ref)
+        puller = Puller(
+            self.store,
+            registry,
+            fetcher,
+            options,
+            progress or _ignore,
+            ref,
+            foreign_fetcher=self._foreign_fetcher,
+        )
         return puller.pull()
 
     def pull_all_tags(
@@ -191,6 +207,17 @@ class Client:
                     proxy=_proxy_for(endpoint),
                 )
                 found = self._registries[domain] = (registry, fetcher)
+            return found
+
+    def _foreign_fetcher(self, url: str) -> Fetcher:
+        """The Fetcher for a foreign layer URL: system roots, no client
+        certificate, the proxy for that URL's host."""
+        parts = urlsplit(url)
+        proxy = _proxy_for_host(parts.scheme, parts.hostname or "")
+        with self._lock:
+            found = self._foreign_fetchers.get(proxy)
+            if found is None:
+                found = self._foreign_fetchers[proxy] = Fetcher(user_agent=USER_AGENT, proxy=proxy)
             return found
 
     # Local queries ----------------------------------------------------------
@@ -427,13 +454,18 @@ def _timestamp(created: str | None) -> float:
 
 def _proxy_for(endpoint: Endpoint) -> str | None:
     """The proxy httpx would use for this host (HTTPS_PROXY / NO_PROXY)."""
+    host = endpoint.host.rsplit(":", 1)[0] if endpoint.host.count(":") == 1 else endpoint.host
+    return _proxy_for_host(endpoint.scheme, host)
+
+
+def _proxy_for_host(scheme: str, host: str) -> str | None:
     import urllib.request
 
     proxies = urllib.request.getproxies()
-    host = endpoint.host.rsplit(":", 1)[0] if endpoint.host.count(":") == 1 else endpoint.host
-    if urllib.request.proxy_bypass(host) or host in ("localhost", "127.0.0.1", "::1"):
+    host = host.strip("[]")
+    if not host or urllib.request.proxy_bypass(host) or host in ("localhost", "127.0.0.1", "::1"):
         return None
-    return proxies.get(endpoint.scheme)
+    return proxies.get(scheme)
 
 
 __all__ = ["Client", "Image", "ImageSummary", "Platform", "Removal"]

@@ -18,6 +18,7 @@ __all__ = [
     "AuthenticationError",
     "DigestMismatchError",
     "FetchError",
+    "ForeignLayerError",
     "ImageConflictError",
     "ImageNotFoundError",
     "ImgpullError",
@@ -60,6 +61,11 @@ class RegistryError(ImgpullError):
         self.status = status
         self.code = code
         self.retry_after = retry_after
+
+
+class ForeignLayerError(RegistryError):
+    """A foreign (non-distributable) layer could not be fetched from its
+    URLs, or foreign layers are refused (`allow_foreign=False`)."""
 
 
 class AuthenticationError(RegistryError):

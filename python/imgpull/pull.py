@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from imgpull import schema1
 from imgpull._core import (
@@ -29,11 +30,14 @@ from imgpull._core import (
     sha256_bytes,
 )
 from imgpull.errors import (
+    FetchError,
+    ForeignLayerError,
     ImgpullError,
     ManifestError,
     ManifestUnknownError,
     ManifestVerificationError,
     NoMatchingPlatformError,
+    RegistryError,
     StoreError,
     UnsupportedManifestError,
 )
@@ -69,8 +73,10 @@ from imgpull.progress import (
 )
 from imgpull.reference import Reference
 from imgpull.registry import RegistryClient
+from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy
 from imgpull.store import ImageRecord, LayerRecord, Store
+from imgpull.version import USER_AGENT
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class PullOptions:
     progress_interval: float = 0.2
     # Refuse Docker schema1 manifests (deprecated) instead of pulling them.
     refuse_schema1: bool = False
+    # Fetch layers whose descriptor lists `urls` (foreign / non-distributable
+    # layers) from those URLs; False refuses images that have any.
+    allow_foreign: bool = True
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,10 @@ class Puller:
         emit: ProgressCallback,
         ref: Reference,
         sleep: Callable[[float], None] = time.sleep,
+        foreign_fetcher: Callable[[str], Fetcher] | None = None,
     ) -> None:
+        """`foreign_fetcher(url)` gives the Fetcher for a foreign layer URL: one
+        without the registry's client certificate (default: a plain one)."""
         self.ref = ref
         self.repo = ref.repository
         self.host = ref.domain
@@ -171,6 +183,9 @@ class Puller:
         self.emit = emit
         self._sleep = sleep
         self._transfers = _Transfers()
+        self._foreign_fetcher = foreign_fetcher
+        self._plain_fetcher: Fetcher | None = None
+        self._fetcher_lock = threading.Lock()
 
     # Resolve --------------------------------------------------------------
 
@@ -282,6 +297,14 @@ class Puller:
 
     def _pull_image(self, ref: Reference, top: Manifest, manifest: ImageManifest) -> Image:
         manifest.check_config_type()
+        if not self.options.allow_foreign:
+            for layer in manifest.layers:
+                if layer.urls:
+                    raise ForeignLayerError(
+                        f"layer {layer.digest} of {ref.familiar()} is a foreign layer "
+                        f"({layer.media_type}) served from {one_line(layer.urls[0], 200)}; "
+                        "refusing it because foreign layers are disabled (--no-foreign-layers)"
+                    )
         content, meta = self.store.content, self.store.meta
         config_desc = manifest.config
         existing = meta.get_image(config_desc.digest)
@@ -289,7 +312,16 @@ class Puller:
             content.exists(d.digest) for d in (config_desc, *manifest.layers)
         )
         downloaded = [] if have_all else self._download_all(config_desc, manifest.layers)
-        config = self._load_config(config_desc.digest, len(manifest.layers))
+        for attempt in range(3):
+            try:
+                config = self._load_config(config_desc.digest, len(manifest.layers))
+                break
+            except StoreError:
+                # A concurrent `imgpull rmi` removed the config after we saw
+                # it (our blobs are only protected once recorded): fetch again.
+                if attempt == 2:
+                    raise
+                self._download_all(config_desc, [])
         diff_ids = self._diff_ids(manifest.layers)
         # Nothing (image, references) is recorded unless they match.
         check_diff_ids(config["rootfs"]["diff_ids"], diff_ids)
@@ -426,9 +458,7 @@ class Puller:
                     with slot, self._transfers.track(key, writer.offset, desc.size) as transfer:
                         if transfer.cancelled:
                             raise PullCancelledError("pull cancelled")
-                        self.registry.fetch_blob(
-                            self.repo, desc.digest, writer, self.fetcher, transfer
-                        )
+                        self._fetch_blob(desc, writer, transfer)
                     if label:
                         self.emit(ProgressEvent(VERIFYING, label))
                     try:
@@ -462,6 +492,64 @@ class Puller:
                         self._sleep(delay)
         finally:
             writer.close()
+
+    def _fetch_blob(self, desc: Descriptor, writer: BlobWriter, transfer: Transfer) -> None:
+        """Stream one blob into `writer`: from the registry, or for a foreign
+        layer from its URLs in order, then from the registry if none served it
+        (docker on Windows asks the registry too; we ask it last, so that a
+        non-distributable layer is never requested from it needlessly)."""
+        if not desc.urls:
+            self.registry.fetch_blob(self.repo, desc.digest, writer, self.fetcher, transfer)
+            return
+        failures: list[str] = []
+        for url in desc.urls:
+            shown = one_line(url, 200)
+            if not _is_http_url(url):
+                failures.append(f"{shown}: not an http(s) URL, skipped")
+                continue
+            try:
+                self._fetch_foreign(url, writer, transfer)
+                return
+            except (FetchError, RegistryError) as exc:
+                if transfer.cancelled:
+                    raise
+                failures.append(f"{shown}: {exc}")
+        try:
+            self.registry.fetch_blob(self.repo, desc.digest, writer, self.fetcher, transfer)
+        except RegistryError as exc:
+            raise ForeignLayerError(
+                f"cannot fetch foreign layer {desc.digest}: {'; '.join(failures)}; "
+                f"and from the registry: {exc}",
+                status=exc.status,
+                retry_after=exc.retry_after,
+            ) from None
+
+    def _fetch_foreign(self, url: str, writer: BlobWriter, transfer: Transfer) -> None:
+        """GET a foreign layer URL: no Authorization, no registry headers,
+        and a Fetcher without the registry's client certificate."""
+        fetcher = self._fetcher_for(url)
+        restarted = False
+        while True:
+            headers = [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity")]
+            if writer.offset > 0:
+                headers.append(("Range", f"bytes={writer.offset}-"))
+            result = fetcher.fetch_blob(url, headers, writer, transfer)
+            status = result.status
+            if 200 <= status < 300:
+                return
+            if status == 416 and writer.offset > 0 and not restarted:
+                restarted = True
+                writer.truncate()
+                continue
+            raise RegistryError(f"answered HTTP {status}", status=status)
+
+    def _fetcher_for(self, url: str) -> Fetcher:
+        if self._foreign_fetcher is not None:
+            return self._foreign_fetcher(url)
+        with self._fetcher_lock:
+            if self._plain_fetcher is None:
+                self._plain_fetcher = Fetcher(user_agent=USER_AGENT)
+            return self._plain_fetcher
 
     def _countdown(self, label: str, delay: float) -> None:
         whole = int(delay)
@@ -655,6 +743,15 @@ def _diff_id(path: Path) -> str:
         return diff_id_file(str(path))
     except ValueError as exc:
         raise ImgpullError(f"cannot read layer {path.name}: {exc}") from None
+
+
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host: the only foreign URLs fetched."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _known(size: int) -> int | None:

@@ -205,6 +205,7 @@ class RegistryServer:
         tls: bool = False,
         auth: tuple[str, str] | None = None,
         schema1: bool = False,
+        foreign_urls: bool = False,
         workdir: Path | None = None,
         startup_timeout: float = 10.0,
         log_level: str = "warn",
@@ -212,6 +213,8 @@ class RegistryServer:
         self.tls = tls
         self.auth = auth
         self.schema1 = schema1
+        # Accept manifests whose layers list loopback http URLs (foreign layers).
+        self.foreign_urls = foreign_urls
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self._own_workdir = workdir is None
@@ -369,6 +372,15 @@ class RegistryServer:
             lines += ["auth:", "  htpasswd:", "    realm: imgpull-test", f"    path: {htpasswd}"]
         if self.schema1:
             lines += ["compatibility:", "  schema1:", "    enabled: true"]
+        if self.foreign_urls:
+            # distribution 2.8 refuses any layer URL unless an allow pattern matches.
+            lines += [
+                "validation:",
+                "  manifests:",
+                "    urls:",
+                "      allow:",
+                "        - '^http://127\\.0\\.0\\.1(:[0-9]+)?/'",
+            ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self) -> RegistryServer:
