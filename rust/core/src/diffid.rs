@@ -195,20 +195,7 @@ pub fn decompress_to(src: &Path, dest: &Path) -> Result<Digest> {
 mod tests {
     use super::*;
     use crate::digest::sha256_bytes;
-    use flate2::write::GzEncoder;
-    use std::io::Write;
-
-    fn tar_like(len: usize) -> Vec<u8> {
-        let mut data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        data[257..262].copy_from_slice(b"ustar");
-        data
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    }
+    use crate::testutil::{gzip, tar_like};
 
     fn write(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> std::path::PathBuf {
         let path = dir.path().join(name);

@@ -158,25 +158,10 @@ impl Inline {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
-    use flate2::write::GzEncoder;
-
     use crate::digest::sha256_bytes;
     use crate::error::CoreError;
+    use crate::testutil::{gzip, tar_like};
     use crate::writer::BlobWriter;
-
-    fn tar_like(len: usize) -> Vec<u8> {
-        let mut data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        data[257..262].copy_from_slice(b"ustar");
-        data
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    }
 
     /// Writes `blob` in `piece`-byte writes after `prefix` bytes already in
     /// the partial file (a resume), commits, and returns the layer digest.

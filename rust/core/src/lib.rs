@@ -17,6 +17,8 @@ pub mod layer;
 #[cfg(target_os = "linux")]
 pub mod rootfs;
 pub mod schema1;
+#[cfg(test)]
+mod testutil;
 mod tls;
 pub mod writer;
 
