@@ -261,8 +261,13 @@ def _tree_stats(root: Path) -> tuple[int, int]:
 
 
 class Runner:
-    def __init__(self, ref: str, parallel: int, expect: tuple[int, int]) -> None:
+    def __init__(self, ref: str, parallel: int, expect: tuple[int, int], scratch: Path) -> None:
         self.ref = ref
+        # Rootfs trees are kept until every run is done (all under `scratch`):
+        # ext4 scans past inodes freed in the last minute when it allocates
+        # new ones (recently_deleted(), ~40% of an export's time right after
+        # an rm -rf of 10k files), which would tax whichever tool runs next.
+        self.scratch = scratch
         self.parallel = parallel
         self.expect = expect  # (files, bytes) every rootfs must hold
         self.pull_args = ["--plain-http", "--max-concurrent-downloads", str(parallel)]
@@ -273,7 +278,7 @@ class Runner:
             raise SystemExit(f"{tool}: rootfs holds {got} (files, bytes), want {self.expect}")
 
     def imgpull_rootfs(self) -> Run:
-        work = Path(tempfile.mkdtemp(prefix="bench-imgpull-"))
+        work = Path(tempfile.mkdtemp(prefix="bench-imgpull-", dir=self.scratch))
         store, dest = work / "store", work / "rootfs"
         py = [sys.executable, "-m", "imgpull"]
         try:
@@ -292,10 +297,10 @@ class Runner:
             self._check_tree(run.tool, dest)
             return run
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(store, ignore_errors=True)
 
     def skopeo_umoci(self) -> Run:
-        work = Path(tempfile.mkdtemp(prefix="bench-umoci-"))
+        work = Path(tempfile.mkdtemp(prefix="bench-umoci-", dir=self.scratch))
         layout, bundle = work / "layout", work / "bundle"
         try:
             copy = skopeo_copy_cmd(self.ref, layout, TAG)
@@ -305,7 +310,7 @@ class Runner:
             self._check_tree(run.tool, bundle / "rootfs")
             return run
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(layout, ignore_errors=True)
 
     def imgpull_pull(self) -> Run:
         r = run_once(self.ref, self.pull_args)
@@ -361,7 +366,7 @@ def main() -> None:
             ref = registry.ref(f"{REPO}:{TAG}")
             # The file contents' bytes every rootfs must hold (dirs aside).
             expect = (files, sum(la["payload"] for la in layers))
-            r = Runner(ref, args.parallel, expect)
+            r = Runner(ref, args.parallel, expect, work)
             pairs: list[list[Callable[[], Run]]] = [
                 [r.imgpull_rootfs, r.skopeo_umoci],
                 [r.imgpull_pull, r.skopeo_copy],

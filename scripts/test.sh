@@ -65,16 +65,18 @@ phase() {
 
 # --- system packages -------------------------------------------------------
 install_system_packages() {
-    local missing=()
-    command -v docker-registry >/dev/null || missing+=(docker-registry)
-    command -v skopeo >/dev/null || missing+=(skopeo)
-    command -v openssl >/dev/null || missing+=(openssl)
-    command -v umoci >/dev/null || missing+=(umoci)  # tests/test_export.py compares rootfs exports
+    local missing=() pair
+    # command:package. umoci: tests/test_export.py compares rootfs exports with it.
+    # nasm, autoconf, automake, libtool, make: the isal-sys crate builds
+    # Intel's ISA-L (our gzip inflater) from source.
+    for pair in docker-registry:docker-registry skopeo:skopeo openssl:openssl umoci:umoci \
+        nasm:nasm autoreconf:autoconf automake:automake libtoolize:libtool make:make; do
+        command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+    done
     if [[ ${#missing[@]} -gt 0 ]]; then
         echo "installing from Debian: ${missing[*]}"
         "${SUDO[@]}" apt-get update -q || return
-        "${SUDO[@]}" apt-get install -y -q --no-install-recommends \
-            docker-registry skopeo openssl umoci || return
+        "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" || return
     fi
     # No Rust toolchain can be fetched here (rustup's servers are out of
     # reach): the machine must come with one, clippy included.

@@ -41,6 +41,14 @@ def require_tools() -> None:
         pytest.fail(str(exc), pytrace=False)
 
 
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The fault matrix of the fault-injection tests, when any ran."""
+    from support.faultmatrix import summary_lines
+
+    for line in summary_lines(config):
+        terminalreporter.write_line(line)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = []
     for tool, flag in (("docker-registry", "--version"), ("skopeo", "--version")):
@@ -51,6 +59,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         out = subprocess.run([path, flag], capture_output=True, text=True, timeout=30).stdout
         lines.append(f"{tool}: {out.strip()}")
     return lines
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_docker_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """imgpull reads credentials from Docker's config file by default: the
+    tests (and the CLI processes they start) get an empty one, never the machine's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("docker-config")))
+        yield
 
 
 def _start(factory: pytest.TempPathFactory, name: str, **kwargs: Any) -> RegistryServer:

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-COMMANDS = ["pull", "images", "inspect", "tag", "rmi", "export", "bench", "version"]
+COMMANDS = [
+    "pull", "images", "inspect", "tag", "rmi", "export", "bench", "login", "logout", "version"
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

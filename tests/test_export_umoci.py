@@ -2,7 +2,8 @@
 
 One multi-layer image (whiteouts and an opaque directory across layers, hard
 links, symlinks, setuid/setgid/sticky/0600/0755 modes, an empty file, nested
-directories, a non-root owner) is pushed as Docker v2s2, as OCI, as Docker
+directories, a non-root owner, later layers writing through symlinked
+parents such as a merged-/usr `lib -> usr/lib`) is pushed as Docker v2s2, as OCI, as Docker
 schema1 (v2s1) and as OCI with zstd layers.  For each, the CLI pulls and exports
 the root filesystem; skopeo copies the same reference into an OCI layout and
 umoci unpacks it; the two trees must be equal (paths, types, modes, owners,
@@ -84,6 +85,11 @@ def image_layers(compression: Compression) -> tuple[Any, ...]:
                 "home": Dir(),
                 "home/user": Dir(mode=0o750, uid=1000, gid=1000),
                 "home/user/.profile": File(b"export A=1\n", uid=1000, gid=1000),
+                # Merged /usr and an absolute link: later layers write through them.
+                "usr/lib": Dir(),
+                "lib": Symlink("usr/lib"),
+                "run": Dir(),
+                "var/run": Symlink("/run"),
             },
             compression=compression,
         ),
@@ -97,6 +103,7 @@ def image_layers(compression: Compression) -> tuple[Any, ...]:
                 "usr/bin/tool": File(b"#!/bin/sh\necho 2\n", mode=0o750),
                 "usr/bin/sgid": File(b"sgid\n", mode=0o2755),
                 "usr/bin/gone": File(b"gone\n", mode=0o755),
+                "lib/libc.so": File(b"libc\n", mode=0o755),  # lands in usr/lib
             },
             compression=compression,
         ),
@@ -108,6 +115,7 @@ def image_layers(compression: Compression) -> tuple[Any, ...]:
                 "var/lib/state/fresh": b"fresh\n",
                 "usr/bin/gone": Whiteout(),
                 "usr/bin/sh": Symlink("/usr/bin/tool"),  # a symlink replaced
+                "var/run/pid": b"1\n",  # lands in /run
             },
             compression=compression,
         ),
@@ -158,6 +166,12 @@ EXPECTED_TREE: dict[str, tuple[Any, ...]] = {
     "home": _d(),
     "home/user": _d(0o750, (1000, 1000)),
     "home/user/.profile": _f(b"export A=1\n", owner=(1000, 1000)),
+    "usr/lib": _d(),
+    "usr/lib/libc.so": _f(b"libc\n", 0o755),
+    "lib": _l("usr/lib"),
+    "run": _d(),
+    "run/pid": _f(b"1\n"),
+    "var/run": _l("/run"),
 }
 
 

@@ -13,6 +13,7 @@ from imgpull._core import __version__
 from imgpull.errors import (
     AuthenticationError,
     DigestMismatchError,
+    DiskFullError,
     FetchError,
     ForeignLayerError,
     ImgpullError,
@@ -62,6 +63,7 @@ __all__ = [
     "AuthenticationError",
     "Client",
     "DigestMismatchError",
+    "DiskFullError",
     "FetchError",
     "ForeignLayerError",
     "Image",

@@ -56,7 +56,7 @@ class FetchError(ImgpullError):
     """
 
     # "connect" | "dns" | "tls" | "timeout" | "io" | "protocol" | "range"
-    # | "redirect" | "cancelled" | "disk"
+    # | "redirect" | "cancelled" | "disk" | "stalled"
     kind: str
     # Whether retrying (resuming from writer.offset) can help.
     retryable: bool
@@ -226,6 +226,10 @@ class Fetcher:
     `insecure`: skip certificate verification (explicit user choice only).
     `proxy`: 'http://host:port' or None.
     `read_timeout`: seconds without a byte before FetchError(kind="timeout").
+    `stall_rate`/`stall_window`: a body under `stall_rate` bytes/s for
+    `stall_window` seconds (a trickle, or silence) is given up with
+    FetchError(kind="stalled", retryable=True), the bytes so far kept;
+    `stall_rate=0` turns this off.
     Construction reads the system roots and the PEM files (OSError if one is
     missing, ValueError if it holds no usable certificate/key or a setting is
     invalid). No proxy is taken from the environment: pass the one to use.
@@ -242,6 +246,8 @@ class Fetcher:
         proxy: str | None = None,
         connect_timeout: float = 30.0,
         read_timeout: float = 60.0,
+        stall_rate: int = 16384,
+        stall_window: float = 30.0,
     ) -> Self: ...
     def fetch_blob(
         self,

@@ -6,8 +6,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -22,9 +23,12 @@ for _optional in ("anyio", "trio", "httpx._main"):
 import typer  # noqa: E402
 
 from imgpull import bench as bench_mod  # noqa: E402
+from imgpull import hosts  # noqa: E402
 from imgpull.client import Client  # noqa: E402
 from imgpull.errors import ImgpullError  # noqa: E402
+from imgpull.hosts import Mirror  # noqa: E402
 from imgpull.progress import human_size, renderer_for  # noqa: E402
+from imgpull.reference import parse_reference  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
 
 app = typer.Typer(
@@ -54,6 +58,39 @@ InsecureOpt = Annotated[
 CaCertOpt = Annotated[
     Path | None, typer.Option("--ca-cert", help="PEM file of CAs to trust for the registry.")
 ]
+ClientCertOpt = Annotated[
+    Path | None,
+    typer.Option("--client-cert", help="PEM client certificate for mutual TLS (and its key)."),
+]
+ClientKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--client-key", help="PEM key of --client-cert, when not in that file."),
+]
+CertsDirOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--certs-dir",
+        help="certs.d folder(s) holding <host:port>/{*.crt,*.cert,*.key} (default: "
+        "$IMGPULL_CERTS_D, else ~/.config/imgpull/certs.d, /etc/docker/certs.d, "
+        "/etc/containers/certs.d).",
+    ),
+]
+MirrorOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mirror",
+        help="[http[s]://]host[:port] of a mirror of the pulled registry, tried before it "
+        "(repeatable, in order; replaces the mirrors of $IMGPULL_CONFIG or "
+        "~/.config/imgpull/config.toml).",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class _TlsOptions:
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    certs_dirs: list[Path] | None = None
 
 
 @contextmanager
@@ -77,16 +114,31 @@ def _client(
     max_concurrent_downloads: int = 3,
     refuse_schema1: bool = False,
     allow_foreign: bool = True,
+    tls: _TlsOptions = _TlsOptions(),
+    mirrors: Mapping[str, Sequence[Mirror]] | None = None,
 ) -> Client:
     return Client(
         root,
         plain_http=plain_http,
         insecure=insecure,
         ca_file=str(ca_cert) if ca_cert else None,
+        client_cert=str(tls.client_cert) if tls.client_cert else None,
+        client_key=str(tls.client_key) if tls.client_key else None,
+        certs_dirs=tls.certs_dirs,
         max_concurrent_downloads=max_concurrent_downloads,
         refuse_schema1=refuse_schema1,
         allow_foreign=allow_foreign,
+        mirrors=mirrors,
     )
+
+
+def _mirrors(reference: str, given: list[str] | None) -> dict[str, tuple[Mirror, ...]]:
+    """The configured mirrors; `--mirror` replaces those of the pulled registry."""
+    mirrors = dict(hosts.load_config().mirrors)
+    if given:
+        domain = parse_reference(reference, default_tag=None).domain
+        mirrors[hosts.registry_key(domain)] = tuple(hosts.parse_mirror(m) for m in given)
+    return mirrors
 
 
 @app.command()
@@ -102,6 +154,10 @@ def pull(
     plain_http: PlainHttpOpt = None,
     insecure: InsecureOpt = False,
     ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    certs_dir: CertsDirOpt = None,
+    mirror: MirrorOpt = None,
     json_lines: Annotated[
         bool, typer.Option("--json", help="Progress as one JSON object a line.")
     ] = False,
@@ -134,6 +190,8 @@ def pull(
             max_concurrent_downloads,
             no_schema1,
             allow_foreign=not no_foreign_layers,
+            tls=_TlsOptions(client_cert, client_key, certs_dir),
+            mirrors=_mirrors(reference, mirror),
         ) as client,
     ):
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
@@ -267,11 +325,103 @@ def export(
     ca_cert: CaCertOpt = None,
 ) -> None:
     """Export an image: an OCI layout, a docker-archive tar, or a root filesystem."""
-    with _user_errors(), _client(root, plain_http, insecure, ca_cert) as client:
+    with (
+        _user_errors(),
+        _client(root, plain_http, insecure, ca_cert, mirrors=_mirrors(reference, None)) as client,
+    ):
         client.export(
             reference, fmt, dest, platform=platform, max_ratio=max_ratio, max_bytes=max_size
         )
         typer.echo(str(dest))
+
+
+@app.callback()
+def _global(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="IMGPULL_DEBUG",
+            help="Trace registry requests on stderr (secrets redacted).",
+        ),
+    ] = False,
+) -> None:
+    """A fast, verifying container-image puller for Docker/OCI v2 registries."""
+    if debug:
+        from imgpull import debuglog
+
+        debuglog.enable()
+
+
+ServerArg = Annotated[
+    str | None,
+    typer.Argument(help="Registry host[:port] (default: Docker Hub).", show_default=False),
+]
+
+
+@app.command()
+def login(
+    server: ServerArg = None,
+    username: Annotated[str | None, typer.Option("--username", "-u", help="Username.")] = None,
+    password: Annotated[
+        str | None, typer.Option("--password", "-p", help="Password (prefer --password-stdin).")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    ca_cert: CaCertOpt = None,
+) -> None:
+    """Log in to a registry: check the credentials, store them as docker does
+    (~/.docker/config.json or its credential helper; DOCKER_CONFIG moves it)."""
+    from imgpull import login as login_mod
+
+    with _user_errors():
+        if password is not None and password_stdin:
+            raise ImgpullError("--password and --password-stdin are mutually exclusive")
+        if password_stdin:
+            if not username:
+                raise ImgpullError("Must provide --username with --password-stdin")
+            password = sys.stdin.read().rstrip("\r\n")
+        elif password is not None:
+            typer.echo("WARNING! Using --password via the CLI is insecure. "
+                       "Use --password-stdin.", err=True)  # fmt: skip
+        if username is None or password is None:
+            if not sys.stdin.isatty():
+                raise ImgpullError(
+                    "cannot prompt for credentials: stdin is not a terminal "
+                    "(use --username and --password-stdin)"
+                )
+            username = username or typer.prompt("Username")
+            password = password or typer.prompt("Password", hide_input=True)
+        result = login_mod.login(
+            server or "docker.io",
+            username,
+            password,
+            plain_http=plain_http,
+            insecure=insecure,
+            ca_file=str(ca_cert) if ca_cert else None,
+        )
+        if not result.stored_in.startswith("credential helper"):
+            what = "identity token" if result.identity_token else "password"
+            typer.echo(f"WARNING! Your {what} is stored unencrypted in {result.stored_in}.",
+                       err=True)  # fmt: skip
+        typer.echo("Login Succeeded")
+
+
+@app.command()
+def logout(server: ServerArg = None) -> None:
+    """Remove the stored credentials of a registry."""
+    from imgpull import login as login_mod
+    from imgpull.credentials import registry_domain
+
+    with _user_errors():
+        name = registry_domain(server or "docker.io")
+        if login_mod.logout(name):
+            typer.echo(f"Removing login credentials for {name}")
+        else:
+            typer.echo(f"Not logged in to {name}")
 
 
 @app.command()

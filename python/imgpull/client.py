@@ -8,37 +8,51 @@ The CLI is a thin layer over this class.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from imgpull import hosts
 from imgpull._core import Fetcher
+from imgpull.credentials import DockerCredentials
 from imgpull.errors import (
+    DigestMismatchError,
+    FetchError,
     ImageConflictError,
     ImageNotFoundError,
     ImgpullError,
     InvalidReferenceError,
+    ManifestVerificationError,
+    RegistryError,
+    SizeMismatchError,
 )
 from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, ExportError, export_image
+from imgpull.hosts import ConfigError, Mirror, parse_mirror, registry_key
 from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent
 from imgpull.pull import Image, Puller, PullOptions
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
-from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for
-from imgpull.retry import RetryPolicy
+from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for, is_loopback
+from imgpull.registry.errors import one_line
+from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.version import USER_AGENT
 
 CredentialLookup = Callable[[str], "Credentials | None"]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,15 @@ class Client:
 
     `plain_http`: True forces http, False forces https, None (the default)
     uses https except for loopback registries, as docker treats 127.0.0.0/8.
-    `credentials` maps a registry host to credentials (or None).
+    `credentials` maps a registry host to credentials (or None); by default
+    they come from Docker's config file (imgpull.credentials.DockerCredentials).
+    `ca_file`, `client_cert`/`client_key` and `insecure` apply to every
+    endpoint; the certs.d folder of each host (`certs_dirs`, default
+    hosts.certs_dirs()) adds its CAs and gives its client certificate unless
+    one is passed. `mirrors` maps a registry ("docker.io", "host:port") to
+    mirrors tried first, in order ("[http[s]://]host[:port]" or Mirror).
+    `retry` says when a failed request is tried again; `stall` when a blob
+    download counts as stalled (then it is retried from its offset).
     """
 
     def __init__(
@@ -89,20 +111,35 @@ class Client:
         credentials: CredentialLookup | None = None,
         max_concurrent_downloads: int = 3,
         retry: RetryPolicy | None = None,
+        stall: StallPolicy | None = None,
         refuse_schema1: bool = False,
         allow_foreign: bool = True,
+        mirrors: Mapping[str, Sequence[str | Mirror]] | None = None,
+        certs_dirs: Sequence[str | os.PathLike[str]] | None = None,
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ImgpullError("max concurrent downloads must be at least 1")
+        if client_key and not client_cert:
+            raise ConfigError("a client key needs its client certificate (--client-cert)")
+        self._mirrors = {
+            registry_key(name): tuple(m if isinstance(m, Mirror) else parse_mirror(m) for m in ms)
+            for name, ms in (mirrors or {}).items()
+        }
+        self._certs_dirs = hosts.certs_dirs(certs_dirs)
+        # Where CA bundles are written when one host has several CA files (the
+        # native Fetcher reads one file); removed by close().
+        self._bundle_dir: str | None = None
         self.store = Store(root)
         self._insecure = insecure
         self._ca_file = ca_file
         self._client_cert = client_cert
         self._client_key = client_key
         self._plain_http = plain_http
-        self._credentials = credentials
+        # Docker's config file (credsStore, credHelpers, auths) unless given.
+        self._credentials: CredentialLookup = credentials or DockerCredentials()
         self._max_concurrent = max_concurrent_downloads
         self._retry = retry or RetryPolicy()
+        self._stall = stall or StallPolicy()
         # Docker schema1 manifests (deprecated): pulled with a warning unless refused.
         self._refuse_schema1 = refuse_schema1
         # Foreign (non-distributable) layers: fetched from their URLs unless refused.
@@ -111,7 +148,7 @@ class Client:
         # client certificate or TLS exceptions.
         self._foreign_fetchers: dict[str | None, Fetcher] = {}
         self._lock = threading.Lock()
-        self._registries: dict[str, tuple[RegistryClient, Fetcher]] = {}
+        self._registries: dict[Endpoint, tuple[RegistryClient, Fetcher]] = {}
 
     # Lifecycle --------------------------------------------------------------
 
@@ -120,6 +157,9 @@ class Client:
             for registry, _ in self._registries.values():
                 registry.close()
             self._registries.clear()
+            bundles, self._bundle_dir = self._bundle_dir, None
+        if bundles:
+            shutil.rmtree(bundles, ignore_errors=True)
         self.store.close()
 
     def __enter__(self) -> Client:
@@ -144,24 +184,29 @@ class Client:
     ) -> Image:
         ref = parse_reference(reference) if isinstance(reference, str) else reference
         want = parse_platform(platform) if isinstance(platform, str) else platform
-        registry, fetcher = self._registry(ref.domain)
-        options = PullOptions(
-            platform=want or host_platform(),
-            max_concurrent_downloads=self._max_concurrent,
-            retry=self._retry,
-            refuse_schema1=self._refuse_schema1,
-            allow_foreign=self._allow_foreign,
-        )
-        puller = Puller(
-            self.store,
-            registry,
-            fetcher,
-            options,
-            progress or _ignore,
-            ref,
-            foreign_fetcher=self._foreign_fetcher,
-        )
-        return puller.pull()
+        emit = progress or _ignore
+
+        def attempt(registry: RegistryClient, fetcher: Fetcher, retry: RetryPolicy) -> Image:
+            options = PullOptions(
+                platform=want or host_platform(),
+                max_concurrent_downloads=self._max_concurrent,
+                retry=retry,
+                stall=self._stall,
+                refuse_schema1=self._refuse_schema1,
+                allow_foreign=self._allow_foreign,
+            )
+            puller = Puller(
+                self.store,
+                registry,
+                fetcher,
+                options,
+                emit,
+                ref,
+                foreign_fetcher=self._foreign_fetcher,
+            )
+            return puller.pull()
+
+        return self._with_fallback(ref.domain, emit, attempt)
 
     def pull_all_tags(
         self,
@@ -178,35 +223,117 @@ class Client:
                 f"tag can't be used with --all-tags/-a: {ref.familiar()} (give the name only)"
             )
         want = parse_platform(platform) if isinstance(platform, str) else platform
-        registry, _ = self._registry(ref.domain)
-        return [
-            self.pull(ref.with_tag(tag), platform=want, progress=progress)
-            for tag in registry.list_tags(ref.repository)
+        tags = self._with_fallback(
+            ref.domain,
+            progress or _ignore,
+            lambda registry, _fetcher, _retry: registry.list_tags(ref.repository),
+        )
+        return [self.pull(ref.with_tag(tag), platform=want, progress=progress) for tag in tags]
+
+    def _with_fallback(
+        self,
+        domain: str,
+        emit: ProgressCallback,
+        attempt: Callable[[RegistryClient, Fetcher, RetryPolicy], _T],
+    ) -> _T:
+        """`attempt` on each endpoint of `domain` in turn (its mirrors, then
+        itself) until one succeeds (pull-semantics §2). A mirror's failure
+        passes to the next endpoint at once (no retries there: the next one is
+        the better bet); what was stored meanwhile stays, and partial blobs
+        resume. The last endpoint's error is raised as it is."""
+        endpoints = self._endpoints(domain)
+        for endpoint, following in itertools.pairwise(endpoints):
+            registry, fetcher = self._connect(endpoint)
+            try:
+                return attempt(registry, fetcher, replace(self._retry, attempts=1))
+            except ImgpullError as exc:
+                if not _endpoint_failure(exc):
+                    raise
+                emit(
+                    ProgressEvent(
+                        f"Warning: mirror {endpoint.name} failed: {exc}; trying {following.name}"
+                    )
+                )
+        registry, fetcher = self._connect(endpoints[-1])
+        return attempt(registry, fetcher, self._retry)
+
+    def _endpoints(self, domain: str) -> list[Endpoint]:
+        """Where `domain` is pulled from, in order: its mirrors, then itself."""
+        mirrors = [
+            self._endpoint(
+                m.host,
+                plain_http=self._plain_http if m.scheme is None else m.scheme == "http",
+                insecure=self._insecure or m.insecure,
+                # An insecure mirror without a scheme may be plain HTTP, as
+                # containers-registries.conf(5) has it.
+                http_fallback=m.insecure and m.scheme is None,
+            )
+            for m in self._mirrors.get(registry_key(domain), ())
         ]
+        return [*mirrors, self._endpoint(domain, self._plain_http, self._insecure)]
+
+    def _endpoint(
+        self, domain: str, plain_http: bool | None, insecure: bool, http_fallback: bool = False
+    ) -> Endpoint:
+        """The endpoint of one host, with the given TLS files and its certs.d's."""
+        endpoint = endpoint_for(domain, plain_http=plain_http, insecure=insecure)
+        if http_fallback and endpoint.scheme == "https":
+            endpoint = replace(endpoint, http_fallback=True)
+        found = hosts.host_tls(endpoint.host, self._certs_dirs)
+        cas = [*([self._ca_file] if self._ca_file else []), *found.ca_files]
+        cert, key = (
+            (self._client_cert, self._client_key)
+            if self._client_cert
+            else (found.client_cert, found.client_key)
+        )
+        return replace(endpoint, ca_file=self._ca_bundle(cas), client_cert=cert, client_key=key)
+
+    def _ca_bundle(self, files: Sequence[str]) -> str | None:
+        """One PEM file holding every CA of `files` (None for none)."""
+        if len(files) < 2:
+            return files[0] if files else None
+        try:
+            data = b"".join(Path(f).read_bytes().strip() + b"\n" for f in files)
+        except OSError as e:
+            raise ConfigError(f"cannot read CA file {e.filename}: {e.strerror}") from None
+        with self._lock:
+            if self._bundle_dir is None:
+                self._bundle_dir = tempfile.mkdtemp(prefix="imgpull-ca-")
+            path = Path(self._bundle_dir) / f"{hashlib.sha256(data).hexdigest()}.pem"
+            if not path.exists():
+                path.write_bytes(data)
+        return str(path)
 
     def _registry(self, domain: str) -> tuple[RegistryClient, Fetcher]:
+        """The client and fetcher of the registry `domain` itself (no mirror)."""
+        return self._connect(self._endpoints(domain)[-1])
+
+    def _connect(self, endpoint: Endpoint) -> tuple[RegistryClient, Fetcher]:
         with self._lock:
-            found = self._registries.get(domain)
+            found = self._registries.get(endpoint)
             if found is None:
-                endpoint = endpoint_for(
-                    domain,
-                    plain_http=self._plain_http,
-                    insecure=self._insecure,
-                    ca_file=self._ca_file,
-                    client_cert=self._client_cert,
-                    client_key=self._client_key,
-                )
-                creds = self._credentials(endpoint.name) if self._credentials else None
-                registry = RegistryClient(endpoint, credentials=creds)
-                fetcher = Fetcher(
-                    user_agent=USER_AGENT,
-                    ca_file=endpoint.ca_file,
-                    client_cert=endpoint.client_cert,
-                    client_key=endpoint.client_key,
-                    insecure=endpoint.insecure,
-                    proxy=_proxy_for(endpoint),
-                )
-                found = self._registries[domain] = (registry, fetcher)
+                creds = self._credentials(endpoint.name)
+                proxy = _proxy_for(endpoint)
+                try:
+                    registry = RegistryClient(endpoint, credentials=creds)
+                except (ImportError, ValueError) as e:  # httpx, on the environment's proxies
+                    raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
+                try:
+                    fetcher = Fetcher(
+                        user_agent=USER_AGENT,
+                        ca_file=endpoint.ca_file,
+                        client_cert=endpoint.client_cert,
+                        client_key=endpoint.client_key,
+                        insecure=endpoint.insecure,
+                        proxy=proxy,
+                        stall_rate=self._stall.min_rate,
+                        stall_window=self._stall.window,
+                    )
+                except (OSError, ValueError) as e:
+                    # The TLS files were read above (RegistryClient): this is the proxy.
+                    registry.close()
+                    raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
+                found = self._registries[endpoint] = (registry, fetcher)
             return found
 
     def _foreign_fetcher(self, url: str) -> Fetcher:
@@ -217,7 +344,12 @@ class Client:
         with self._lock:
             found = self._foreign_fetchers.get(proxy)
             if found is None:
-                found = self._foreign_fetchers[proxy] = Fetcher(user_agent=USER_AGENT, proxy=proxy)
+                found = self._foreign_fetchers[proxy] = Fetcher(
+                    user_agent=USER_AGENT,
+                    proxy=proxy,
+                    stall_rate=self._stall.min_rate,
+                    stall_window=self._stall.window,
+                )
             return found
 
     # Local queries ----------------------------------------------------------
@@ -403,6 +535,16 @@ class Client:
         }
 
 
+def _endpoint_failure(exc: ImgpullError) -> bool:
+    """Whether an error is the endpoint's (its answer, its bytes, reaching
+    it), so that the next endpoint may do better; local errors are not."""
+    return isinstance(
+        exc,
+        (RegistryError, FetchError, DigestMismatchError, SizeMismatchError,
+         ManifestVerificationError),
+    )  # fmt: skip
+
+
 def _layers_info(
     layers: Sequence[LayerRecord], rootfs: Sequence[tuple[str, str]]
 ) -> list[dict[str, Any]]:
@@ -454,8 +596,15 @@ def _timestamp(created: str | None) -> float:
 
 def _proxy_for(endpoint: Endpoint) -> str | None:
     """The proxy httpx would use for this host (HTTPS_PROXY / NO_PROXY)."""
-    host = endpoint.host.rsplit(":", 1)[0] if endpoint.host.count(":") == 1 else endpoint.host
-    return _proxy_for_host(endpoint.scheme, host)
+    return _proxy_for_host(endpoint.scheme, urlsplit(endpoint.base_url).hostname or "")
+
+
+def _proxy_problem(endpoint: Endpoint, proxy: str | None, error: Exception) -> str:
+    return (
+        f"cannot use the proxy {proxy or 'of the environment'} for {endpoint.host}: "
+        f"{one_line(str(error), 160)} (HTTPS_PROXY, HTTP_PROXY and ALL_PROXY take "
+        "http://host:port)"
+    )
 
 
 def _proxy_for_host(scheme: str, host: str) -> str | None:
@@ -463,9 +612,14 @@ def _proxy_for_host(scheme: str, host: str) -> str | None:
 
     proxies = urllib.request.getproxies()
     host = host.strip("[]")
-    if not host or urllib.request.proxy_bypass(host) or host in ("localhost", "127.0.0.1", "::1"):
+    # Loopback is never proxied, as in Go (and RegistryClient's httpx side).
+    if not host or is_loopback(host) or urllib.request.proxy_bypass(host):
         return None
-    return proxies.get(scheme)
+    # As httpx reads them: ALL_PROXY as the fallback, "host:port" meaning http://.
+    proxy = proxies.get(scheme) or proxies.get("all")
+    if proxy and "://" not in proxy:
+        proxy = f"http://{proxy}"
+    return proxy
 
 
 __all__ = ["Client", "Image", "ImageSummary", "Platform", "Removal"]

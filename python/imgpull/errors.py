@@ -17,6 +17,7 @@ from imgpull._core import (
 __all__ = [
     "AuthenticationError",
     "DigestMismatchError",
+    "DiskFullError",
     "FetchError",
     "ForeignLayerError",
     "ImageConflictError",
@@ -106,6 +107,11 @@ class NoMatchingPlatformError(ImgpullError):
 
 class StoreError(ImgpullError):
     """The local store is unusable (corrupt database, unwritable root, ...)."""
+
+
+class DiskFullError(StoreError):
+    """The disk (or quota) holding the store is full. Nothing half-written is
+    kept in the store; partial downloads stay for the next pull to resume."""
 
 
 class ImageNotFoundError(ImgpullError):

@@ -191,7 +191,9 @@ Manifest = ImageManifest | ManifestIndex | Schema1Manifest
 def _load_object(raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers bad UTF-8, bad JSON and integers over Python's digit
+    # limit; RecursionError is what very deep nesting gives.
+    except (ValueError, RecursionError) as exc:
         raise ManifestError(f"malformed manifest: not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ManifestError(f"malformed manifest: expected a JSON object, got {type(obj).__name__}")
@@ -260,7 +262,8 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest:
     if media_type in SCHEMA1_TYPES:
         _check_schema_version(obj, 1)
         return Schema1Manifest(media_type=media_type, digest=digest, raw=raw, body=obj)
-    shown = media_type or "no media type"
+    # Escaped and cut: the type comes from the registry; the message is one line.
+    shown = repr(media_type)[1:-1][:200] if media_type else "no media type"
     raise UnsupportedManifestError(f"unsupported manifest format: {shown}")
 
 

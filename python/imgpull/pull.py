@@ -73,8 +73,9 @@ from imgpull.progress import (
 )
 from imgpull.reference import Reference
 from imgpull.registry import RegistryClient
+from imgpull.registry.client import ManifestHead
 from imgpull.registry.errors import one_line
-from imgpull.retry import RetryPolicy
+from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import ImageRecord, LayerRecord, Store
 from imgpull.version import USER_AGENT
 
@@ -84,6 +85,9 @@ class PullOptions:
     platform: Platform
     max_concurrent_downloads: int = 3
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # When a blob download counts as stalled (for the fetchers made here;
+    # the Client builds its own with the same policy).
+    stall: StallPolicy = field(default_factory=StallPolicy)
     # How often live byte counts are reported while blobs stream.
     progress_interval: float = 0.2
     # Refuse Docker schema1 manifests (deprecated) instead of pulling them.
@@ -107,6 +111,8 @@ class Image:
     size: int  # compressed bytes of config and layers
     updated: bool  # the reference now points somewhere new
     downloaded_bytes: int  # body bytes received over the network by this pull
+    # The endpoint that served the pull (`scheme://host`): a mirror or the registry.
+    source: str = ""
 
     @property
     def status(self) -> str:
@@ -209,7 +215,10 @@ class Puller:
         if ref.digest is not None:
             return self._manifest_by_digest(repo, ref.digest)
         assert ref.tag is not None
-        head = self.registry.head_manifest(repo, ref.tag, ACCEPT)
+        tag = ref.tag
+        head: ManifestHead | None = self._retrying(
+            f"manifest {tag}", lambda: self.registry.head_manifest(repo, tag, ACCEPT)
+        )
         if head is None or head.digest is None:
             return self._fetch_manifest(repo, ref.tag, expected=None)
         if self.store.content.exists(head.digest):
@@ -236,7 +245,9 @@ class Puller:
         """The manifest `digest` of `repo`: from the local store when the registry
         confirms (HEAD) that the repository has it, as docker does; else fetched."""
         if self.store.content.exists(digest):
-            head = self.registry.head_manifest(repo, digest, ACCEPT)
+            head: ManifestHead | None = self._retrying(
+                f"manifest {digest}", lambda: self.registry.head_manifest(repo, digest, ACCEPT)
+            )
             if head is not None and head.digest == digest:
                 try:
                     raw = self.store.content.read(digest)
@@ -432,11 +443,16 @@ class Puller:
         """
         # A layer's writer also computes its diffID while the bytes arrive.
         layer = label is not None
-        with self.store.content.ingest(desc.digest, _known(desc.size), layer=layer) as writer:
+        with self.store.content.ingest(
+            desc.digest, _known(desc.size), layer=layer, cancelled=self._is_cancelled
+        ) as writer:
             if writer is not None:
                 self._fetch_into(writer, desc, label, slot)
         if label:
             self.emit(ProgressEvent(DOWNLOAD_COMPLETE, label))
+
+    def _is_cancelled(self) -> bool:
+        return self._transfers.cancelled
 
     def _fetch_into(
         self,
@@ -458,7 +474,11 @@ class Puller:
                     with slot, self._transfers.track(key, writer.offset, desc.size) as transfer:
                         if transfer.cancelled:
                             raise PullCancelledError("pull cancelled")
-                        self._fetch_blob(desc, writer, transfer)
+                        # A partial as long as the blob (a run stopped before
+                        # its commit) only needs verifying: a Range from its
+                        # end would get a 416 and a whole new download.
+                        if not (resumed and writer.offset == desc.size):
+                            self._fetch_blob(desc, writer, transfer)
                     if label:
                         self.emit(ProgressEvent(VERIFYING, label))
                     try:
@@ -548,7 +568,10 @@ class Puller:
             return self._foreign_fetcher(url)
         with self._fetcher_lock:
             if self._plain_fetcher is None:
-                self._plain_fetcher = Fetcher(user_agent=USER_AGENT)
+                stall = self.options.stall
+                self._plain_fetcher = Fetcher(
+                    user_agent=USER_AGENT, stall_rate=stall.min_rate, stall_window=stall.window
+                )
             return self._plain_fetcher
 
     def _countdown(self, label: str, delay: float) -> None:
@@ -611,7 +634,8 @@ class Puller:
     def _load_config(self, digest: str, layer_count: int) -> dict[str, Any]:
         try:
             config = json.loads(self.store.content.read(digest))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # ValueError: bad UTF-8/JSON, over-long integers; RecursionError: deep nesting.
+        except (ValueError, RecursionError) as exc:
             raise ManifestError(f"image configuration {digest} is not valid JSON: {exc}") from None
         if not isinstance(config, dict):
             raise ManifestError(f"image configuration {digest} is not a JSON object")
@@ -693,6 +717,7 @@ class Puller:
             size=_image_size(manifest),
             updated=updated,
             downloaded_bytes=self._transfers.received,
+            source=self.registry.base_url,
         )
 
     def _record_image(

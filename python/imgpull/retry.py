@@ -3,8 +3,13 @@
 One object decides for every request a pull makes, so the rules live in one
 place and are tested alone. Docker's rules (pull-semantics §7): up to five
 attempts with growing waits; never retry what cannot get better by waiting
-(not found, unauthorised, a digest mismatch on a fresh download, local disk
-errors). 429/503 say when to come back (Retry-After), and we listen, capped.
+(not found, unauthorised even after re-authenticating, a digest mismatch on
+a fresh download, local disk errors). 429/503 say when to come back
+(Retry-After, seconds or an HTTP-date), and we listen, capped; other 5xx and
+network failures back off exponentially, with jitter.
+
+A digest mismatch after a *resumed* download is not this object's call: the
+puller starts that blob over once (the joined bytes may be at fault).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from imgpull.errors import (
 )
 
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Statuses whose Retry-After is a promise worth waiting for (RFC 9110 §10.2.3);
+# on a 500 or 502 it is more likely a stray header than a schedule.
+_RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,26 @@ class RetryPolicy:
         if attempt >= self.attempts or not self.retryable(error):
             return None
         retry_after = getattr(error, "retry_after", None)
-        if isinstance(retry_after, (int, float)) and retry_after >= 0:
+        if (
+            getattr(error, "status", None) in _RETRY_AFTER_STATUSES
+            and isinstance(retry_after, (int, float))
+            and retry_after >= 0
+        ):
             return float(min(retry_after, self.max_retry_after))
         base = min(self.first_delay * self.factor ** (attempt - 1), self.max_delay)
         return base * (1.0 - self.jitter * random.random())
+
+
+@dataclass(frozen=True)
+class StallPolicy:
+    """A blob download under `min_rate` bytes/s for `window` seconds (a
+    trickle counts, not only silence) is stalled: the native fetcher gives it
+    up with a retryable FetchError(kind="stalled") and the retry resumes
+    from the bytes received. `min_rate=0` turns detection off."""
+
+    min_rate: int = 16 * 1024
+    window: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.min_rate < 0 or not self.window > 0:
+            raise ValueError("stall detection needs min_rate >= 0 and window > 0 seconds")

@@ -105,6 +105,15 @@ def _go_string(s: str) -> str:
     return "".join(out)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _go_text(s: str) -> str:
+    """A decoded JSON string as Go holds it: a lone surrogate (from a
+    "\\ud800" escape, which Python keeps) is U+FFFD. Rust cannot take one."""
+    return _LONE_SURROGATE.sub("\ufffd", s)
+
+
 def _compact(raw: str) -> str:
     """Go's json.Compact with HTML escaping: what Marshal does to a RawMessage."""
     out: list[str] = []
@@ -497,7 +506,10 @@ def plan(manifest: Schema1Manifest, ref: str) -> Schema1Plan:
         raws.append(str(text))
     try:
         chain = [
-            (_want_str(_field(v, "id"), "id"), _want_str(_field(v, "parent"), "parent"))
+            (
+                _go_text(_want_str(_field(v, "id"), "id")),
+                _go_text(_want_str(_field(v, "parent"), "parent")),
+            )
             for v in v1s
         ]
         keep = fix_schema1_layers(chain)

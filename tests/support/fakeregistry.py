@@ -76,6 +76,9 @@ class FakeRegistry:
         self.tags: dict[str, list[str]] = {}
         # When set, tags/list answers this many tags a page, with a Link to the next.
         self.tags_page_size: int | None = None
+        # When set, every request but the ping is answered with this status
+        # (a registry error body; `Retry-After: 0` with a 429): a broken mirror.
+        self.fail_with: int | None = None
         self._log: list[Request] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -209,6 +212,12 @@ def _handler_for(fake: FakeRegistry) -> type[BaseHTTPRequestHandler]:
             fake._record(self.command, path)
             if path == "/v2/" or path == "/v2":
                 self._send(200, b"{}", "application/json", head=head)
+                return
+            if fake.fail_with is not None:
+                status = fake.fail_with
+                body = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "failing"}]})
+                retry = [("Retry-After", "0")] if status == 429 else []
+                self._send(status, body.encode(), "application/json", head=head, extra=retry)
                 return
             m = _MANIFEST_PATH.match(path)
             if m:

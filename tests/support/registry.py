@@ -36,6 +36,18 @@ _LIVE: set[RegistryServer] = set()
 _LIVE_LOCK = threading.Lock()
 
 
+@dataclass(frozen=True)
+class TokenAuth:
+    """The registry's `auth: token:` settings: it trusts JWTs from this issuer
+    (see support.tokenissuer). `push_credentials` are what skopeo pushes with."""
+
+    realm: str
+    service: str
+    issuer: str
+    rootcertbundle: Path
+    push_credentials: tuple[str, str] | None = None
+
+
 class MissingToolError(RuntimeError):
     """A binary the test support needs is not installed."""
 
@@ -94,36 +106,58 @@ class TlsFiles:
     cert_dir: Path
 
 
-def make_tls_files(directory: Path) -> TlsFiles:
-    """Make a self-signed CA and a server cert for 127.0.0.1/localhost with openssl.
+def _openssl(*args: str) -> None:
+    proc = subprocess.run(
+        [require_tool("openssl"), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
+
+
+_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def _sign(ca: tuple[Path, Path], name: str, usage: str, sans: str, out: Path) -> Path:
+    """A key ``out.key`` and certificate ``out`` for ``name``, signed by ``ca``
+    (its cert and key); ``usage`` is serverAuth or clientAuth."""
+    ca_cert, ca_key = ca
+    key, csr, ext = out.with_suffix(".key"), out.with_suffix(".csr"), out.with_suffix(".ext")
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\n" + (f"subjectAltName={sans}\n" if sans else "")
+    )
+    _openssl("req", "-new", *_EC, "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(out), "-days", "30", "-extfile", str(ext),
+    )  # fmt: skip
+    return key
+
+
+def make_client_cert(files: TlsFiles, directory: Path) -> tuple[Path, Path]:
+    """A client certificate signed by ``files``' CA: ``(client.cert, client.key)``,
+    named as Docker's certs.d pairs them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / "client.cert"
+    return cert, _sign((files.ca_cert, files.ca_key), "imgpull test client", "clientAuth", "", cert)
+
+
+def make_tls_files(directory: Path, names: tuple[str, ...] = ()) -> TlsFiles:
+    """Make a self-signed CA and a server cert for 127.0.0.1/localhost (and
+    ``names``) with openssl.
 
     EC P-256 keys: quick to generate and accepted by Go's TLS stack (the
     registry), rustls and Python's ssl alike.
     """
-    openssl = require_tool("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
-    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.crt"
-    ext = directory / "server.ext"
-    ext.write_text(
-        "basicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-    )
-
-    def run(*args: str) -> None:
-        proc = subprocess.run(
-            [openssl, *args], capture_output=True, text=True, timeout=60, check=False
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"openssl {' '.join(args)} failed:\n{proc.stderr}")
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run(
+    cert = directory / "server.crt"
+    sans = ",".join(["IP:127.0.0.1", "DNS:localhost", *(f"DNS:{n}" for n in names)])
+    _openssl(
         "req",
         "-x509",
-        *ec,
+        *_EC,
         "-keyout",
         str(ca_key),
         "-out",
@@ -137,24 +171,7 @@ def make_tls_files(directory: Path) -> TlsFiles:
         "-addext",
         "keyUsage=critical,keyCertSign,cRLSign",
     )
-    run("req", "-new", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca_cert),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(cert),
-        "-days",
-        "30",
-        "-extfile",
-        str(ext),
-    )
+    key = _sign((ca_cert, ca_key), "localhost", "serverAuth", sans, cert)
     cert_dir = directory / "certs.d"
     cert_dir.mkdir(exist_ok=True)
     shutil.copyfile(ca_cert, cert_dir / "ca.crt")
@@ -204,17 +221,30 @@ class RegistryServer:
         *,
         tls: bool = False,
         auth: tuple[str, str] | None = None,
+        token: TokenAuth | None = None,
         schema1: bool = False,
         foreign_urls: bool = False,
+        client_auth: bool = False,
+        tls_names: tuple[str, ...] = (),
+        proxy_of: str | None = None,
         workdir: Path | None = None,
         startup_timeout: float = 10.0,
         log_level: str = "warn",
     ) -> None:
         self.tls = tls
         self.auth = auth
+        self.token = token
         self.schema1 = schema1
         # Accept manifests whose layers list loopback http URLs (foreign layers).
         self.foreign_urls = foreign_urls
+        # TLS that requires a client certificate signed by the registry's CA
+        # (``client_cert``, made at start in ``cert_dir``); extra DNS names
+        # for the server certificate.
+        self.client_auth = client_auth
+        self.tls_names = tls_names
+        self.client_cert: tuple[Path, Path] | None = None
+        # A pull-through cache of the registry at this URL (read-only).
+        self.proxy_of = proxy_of
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self._own_workdir = workdir is None
@@ -264,14 +294,18 @@ class RegistryServer:
 
     @property
     def credentials(self) -> tuple[str, str] | None:
-        """``(user, password)`` for httpx's ``auth=``, or None without auth."""
-        return self.auth
+        """``(user, password)`` for httpx's ``auth=`` (with token auth: the
+        issuer's user allowed to push), or None without auth."""
+        return self.auth or (self.token.push_credentials if self.token else None)
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts this registry's CA (the system's without TLS)."""
         if self.ca_path is None:
             return ssl.create_default_context()
-        return ssl.create_default_context(cafile=str(self.ca_path))
+        ctx = ssl.create_default_context(cafile=str(self.ca_path))
+        if self.client_cert:
+            ctx.load_cert_chain(*self.client_cert)
+        return ctx
 
     def ref(self, repo_tag: str) -> str:
         """``127.0.0.1:PORT/<repo_tag>``: a full image reference on this registry."""
@@ -366,12 +400,26 @@ class RegistryServer:
                 f"    certificate: {self.tls_files.cert}",
                 f"    key: {self.tls_files.key}",
             ]
+            if self.client_auth:
+                lines += ["    clientcas:", f"      - {self.tls_files.ca_cert}"]
         if self.auth:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text(htpasswd_line(*self.auth))
             lines += ["auth:", "  htpasswd:", "    realm: imgpull-test", f"    path: {htpasswd}"]
+        elif self.token:
+            t = self.token
+            lines += [
+                "auth:",
+                "  token:",
+                f"    realm: {t.realm}",
+                f"    service: {t.service}",
+                f"    issuer: {t.issuer}",
+                f"    rootcertbundle: {t.rootcertbundle}",
+            ]
         if self.schema1:
             lines += ["compatibility:", "  schema1:", "    enabled: true"]
+        if self.proxy_of:
+            lines += ["proxy:", f"  remoteurl: {self.proxy_of}"]
         if self.foreign_urls:
             # distribution 2.8 refuses any layer URL unless an allow pattern matches.
             lines += [
@@ -388,7 +436,11 @@ class RegistryServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if self.tls and self.tls_files is None:
-            self.tls_files = make_tls_files(self.workdir / "tls")
+            self.tls_files = make_tls_files(self.workdir / "tls", self.tls_names)
+            if self.client_auth:
+                # Into the certs.d-style folder, where skopeo (pushing) and
+                # imgpull (certs.d) find it next to ca.crt.
+                self.client_cert = make_client_cert(self.tls_files, self.tls_files.cert_dir)
         last_error = ""
         # Retry on a new port: another process may grab the free port between
         # our probe and the registry's bind.
@@ -480,7 +532,8 @@ class RegistryServer:
         self.stop()
 
     def __repr__(self) -> str:
-        flags = [f for f, on in (("tls", self.tls), ("auth", bool(self.auth))) if on]
+        kinds = (("tls", self.tls), ("auth", bool(self.auth)), ("token", bool(self.token)))
+        flags = [f for f, on in kinds if on]
         return f"RegistryServer({self.url}{', ' + ','.join(flags) if flags else ''})"
 
 

@@ -234,7 +234,7 @@ def choose_challenge(challenges: Sequence[Challenge]) -> Challenge | None:
 
 @dataclass
 class _Token:
-    value: str
+    value: str = field(repr=False)
     expires_at: float  # on the _now() clock
 
 
@@ -289,12 +289,15 @@ class Authenticator:
         credentials: Credentials | None,
         headers: Sequence[tuple[str, str]],
         force_oauth: bool = False,
+        offline: bool = False,
     ) -> None:
         self._http = http
         self._registry = registry
         self._creds = credentials
         self._headers = list(headers)
         self._force_oauth = force_oauth
+        # Ask the token server for a refresh token too (`docker login` does).
+        self._offline = offline
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._tokens: dict[tuple[str, str, str], _Token] = {}
@@ -311,6 +314,12 @@ class Authenticator:
     @property
     def has_credentials(self) -> bool:
         return self._creds is not None and (self._creds.has_basic or bool(self._refresh_token))
+
+    @property
+    def refresh_token(self) -> str | None:
+        """The refresh (identity) token held: given, or handed out by the token server."""
+        with self._lock:
+            return self._refresh_token
 
     def set_challenge(self, challenge: Challenge | None) -> None:
         with self._lock:
@@ -347,7 +356,11 @@ class Authenticator:
         dropped, so a thread holding a stale 401 does not evict a fresh token
         another thread just fetched.
         """
+        values = list(values)
         new = choose_challenge(parse_challenges(values))
+        # A valid token without the rights: a new one from the same token
+        # server carries the same rights, so keep it and do not retry.
+        denied = _insufficient_scope(values)
         with self._lock:
             old = self._challenge
             if new is not None and (
@@ -357,7 +370,7 @@ class Authenticator:
                 or old.service != new.service
             ):
                 self._challenge = new
-            if sent is not None and sent.startswith("Bearer "):
+            if sent is not None and sent.startswith("Bearer ") and not denied:
                 used = sent[len("Bearer ") :]
                 for k, t in list(self._tokens.items()):
                     if t.value == used and k[2] == (scope or ""):
@@ -368,7 +381,7 @@ class Authenticator:
         if current.scheme == "basic":
             # Retrying Basic only helps if we did not send it the first time.
             return sent is None and self._creds is not None and self._creds.has_basic
-        return True
+        return sent is None or not denied
 
     # -- token server ---------------------------------------------------------
 
@@ -432,6 +445,8 @@ class Authenticator:
         if self._creds is not None and self._creds.has_basic:
             params.append(("account", self._creds.username or ""))
             auth = self._creds.basic_header()
+            if self._offline:
+                params += [("offline_token", "true"), ("client_id", CLIENT_ID)]
         url = url.copy_merge_params(params)
         return self._token_from(self._token_request("GET", url, auth=auth), url)
 
@@ -494,7 +509,7 @@ class Authenticator:
             )
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: very deep nesting
             data = None
         if not isinstance(data, dict):
             raise RegistryError(f"token server {host} sent a response that is not a JSON object")
@@ -510,6 +525,13 @@ class Authenticator:
         return token, _lifetime(data)
 
 
+def _insufficient_scope(values: Iterable[str]) -> bool:
+    """Whether a 401's Bearer challenge says `error="insufficient_scope"`."""
+    return any(
+        c.params.get("error") == "insufficient_scope" for c in parse_challenges(values)
+    )
+
+
 def _host_of(url: httpx.URL) -> str:
     return f"{url.host}:{url.port}" if url.port else url.host
 
@@ -518,7 +540,7 @@ def _token_error_message(body: bytes) -> str:
     """The reason a token server gave, from the shapes seen in the wild."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: very deep nesting
         return ""
     if not isinstance(data, dict):
         return ""

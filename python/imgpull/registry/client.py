@@ -20,7 +20,13 @@ from urllib.parse import quote
 
 import httpx
 
-from imgpull.errors import ManifestError, RegistryError, RegistryUnreachableError
+from imgpull import debuglog
+from imgpull.errors import (
+    AuthenticationError,
+    ManifestError,
+    RegistryError,
+    RegistryUnreachableError,
+)
 from imgpull.manifest import ACCEPT, MAX_MANIFEST_BYTES
 from imgpull.registry.auth import (
     Authenticator,
@@ -150,6 +156,14 @@ def is_loopback(hostport: str) -> bool:
         return False
 
 
+def _direct_if_loopback(hostport: str) -> dict[str, httpx.BaseTransport | None]:
+    """httpx mounts sending a loopback host's requests direct (None: no proxy)."""
+    if not is_loopback(hostport):
+        return {}
+    host = _split_host(hostport)
+    return {f"all://{f'[{host}]' if ':' in host else host}": None}
+
+
 def endpoint_for(
     domain: str,
     *,
@@ -221,6 +235,7 @@ class RegistryClient:
     Credentials come from `credentials`, else from `credential_store(name)`.
     `headers` are extra headers for every request (docker's X-Meta-*).
     Pass `http` to supply the httpx client (tests); it is then not closed here.
+    `login` asks token servers for a refresh token too (see check_login).
     """
 
     def __init__(
@@ -234,6 +249,7 @@ class RegistryClient:
         timeout: float = 60.0,
         force_oauth: bool = False,
         http: httpx.Client | None = None,
+        login: bool = False,
     ) -> None:
         self._endpoint = endpoint
         self._owns_http = http is None
@@ -244,9 +260,13 @@ class RegistryClient:
                 verify=endpoint.ssl_context(),
                 http2=False,
                 trust_env=True,
+                # Proxies from the environment, except for loopback, as in Go
+                # and as the native Fetcher is given (client._proxy_for).
+                mounts=_direct_if_loopback(endpoint.host),
                 follow_redirects=True,
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
             )
+            debuglog.install(http)
         self._http = http
         self._headers: list[tuple[str, str]] = [("User-Agent", user_agent), *headers]
         if credentials is None and credential_store is not None:
@@ -257,6 +277,7 @@ class RegistryClient:
             credentials=credentials,
             headers=self._headers,
             force_oauth=force_oauth,
+            offline=login,
         )
         self._base = endpoint.base_url
         self._ping_lock = threading.Lock()
@@ -351,6 +372,28 @@ class RegistryClient:
             )
         raise error_from_response(status, headers, body, registry=ep.name, kind="ping")
 
+    def check_login(self) -> str | None:
+        """Verify the credentials as `docker login` does: ping, then GET /v2/
+        with them (for a token server: a token with no scope).
+
+        Returns the refresh (identity) token the token server handed out, if
+        any, which docker stores instead of the password.
+        """
+        self.ping()
+        resp = self._open("GET", f"{self._base}/v2/", scope=None)
+        try:
+            if resp.status_code in (401, 403):
+                raise AuthenticationError(
+                    f"login to {self._endpoint.name} failed: the registry refused the "
+                    f"credentials ({resp.status_code}); check the username and password",
+                    status=resp.status_code,
+                )
+            if not 200 <= resp.status_code < 300:
+                raise self._error(resp, kind="ping", repo="")
+        finally:
+            resp.close()
+        return self._auth.refresh_token
+
     # -- requests -----------------------------------------------------------
 
     def _open(
@@ -358,7 +401,7 @@ class RegistryClient:
         method: str,
         url: str,
         *,
-        scope: str,
+        scope: str | None,
         headers: Sequence[tuple[str, str]] = (),
     ) -> httpx.Response:
         """Send with auth; on a 401, re-authenticate and try once more.
@@ -530,8 +573,10 @@ class RegistryClient:
         while True:
             url, headers = self.blob_request(repo, digest, offset=writer.offset)
             sent = next((v for k, v in headers if k == "Authorization"), None)
+            debuglog.log_exchange("GET", url, headers)
             result = fetcher.fetch_blob(url, headers, writer, transfer)
             status = result.status
+            debuglog.log_exchange("GET", url, (), status, result.headers)
             if 200 <= status < 300:
                 return result
             if status == 401 and not reauthed:
@@ -611,7 +656,7 @@ def _replay(resp: httpx.Response, body: bytes) -> httpx.Response:
 def _parse_tags(body: bytes, repo: str, registry: str) -> list[str]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: very deep nesting
         data = None
     if not isinstance(data, dict):
         raise RegistryError(f"tag list of {repo} from {registry} is not a JSON object")

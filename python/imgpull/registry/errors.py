@@ -70,7 +70,7 @@ def parse_error_body(body: bytes) -> list[ErrorDetail]:
     """The registry errors in a response body; [] for anything else (HTML, …)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: very deep nesting
         return []
     if not isinstance(data, dict):
         return []
@@ -185,7 +185,18 @@ def error_from_response(
         )
     if status == 401 or code == "UNAUTHORIZED":
         why = f": {msg}" if msg else ""
-        if authenticated:
+        # A Bearer 401 with error="insufficient_scope": the token was good, its
+        # rights were not (docker: "pull access denied").
+        denied = any(
+            re.search(r'error="?insufficient_scope', v)
+            for v in header_values(headers, "www-authenticate")
+        )
+        if authenticated and denied:
+            text = (
+                f"pull access denied for {name}: the repository does not exist or your "
+                f"account may not pull it; check your permissions (imgpull login {registry})"
+            )
+        elif authenticated:
             text = (
                 f"authentication to {registry} failed for {name}{why}; "
                 f"check your credentials (imgpull login {registry})"
@@ -248,14 +259,34 @@ def _ssl_text(text: str) -> str:
     return _SSL_TAIL.sub("", _SSL_TAG.sub("", text.strip()))
 
 
+# TLS alerts a server sends when it wants a client certificate it did not get
+# (or does not accept the one it got).
+_CLIENT_CERT_ALERTS = ("ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_REQUIRED",
+                       "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE_UNKNOWN")  # fmt: skip
+_TRUST_HINT = (
+    "trust the registry's CA (--ca-cert FILE, or certs.d/<host:port>/ca.crt) or, "
+    "at your own risk, use --insecure"
+)
+
+
+def _client_cert_refused(exc: BaseException) -> str | None:
+    """The alert, when the server refused the TLS client certificate (or its absence)."""
+    for c in _causes(exc):
+        text = str(c)
+        if any(a in text for a in _CLIENT_CERT_ALERTS):
+            return _ssl_text(text)
+    return None
+
+
 def is_tls_verify_failure(exc: BaseException) -> bool:
-    """Whether the server's certificate was refused (not a protocol mismatch)."""
+    """Whether a certificate was refused, the server's or ours (not a protocol
+    mismatch): waiting will not help, nor will plain HTTP."""
     for c in _causes(exc):
         if isinstance(c, ssl.SSLCertVerificationError):
             return True
         if "CERTIFICATE_VERIFY_FAILED" in str(c):
             return True
-    return False
+    return _client_cert_refused(exc) is not None
 
 
 def network_reason(exc: BaseException) -> str:
@@ -263,16 +294,19 @@ def network_reason(exc: BaseException) -> str:
     for c in _causes(exc):
         if isinstance(c, ssl.SSLCertVerificationError):
             detail = c.verify_message or _ssl_text(str(c))
-            return (
-                f"TLS certificate verification failed ({detail}): trust the registry's CA "
-                f"(ca_file, certs.d/<host>/ca.crt) or, at your own risk, mark it insecure"
-            )
+            return f"TLS certificate verification failed ({detail}): {_TRUST_HINT}"
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return (
             f"TLS certificate verification failed ({_ssl_text(text).split(': ', 1)[-1]}): "
-            "trust the registry's CA (ca_file, certs.d/<host>/ca.crt) or, at your own risk, "
-            "mark it insecure"
+            f"{_TRUST_HINT}"
+        )
+    alert = _client_cert_refused(exc)
+    if alert is not None:
+        return (
+            f"the registry refused the TLS client certificate ({alert}): it wants one its "
+            "CA signed; give it with --client-cert/--client-key or "
+            "certs.d/<host:port>/client.cert and client.key"
         )
     for c in _causes(exc):
         if isinstance(c, ssl.SSLError) or "[SSL:" in str(c):

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgpull.errors import StoreError
+from imgpull.store.content import disk_full
+
+# SQLITE_FULL, and SQLITE_IOERR_SHMSIZE: the WAL index (-shm) could not grow.
+_DISK_FULL_CODES = frozenset({13, 4874})
 
 # 1: images, image_layers, refs, blobs, blob_sources.
 # 2: image_manifests (which manifest blobs belong to which image, so that
@@ -156,7 +160,7 @@ class MetadataStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open the store database {self.path}: {exc}") from None
+            raise self._error(exc, "cannot open the store database") from None
         self._lock = threading.RLock()
         self._depth = 0
         self._migrate()
@@ -228,21 +232,30 @@ class MetadataStore:
                 self._depth = 1
                 try:
                     yield self._db
+                    self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    # SQLite may have rolled back already (it does on a full
+                    # disk); a failed COMMIT may leave the transaction open.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                     raise
                 finally:
                     self._depth = 0
-                self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                raise StoreError(f"store database {self.path}: {exc}") from None
+                raise self._error(exc) from None
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[tuple[object, ...]]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, args).fetchall())
             except sqlite3.DatabaseError as exc:
-                raise StoreError(f"store database {self.path}: {exc}") from None
+                raise self._error(exc) from None
+
+    def _error(self, exc: sqlite3.DatabaseError, what: str = "store database") -> StoreError:
+        # sqlite_errorcode: Python >= 3.11; older ones get the generic message.
+        if getattr(exc, "sqlite_errorcode", None) in _DISK_FULL_CODES:
+            return disk_full(self.path, "try again")
+        return StoreError(f"{what} {self.path}: {exc}")
 
     # Blobs ---------------------------------------------------------------
 

@@ -38,6 +38,7 @@ fn fetch(url: &str, dir: &std::path::Path) {
         proxy: None,
         connect_timeout: Duration::from_secs(10),
         read_timeout: Duration::from_secs(30),
+        stall: None,
     })
     .unwrap();
     // Pass 1 learns the digest (any digest will do: nothing is committed).

@@ -11,11 +11,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::rc::Rc;
 
-use flate2::bufread::MultiGzDecoder;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{hash_reader, Digest, CHUNK};
 use crate::error::{CoreError, Result};
+use crate::gunzip::GzipReader;
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b, 0x08];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
@@ -119,7 +119,7 @@ pub fn read_layer<T>(
         .map_err(|m| CoreError::Invalid(format!("{}: {m}", path.display())))?;
     let result = match kind {
         Compression::None => f(&mut reader, &consumed),
-        Compression::Gzip => f(&mut MultiGzDecoder::new(&mut reader), &consumed),
+        Compression::Gzip => f(&mut GzipReader::new(&mut reader), &consumed),
         Compression::Zstd => match zstd::stream::read::Decoder::with_buffer(&mut reader) {
             Ok(mut d) => f(&mut d, &consumed),
             Err(e) => Err(e),

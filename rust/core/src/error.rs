@@ -18,6 +18,8 @@ pub enum FetchKind {
     Redirect,
     Cancelled,
     Disk,
+    /// The body came in under the stall floor for a whole window.
+    Stalled,
 }
 
 impl FetchKind {
@@ -33,6 +35,7 @@ impl FetchKind {
             FetchKind::Redirect => "redirect",
             FetchKind::Cancelled => "cancelled",
             FetchKind::Disk => "disk",
+            FetchKind::Stalled => "stalled",
         }
     }
 }

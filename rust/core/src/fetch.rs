@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ureq::config::AutoHeaderValue;
 use ureq::http::{HeaderMap, Response};
@@ -16,6 +16,7 @@ use url::Url;
 use crate::classify;
 use crate::digest::CHUNK;
 use crate::error::{CoreError, FetchKind, Result};
+use crate::stall::{StallGuard, StallPolicy};
 use crate::tls::{tls_config, TlsOptions};
 use crate::writer::BlobWriter;
 
@@ -35,6 +36,9 @@ pub struct FetchOptions {
     pub connect_timeout: Duration,
     /// Longest wait for any byte; longer is FetchKind::Timeout.
     pub read_timeout: Duration,
+    /// A body slower than this is given up (FetchKind::Stalled, retryable,
+    /// the bytes so far kept); None: only read_timeout applies.
+    pub stall: Option<StallPolicy>,
 }
 
 /// Progress and cancellation shared between a running fetch and its caller.
@@ -74,6 +78,10 @@ pub struct FetchResponse {
 
 pub struct Fetcher {
     agent: Agent,
+    stall: Option<StallPolicy>,
+    /// The stall window is no longer than read_timeout, so a read timeout
+    /// mid-body means a window without a byte.
+    silence_is_stall: bool,
 }
 
 impl Fetcher {
@@ -90,6 +98,13 @@ impl Fetcher {
             }
             None => None,
         };
+        // A body that sends nothing at all must end within the stall window
+        // too: its reads then time out at the window, and stream() calls
+        // that a stall (the rate was zero for a whole window).
+        let per_read = match opts.stall {
+            Some(s) => opts.read_timeout.min(s.window),
+            None => opts.read_timeout,
+        };
         let agent = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -99,13 +114,17 @@ impl Fetcher {
             .tls_config(tls)
             .timeout_resolve(Some(opts.connect_timeout))
             .timeout_connect(Some(opts.connect_timeout))
-            .timeout_per_read(Some(opts.read_timeout))
+            .timeout_per_read(Some(per_read))
             .timeout_per_write(Some(opts.read_timeout))
             // Several layers of one image come from the same host at once.
             .max_idle_connections_per_host(8)
             .build()
             .new_agent();
-        Ok(Fetcher { agent })
+        Ok(Fetcher {
+            agent,
+            stall: opts.stall,
+            silence_is_stall: opts.stall.is_some_and(|s| s.window <= opts.read_timeout),
+        })
     }
 
     /// GETs `url` with `headers` and streams a 2xx body into `writer`,
@@ -138,7 +157,8 @@ impl Fetcher {
             }
             let headers = header_pairs(response.headers());
             let (written, body) = if (200..300).contains(&status) {
-                (receive(response, writer, transfer)?, Vec::new())
+                let guard = self.stall_guard();
+                (receive(response, writer, transfer, guard)?, Vec::new())
             } else {
                 (0, error_body(response))
             };
@@ -155,6 +175,15 @@ impl Fetcher {
             false,
             format!("more than {MAX_REDIRECTS} redirects, last to {url}"),
         ))
+    }
+
+    /// A fresh guard for one body, when stall detection is on.
+    fn stall_guard(&self) -> Option<StallGuard> {
+        self.stall.map(|policy| {
+            let mut guard = StallGuard::new(policy, Instant::now());
+            guard.silence_is_stall = self.silence_is_stall;
+            guard
+        })
     }
 
     fn get(
@@ -225,6 +254,7 @@ fn receive(
     response: Response<Body>,
     writer: &mut BlobWriter,
     transfer: Option<&Transfer>,
+    mut guard: Option<StallGuard>,
 ) -> Result<u64> {
     let offset = writer.offset();
     if response.status().as_u16() == 206 {
@@ -247,7 +277,12 @@ fn receive(
         // The range was ignored and the whole blob is coming: start over.
         writer.truncate().map_err(disk)?;
     }
-    stream(&mut response.into_body().into_reader(), writer, transfer)
+    stream(
+        &mut response.into_body().into_reader(),
+        writer,
+        transfer,
+        guard.as_mut(),
+    )
 }
 
 /// 'bytes <start>-<end>/<total|*>' -> start.
@@ -269,11 +304,12 @@ fn stream(
     reader: &mut impl Read,
     writer: &mut BlobWriter,
     transfer: Option<&Transfer>,
+    mut guard: Option<&mut StallGuard>,
 ) -> Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     loop {
-        let (filled, outcome) = fill(reader, &mut buf, transfer);
+        let (filled, outcome) = fill(reader, &mut buf, transfer, guard.as_deref_mut());
         if filled > 0 {
             writer.write(&buf[..filled]).map_err(disk)?;
             written += filled as u64;
@@ -281,9 +317,36 @@ fn stream(
         match outcome {
             Ok(true) => {}
             Ok(false) => return Ok(written),
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(match (&e, guard) {
+                    // A timeout is silence for a whole window (the per-read
+                    // timeout is capped at it): a stall too.
+                    (CoreError::Fetch { kind, .. }, Some(g))
+                        if *kind == FetchKind::Stalled
+                            || (*kind == FetchKind::Timeout && g.silence_is_stall) =>
+                    {
+                        stalled(writer, g.policy())
+                    }
+                    _ => e,
+                });
+            }
         }
     }
+}
+
+/// "download of sha256:… stalled: under 16 KiB/s for 30 s": retryable, and
+/// the retry resumes at writer.offset().
+fn stalled(writer: &BlobWriter, policy: StallPolicy) -> CoreError {
+    CoreError::fetch(
+        FetchKind::Stalled,
+        true,
+        format!(
+            "download of {} stalled: {} (at byte {})",
+            writer.digest(),
+            policy.describe(),
+            writer.offset()
+        ),
+    )
 }
 
 /// Reads into `buf` until it is full (Ok(true)), EOF (Ok(false)), an error
@@ -292,6 +355,7 @@ fn fill(
     reader: &mut impl Read,
     buf: &mut [u8],
     transfer: Option<&Transfer>,
+    mut guard: Option<&mut StallGuard>,
 ) -> (usize, Result<bool>) {
     let mut filled = 0;
     while filled < buf.len() {
@@ -307,6 +371,13 @@ fn fill(
                 filled += n;
                 if let Some(t) = transfer {
                     t.received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if guard
+                    .as_deref_mut()
+                    .is_some_and(|g| g.record(n as u64, Instant::now()))
+                {
+                    // stream() words the error: it knows the blob.
+                    return (filled, Err(CoreError::fetch(FetchKind::Stalled, true, "")));
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::diffid::{detect_compression, Compression};
 use crate::digest::Digest;
+use crate::gunzip::GzipWriter;
 
 /// What a layer's uncompressed stream gave: its diffID and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +41,7 @@ pub(crate) struct Unpacker {
 enum Inline {
     Head(Vec<u8>),
     Plain(HashSink),
-    Gzip(Box<flate2::write::MultiGzDecoder<HashSink>>),
+    Gzip(Box<GzipWriter<HashSink>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, HashSink>>),
     Failed(String),
 }
@@ -125,9 +126,7 @@ impl Inline {
         };
         let mut state = match detect_compression(&head) {
             Ok(Compression::None) => Inline::Plain(sink),
-            Ok(Compression::Gzip) => {
-                Inline::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink)))
-            }
+            Ok(Compression::Gzip) => Inline::Gzip(Box::new(GzipWriter::new(sink))),
             Ok(Compression::Zstd) => match zstd::stream::write::Decoder::new(sink) {
                 Ok(d) => Inline::Zstd(Box::new(d)),
                 Err(e) => return Inline::Failed(e.to_string()),

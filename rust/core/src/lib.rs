@@ -13,10 +13,12 @@ pub mod diffid;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod gunzip;
 pub mod layer;
 #[cfg(target_os = "linux")]
 pub mod rootfs;
 pub mod schema1;
+pub mod stall;
 #[cfg(test)]
 mod testutil;
 mod tls;
@@ -27,4 +29,5 @@ pub use digest::{sha256_bytes, sha256_file, Digest};
 pub use error::{CoreError, FetchKind, Result};
 pub use fetch::{FetchOptions, FetchResponse, Fetcher, Transfer};
 pub use layer::LayerDigest;
+pub use stall::StallPolicy;
 pub use writer::BlobWriter;

@@ -48,7 +48,8 @@ pub fn fix_layers<S: AsRef<str>>(
     for (id, _) in layers {
         let id = id.as_ref();
         if !is_layer_id(id) {
-            return err(format!("image ID '{id}' is invalid"));
+            // Escaped: the id comes from the manifest, the message is one line.
+            return err(format!("image ID '{}' is invalid", id.escape_debug()));
         }
     }
     if !base_parent.as_ref().is_empty() && !allow_base_parent {
@@ -77,7 +78,7 @@ pub fn fix_layers<S: AsRef<str>>(
             return err(format!(
                 "invalid parent ID. Expected {}, got {}",
                 next_id.as_ref(),
-                parent.as_ref()
+                parent.as_ref().escape_debug()
             ));
         }
         keep.push(i);

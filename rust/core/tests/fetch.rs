@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{head, respond, Server};
 use imgpull_core::{
-    sha256_bytes, BlobWriter, CoreError, FetchKind, FetchOptions, Fetcher, Transfer,
+    sha256_bytes, BlobWriter, CoreError, FetchKind, FetchOptions, Fetcher, StallPolicy, Transfer,
 };
 
 fn fetcher(read_timeout: Duration) -> Fetcher {
@@ -21,6 +21,7 @@ fn fetcher(read_timeout: Duration) -> Fetcher {
         proxy: None,
         connect_timeout: Duration::from_secs(5),
         read_timeout,
+        stall: None,
     })
     .unwrap()
 }
@@ -346,6 +347,7 @@ fn bad_settings_are_refused() {
         proxy: None,
         connect_timeout: Duration::from_secs(1),
         read_timeout: Duration::from_secs(1),
+        stall: None,
     };
     assert!(matches!(Fetcher::new(&opts), Err(CoreError::File { .. })));
     let dir = tempfile::tempdir().unwrap();
@@ -391,4 +393,83 @@ fn a_cancelled_transfer_sends_no_request() {
         .unwrap_err();
     assert_eq!(fetch_kind(err), (FetchKind::Cancelled, false));
     assert!(server.requests().is_empty());
+}
+
+fn stall_fetcher(min_rate: u64, window: Duration) -> Fetcher {
+    Fetcher::new(&FetchOptions {
+        user_agent: "imgpull-test/1".into(),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        insecure: false,
+        proxy: None,
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_secs(10),
+        stall: Some(StallPolicy { min_rate, window }),
+    })
+    .unwrap()
+}
+
+fn stall_message(err: CoreError) -> String {
+    let text = err.to_string();
+    assert_eq!(fetch_kind(err), (FetchKind::Stalled, true));
+    text
+}
+
+#[test]
+fn a_trickle_is_a_stall_and_keeps_the_bytes() {
+    // 20 bytes every 100 ms = 200 B/s, under a 1 KiB/s floor; the read
+    // timeout (10 s) alone would wait for ever.
+    let server = Server::start(|_, s| {
+        head(s, "200 OK", &[], Some(100_000));
+        let _ = s.write_all(&[7; 5000]);
+        for _ in 0..100 {
+            if s.write_all(&[7; 20]).is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let mut blob = writer_for(&[7; 100_000]);
+    let err = stall_fetcher(1024, Duration::from_millis(800))
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    let digest = blob.writer.digest().to_string();
+    assert_eq!(
+        stall_message(err),
+        format!(
+            "fetch failed (stalled): download of {digest} stalled: under 1 KiB/s for 0.8 s \
+             (at byte {})",
+            blob.writer.offset()
+        )
+    );
+    assert!(blob.writer.offset() >= 5000, "{}", blob.writer.offset());
+}
+
+#[test]
+fn silence_is_a_stall_within_the_window() {
+    let server = Server::start(|_, s| {
+        head(s, "200 OK", &[], Some(1000));
+        let _ = s.write_all(&[0; 10]);
+        thread::sleep(Duration::from_secs(5));
+    });
+    let mut blob = writer_for(&[0; 1000]);
+    let err = stall_fetcher(1024, Duration::from_millis(500))
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap_err();
+    stall_message(err);
+    assert_eq!(blob.writer.offset(), 10);
+}
+
+#[test]
+fn a_fast_body_is_not_a_stall() {
+    let body = Arc::new(data(2 << 20));
+    let b = body.clone();
+    let server = Server::start(move |_, s| respond(s, "200 OK", &[], &b));
+    let mut blob = writer_for(&body);
+    let res = stall_fetcher(1024, Duration::from_millis(300))
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap();
+    assert_eq!(res.written, body.len() as u64);
+    blob.writer.commit(&blob.dest).unwrap();
 }

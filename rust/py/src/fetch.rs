@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgpull_core::{CoreError, FetchOptions, Fetcher as CoreFetcher, Transfer as CoreTransfer};
+use imgpull_core::{
+    CoreError, FetchOptions, Fetcher as CoreFetcher, StallPolicy, Transfer as CoreTransfer,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -94,6 +96,8 @@ impl Fetcher {
         proxy=None,
         connect_timeout=30.0,
         read_timeout=60.0,
+        stall_rate=StallPolicy::DEFAULT.min_rate,
+        stall_window=StallPolicy::DEFAULT.window.as_secs_f64(),
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -106,6 +110,8 @@ impl Fetcher {
         proxy: Option<String>,
         connect_timeout: f64,
         read_timeout: f64,
+        stall_rate: u64,
+        stall_window: f64,
     ) -> Result<Self> {
         let opts = FetchOptions {
             user_agent,
@@ -116,6 +122,14 @@ impl Fetcher {
             proxy,
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
             read_timeout: seconds("read_timeout", read_timeout)?,
+            // A rate of 0 turns stall detection off.
+            stall: match stall_rate {
+                0 => None,
+                min_rate => Some(StallPolicy {
+                    min_rate,
+                    window: seconds("stall_window", stall_window)?,
+                }),
+            },
         };
         // Reads the system and extra CA bundles.
         let inner = py.detach(|| CoreFetcher::new(&opts))?;
