@@ -52,7 +52,6 @@ P = RetryPolicy(attempts=5, first_delay=1.0, factor=2.0, max_delay=5.0, jitter=0
         (fetch_error("stalled", True), True),
         (fetch_error("io", True), True),
         (fetch_error("timeout", True), True),
-        (fetch_error("disk", False), False),
         (fetch_error("tls", False), False),
         *((OSError(e, "local"), False) for e in (errno.EROFS, errno.EDQUOT, errno.EACCES)),
     ],

@@ -56,7 +56,7 @@ class FetchError(ImgpullError):
     """
 
     # "connect" | "dns" | "tls" | "timeout" | "io" | "protocol" | "range"
-    # | "redirect" | "cancelled" | "disk" | "stalled"
+    # | "redirect" | "cancelled" | "stalled"
     kind: str
     # Whether retrying (resuming from writer.offset) can help.
     retryable: bool

@@ -24,11 +24,11 @@ import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .images import ImageInfo
+from .process import Managed
 
 _MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>.+)/manifests/(?P<ref>[^/]+)$")
 _BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>[^/]+)$")
@@ -67,7 +67,7 @@ class Request:
     path: str
 
 
-class FakeRegistry:
+class FakeRegistry(Managed):
     """A loopback HTTP server answering from ``manifests``, ``blobs`` and ``tags``."""
 
     def __init__(self) -> None:
@@ -167,17 +167,6 @@ class FakeRegistry:
             self._thread.join(timeout=10)
             self._thread = None
 
-    def __enter__(self) -> FakeRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -264,8 +253,8 @@ def _handler_for(fake: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                         nxt = f"{path}?n={size}&last={quote(tags[start + size - 1])}"
                         extra.append(("Link", f'<{nxt}>; rel="next"'))
                     tags = tags[start : start + size]
-                body = json.dumps({"name": m["repo"], "tags": tags}).encode()
-                self._send(200, body, "application/json", head=head, extra=extra)
+                listing = json.dumps({"name": m["repo"], "tags": tags}).encode()
+                self._send(200, listing, "application/json", head=head, extra=extra)
                 return
             self._error(404, "NAME_UNKNOWN", "repository name not known to registry", head=head)
 

@@ -24,7 +24,7 @@ label), ``GET log`` (every proxied request, with a monotonic timestamp),
 ``POST reset``. The process exits when its stdin closes (the test process
 died) or on SIGTERM.
 
-    python faultproxy.py --upstream 127.0.0.1:5000   # prints "listening on <port>"
+    python -m support.faultproxy --upstream 127.0.0.1:5000   # prints its port
 
 :class:`FaultProxy` (below) starts it for a test and talks to its control API.
 Standard library only in the proxy itself.
@@ -41,13 +41,12 @@ import math
 import re
 import socket
 import struct
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from .process import HelperProcess
 
 CONTROL = "/__faults__/"
 FAULTS = (
@@ -247,9 +246,9 @@ class Proxy:
 
     def _choose(self, req: Request) -> Rule | None:
         path = req.target.split("?", 1)[0]
-        for rule in self.rules:
-            if rule.matches(req.method, path):
-                rule.seen += 1
+        for candidate in self.rules:
+            if candidate.matches(req.method, path):
+                candidate.seen += 1
         rule = next((r for r in self.rules if r.matches(req.method, path) and r.armed), None)
         if rule is not None:
             rule.fired += 1
@@ -348,7 +347,7 @@ class Proxy:
         if req.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             await writer.drain()
         elif length is not None:
-            body = _Body(writer, client_reader, rule, entry)
+            sink = _Body(writer, client_reader, rule, entry)
             left = int(length)
             while left > 0:
                 chunk = await up_reader.read(min(_READ, left))
@@ -356,7 +355,7 @@ class Proxy:
                     upstream.close()
                     return False
                 left -= len(chunk)
-                if not await body.send(chunk):
+                if not await sink.send(chunk):
                     upstream.close()
                     return False
         elif chunked:
@@ -511,7 +510,7 @@ async def _send_simple(
 async def _serve_forever(upstream: str, port: int) -> None:
     proxy = Proxy(upstream)
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", port, limit=_MAX_HEAD)
-    print(f"listening on {server.sockets[0].getsockname()[1]}", flush=True)
+    print(server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
     # Our stdin is a pipe from the test process: EOF means it is gone.
     stdin_closed = loop.run_in_executor(None, sys.stdin.buffer.read)
@@ -532,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
 # The test side: start the process, talk to its control API.
 
 
-class FaultProxy:
+class FaultProxy(HelperProcess):
     """The proxy process in front of `upstream` ("127.0.0.1:PORT").
 
     with FaultProxy(registry.host) as proxy:
@@ -541,15 +540,12 @@ class FaultProxy:
         assert proxy.stats()["cut"] == 1
     """
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._http: Any = None
+    what = "fault proxy"
 
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self._http: Any = None
 
     def ref(self, repo_tag: str) -> str:
         return f"{self.host}/{repo_tag}"
@@ -557,22 +553,7 @@ class FaultProxy:
     def start(self) -> FaultProxy:
         import httpx
 
-        from .registry import _die_with_parent
-
-        self._proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--upstream", self.upstream],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline().decode()
-        m = re.fullmatch(r"listening on (\d+)\s*", line)
-        if m is None:
-            self.stop()
-            raise RuntimeError(f"fault proxy did not start (said {line!r})")
-        self.port = int(m[1])
+        self._spawn("--upstream", self.upstream)
         self._http = httpx.Client(base_url=f"http://{self.host}{CONTROL}", trust_env=False)
         return self
 
@@ -580,30 +561,7 @@ class FaultProxy:
         if self._http is not None:
             self._http.close()
             self._http = None
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().stop()
 
     def _call(self, method: str, what: str, body: Any = None) -> Any:
         resp = self._http.request(method, what, json=body)

@@ -8,24 +8,23 @@ knows (``registry.imgpull.test``) and that only the proxy can reach; any other
 name is refused with 502, so nothing ever leaves loopback. Every request is
 recorded in a log file: ``connects`` ("host:port") and ``requests`` ("METHOD url").
 
-The proxy runs as its own process (``python forwardproxy.py LOG NAME=ADDR...``
+The proxy runs as its own process (``python -m support.forwardproxy LOG NAME=ADDR...``
 prints its port), as a real proxy would; ForwardProxy starts and stops it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import socket
 import socketserver
-import subprocess
 import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
+
+from .process import HelperProcess
 
 _MAX_HEAD = 64 * 1024
 
@@ -167,20 +166,21 @@ def main(argv: list[str]) -> None:
     server.serve_forever()
 
 
-class ForwardProxy:
+class ForwardProxy(HelperProcess):
     """``with ForwardProxy({"registry.imgpull.test": "127.0.0.1"}, tmp) as proxy:``
     then ``HTTPS_PROXY=proxy.url``; ``proxy.connects``/``proxy.requests`` say
     what went through it."""
 
+    what = "forward proxy"
+
     def __init__(self, hosts: Mapping[str, str], workdir: Path) -> None:
+        super().__init__()
         self.hosts = dict(hosts)
         self.log_path = workdir / "forwardproxy.log"
-        self.port = 0
-        self._proc: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}"
 
     def _lines(self) -> list[str]:
         if not self.log_path.exists():
@@ -203,51 +203,8 @@ class ForwardProxy:
     def start(self) -> ForwardProxy:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.write_text("")
-        self._proc = subprocess.Popen(
-            [sys.executable, __file__, str(self.log_path),
-             *(f"{k}={v}" for k, v in self.hosts.items())],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line.strip().isdigit():
-            self.stop()
-            raise RuntimeError(f"the forward proxy did not start (said {line!r})")
-        self.port = int(line)
+        self._spawn(str(self.log_path), *(f"{k}={v}" for k, v in self.hosts.items()))
         return self
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def __enter__(self) -> ForwardProxy:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from types import TracebackType
 
 import httpx
 
+from .process import Managed
+
 REGISTRY_BINARY = "docker-registry"
 
 # Servers still running; atexit stops them if a test run dies without
@@ -207,7 +209,7 @@ _ACCESS_RE = re.compile(
 )
 
 
-class RegistryServer:
+class RegistryServer(Managed):
     """A ``docker-registry serve`` process on 127.0.0.1 with its own storage.
 
     Use as a context manager (or call :meth:`start`/:meth:`stop`)::
@@ -515,12 +517,6 @@ class RegistryServer:
         self._terminate()
         if remove and self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RegistryServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
             raise
 
     def __exit__(

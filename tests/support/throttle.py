@@ -9,7 +9,7 @@ many blobs it fetches at once). What the client sends passes unpaced.
     with ThrottledRelay("127.0.0.1:5000", rate=40_000_000) as relay:
         pull(f"{relay.host}/test/image:tag")
 
-As a script: ``throttle.py TARGET_HOST:PORT RATE`` prints its port and relays
+As a program: ``python -m support.throttle TARGET_HOST:PORT RATE`` prints its port and relays
 until killed.
 """
 
@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from types import TracebackType
+
+from .process import HelperProcess
 
 # Small kernel buffers on the relay's sockets: what a killed client never
 # received must not be counted as sent (the registry's access log counts the
@@ -108,51 +107,20 @@ def main(argv: list[str]) -> None:
     _serve(listener, (host, int(port)), _Pacer(rate))
 
 
-class ThrottledRelay:
-    """Runs this module as a relay process to `target` ("host:port")."""
+class ThrottledRelay(HelperProcess):
+    """Runs this module as a relay process to `target` ("host:port");
+    `host` is the registry part of an image reference through it."""
+
+    what = "throttling relay"
 
     def __init__(self, target: str, *, rate: float) -> None:
+        super().__init__()
         self.target = target
         self.rate = rate
-        self.port = 0
-        self._proc: subprocess.Popen[str] | None = None
 
-    @property
-    def host(self) -> str:
-        """``127.0.0.1:PORT``: the registry part of an image reference through the relay."""
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ThrottledRelay:
-        from support.registry import _die_with_parent
-
-        self._proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__)), self.target, str(self.rate)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a ^C sent to a test's pull is not ours
-            preexec_fn=_die_with_parent,
-        )
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line.strip().isdigit():
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"the throttling relay did not start: {line!r}")
-        self.port = int(line)
+    def start(self) -> ThrottledRelay:
+        self._spawn(self.target, str(self.rate))
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-            proc.wait(timeout=10)
-            if proc.stdout is not None:
-                proc.stdout.close()
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Access is granted per repository pattern and user; scopes a user may not have
 are silently narrowed, as Docker Hub does, so the registry answers 401
 ``insufficient_scope``. Wrong credentials get a 401. Every request is one JSON
 line in ``requests.jsonl`` (with the tokens issued, so tests can grep output
-for them). The server runs in its own process (``python tokenissuer.py
-CONFIG``) and rereads its config per request, so a test can change the token
+for them). The server runs in its own process (``python -m
+support.tokenissuer CONFIG``) and rereads its config per request, so a test can change the token
 lifetime of a running issuer.
 """
 
@@ -28,7 +28,6 @@ import fnmatch
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,9 +35,10 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from .process import HelperProcess
 
 if TYPE_CHECKING:
     from support.registry import TokenAuth
@@ -246,10 +246,7 @@ def serve(config_path: Path) -> None:
     state = _State(config_path)
     handler = type("Handler", (_Handler,), {"state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    port_file = Path(state.config()["port_file"])
-    tmp = port_file.with_suffix(".tmp")
-    tmp.write_text(str(server.server_address[1]))
-    tmp.replace(port_file)  # the parent waits for this file: written whole
+    print(server.server_address[1], flush=True)
     server.serve_forever()
 
 
@@ -289,7 +286,7 @@ def make_signing_cert(directory: Path) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-class TokenIssuer:
+class TokenIssuer(HelperProcess):
     """The issuer process. ``users`` maps names to passwords; ``grants`` maps a
     user (``"anonymous"`` for requests without credentials) to repository
     patterns (fnmatch) and the actions allowed there::
@@ -305,20 +302,16 @@ class TokenIssuer:
         grants: dict[str, dict[str, list[str]]],
         expires_in: int = 300,
         identity_tokens: dict[str, str] | None = None,
-        startup_timeout: float = 10.0,
     ) -> None:
+        super().__init__()
         self.workdir = workdir
         self.users = dict(users)
         self.grants = grants
         self.expires_in = expires_in
         self.identity_tokens = dict(identity_tokens or {})
-        self.startup_timeout = startup_timeout
         self.config_path = workdir / "issuer.json"
         self.log_path = workdir / "requests.jsonl"
-        self.port_file = workdir / "issuer.port"
         self.key_path, self.cert_path = workdir / "issuer.key", workdir / "issuer.crt"
-        self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def realm(self) -> str:
@@ -341,7 +334,6 @@ class TokenIssuer:
             "expires_in": self.expires_in,
             "identity_tokens": self.identity_tokens,
             "log": str(self.log_path),
-            "port_file": str(self.port_file),
         }
         # Atomic: the running issuer rereads it on every request.
         fd, tmp = tempfile.mkstemp(dir=self.workdir, suffix=".json")
@@ -360,57 +352,17 @@ class TokenIssuer:
         self._write_config()
 
     def start(self) -> TokenIssuer:
-        from support.registry import _die_with_parent  # one home for that hook
-
         self.workdir.mkdir(parents=True, exist_ok=True)
         make_signing_cert(self.workdir)
         self._write_config()
-        self.port_file.unlink(missing_ok=True)
-        err = (self.workdir / "issuer.stderr").open("ab")
-        with err:
-            self._proc = subprocess.Popen(
-                [sys.executable, __file__, str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.port_file.exists():
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                text = (self.workdir / "issuer.stderr").read_text(errors="replace")
-                raise RuntimeError(f"token issuer did not start:\n{text}")
-            time.sleep(0.02)
-        self.port = int(self.port_file.read_text())
+        stderr = self.workdir / "issuer.stderr"
+        try:
+            with stderr.open("ab") as err:
+                self._spawn(str(self.config_path), stderr=err)
+        except RuntimeError as exc:
+            text = stderr.read_text(errors="replace")
+            raise RuntimeError(f"{exc}:\n{text}") from None
         return self
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-
-    def __enter__(self) -> TokenIssuer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def requests(self) -> list[IssuerRequest]:
         """Every request answered so far, oldest first."""

@@ -527,9 +527,7 @@ class Authenticator:
 
 def _insufficient_scope(values: Iterable[str]) -> bool:
     """Whether a 401's Bearer challenge says `error="insufficient_scope"`."""
-    return any(
-        c.params.get("error") == "insufficient_scope" for c in parse_challenges(values)
-    )
+    return any(c.params.get("error") == "insufficient_scope" for c in parse_challenges(values))
 
 
 def _host_of(url: httpx.URL) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,41 +32,31 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgpull._core import BlobWriter
-from imgpull.errors import DiskFullError, FetchError, StoreError
+from imgpull.errors import DiskFullError, StoreError
 from imgpull.manifest import check_digest
 
 # How often a cancellable wait for another process's blob looks again.
 _LOCK_POLL = 0.05
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-# Rust's io::Error text ends so; FetchError(kind="disk") carries it in its message.
-_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def disk_full(path: str | os.PathLike[str], then: str) -> DiskFullError:
     return DiskFullError(f"no space left on device writing {path}: free some space, then {then}")
 
 
-def local_write_error(exc: BaseException, path: str | os.PathLike[str]) -> StoreError | None:
-    """The StoreError for a local file error met while filling `path`
+def local_write_error(exc: BaseException) -> StoreError | None:
+    """The StoreError for a local file error met while filling a blob
     (DiskFullError for ENOSPC/EDQUOT), or None when `exc` is not one.
 
-    OSError comes from the BlobWriter and file calls (with a filename);
-    FetchError(kind="disk") from the native fetcher's writes. Neither is
-    retried: waiting does not free the disk.
+    The BlobWriter, the native fetcher's writes and file calls all raise
+    OSError with the file's name. Never retried: waiting does not free the disk.
     """
-    if isinstance(exc, FetchError):
-        if exc.kind != "disk":
-            return None
-        found = _OS_ERROR.search(str(exc))
-        code = int(found[1]) if found else None
-        reason = os.strerror(code) if code else str(exc)
-    elif isinstance(exc, OSError) and exc.filename is not None:
-        code, reason, path = exc.errno, exc.strerror or str(exc), exc.filename
-    else:
+    if not isinstance(exc, OSError) or exc.filename is None:
         return None
-    if code in _FULL:
-        return disk_full(path, "run the pull again (what was downloaded is kept)")
-    return StoreError(f"cannot write {path}: {reason}")
+    reason = exc.strerror or str(exc)
+    if exc.errno in _FULL:
+        return disk_full(exc.filename, "run the pull again (what was downloaded is kept)")
+    return StoreError(f"cannot write {exc.filename}: {reason}")
 
 
 class ContentStore:
@@ -138,9 +127,9 @@ class ContentStore:
                     partial = Path(writer.path)
                     if partial.is_file() and partial.stat().st_size == 0:
                         partial.unlink()
-        except (OSError, FetchError) as exc:
+        except OSError as exc:
             # Also what the caller's block raised while filling the writer.
-            error = local_write_error(exc, self.ingest_dir / hexpart)
+            error = local_write_error(exc)
             if error is None:
                 raise
             raise error from None

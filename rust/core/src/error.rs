@@ -17,7 +17,6 @@ pub enum FetchKind {
     Range,
     Redirect,
     Cancelled,
-    Disk,
     /// The body came in under the stall floor for a whole window.
     Stalled,
 }
@@ -34,7 +33,6 @@ impl FetchKind {
             FetchKind::Range => "range",
             FetchKind::Redirect => "redirect",
             FetchKind::Cancelled => "cancelled",
-            FetchKind::Disk => "disk",
             FetchKind::Stalled => "stalled",
         }
     }

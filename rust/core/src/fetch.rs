@@ -275,7 +275,7 @@ fn receive(
         }
     } else if offset > 0 {
         // The range was ignored and the whole blob is coming: start over.
-        writer.truncate().map_err(disk)?;
+        writer.truncate()?;
     }
     stream(
         &mut response.into_body().into_reader(),
@@ -311,7 +311,7 @@ fn stream(
     loop {
         let (filled, outcome) = fill(reader, &mut buf, transfer, guard.as_deref_mut());
         if filled > 0 {
-            writer.write(&buf[..filled]).map_err(disk)?;
+            writer.write(&buf[..filled])?;
             written += filled as u64;
         }
         match outcome {
@@ -389,15 +389,6 @@ fn fill(
 
 fn cancelled() -> CoreError {
     CoreError::fetch(FetchKind::Cancelled, false, "cancelled")
-}
-
-/// A local write failure while fetching: not the network's fault, and a
-/// retry would fail the same way (ENOSPC, EROFS, EACCES...).
-fn disk(err: CoreError) -> CoreError {
-    match err {
-        CoreError::File { .. } => CoreError::fetch(FetchKind::Disk, false, err.to_string()),
-        other => other,
-    }
 }
 
 #[cfg(test)]

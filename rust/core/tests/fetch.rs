@@ -361,7 +361,7 @@ fn bad_settings_are_refused() {
 }
 
 #[test]
-fn local_write_failure_is_a_disk_error_not_retryable() {
+fn local_write_failure_is_a_file_error_with_its_errno() {
     // /dev/full fails every write with ENOSPC.
     if !std::path::Path::new("/dev/full").exists() {
         return;
@@ -374,7 +374,15 @@ fn local_write_failure_is_a_disk_error_not_retryable() {
     let err = default_fetcher()
         .fetch_blob(&server.url("/b"), &no_headers(), &mut writer, None)
         .unwrap_err();
-    assert_eq!(fetch_kind(err), (FetchKind::Disk, false));
+    // A File error (an OSError in Python, errno and path kept), not a fetch
+    // error: the network is not at fault and a retry would fail the same way.
+    match err {
+        CoreError::File { path, source, .. } => {
+            assert_eq!(path, std::path::Path::new("/dev/full"));
+            assert_eq!(source.raw_os_error(), Some(libc_enospc()));
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -472,4 +480,9 @@ fn a_fast_body_is_not_a_stall() {
         .unwrap();
     assert_eq!(res.written, body.len() as u64);
     blob.writer.commit(&blob.dest).unwrap();
+}
+
+/// ENOSPC on Linux (no libc dependency in these tests).
+fn libc_enospc() -> i32 {
+    28
 }

@@ -83,6 +83,10 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
         })
 }
 
+const _: () = assert!(
+    StallPolicy::DEFAULT.min_rate == 16384 && StallPolicy::DEFAULT.window.as_secs() == 30
+);
+
 #[pymethods]
 impl Fetcher {
     #[new]
@@ -96,8 +100,10 @@ impl Fetcher {
         proxy=None,
         connect_timeout=30.0,
         read_timeout=60.0,
-        stall_rate=StallPolicy::DEFAULT.min_rate,
-        stall_window=StallPolicy::DEFAULT.window.as_secs_f64(),
+        // Literals, so that Python's signature shows them; equal to
+        // StallPolicy::DEFAULT (checked below at compile time).
+        stall_rate=16384,
+        stall_window=30.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
