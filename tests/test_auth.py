@@ -9,6 +9,7 @@ import base64
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -523,6 +524,29 @@ def test_login_basic(basic_registry: RegistryServer, tmp_path: Path, docker_conf
     }
     usage = cli("login", "--password-stdin", host, tmp_path=tmp_path, stdin="x")
     assert "--username" in one_error_line(usage)
+
+
+def test_login_trusts_the_hosts_certs_d(
+    tls_auth_registry: RegistryServer, tmp_path: Path, docker_config: Path
+) -> None:
+    """login reads the TLS files a pull would: the host's certs.d folder."""
+    reg = tls_auth_registry
+    assert reg.ca_path is not None
+    user, password = reg.username or "", reg.password or ""
+    certs = tmp_path / "certs.d"
+    (certs / reg.host).mkdir(parents=True)
+    shutil.copyfile(reg.ca_path, certs / reg.host / "ca.crt")
+    args = ("login", "-u", user, "--password-stdin", "--https")
+    empty = tmp_path / "no-certs.d"
+    untrusted = cli(*args, "--certs-dir", str(empty), reg.host, tmp_path=tmp_path,
+                    stdin=password + "\n")  # fmt: skip
+    assert "certs.d" in one_error_line(untrusted)
+    ok = cli(*args, "--certs-dir", str(certs), reg.host, tmp_path=tmp_path,
+             stdin=password + "\n")  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(docker_config.read_text())["auths"][reg.host] == {
+        "auth": b64(f"{user}:{password}")
+    }
 
 
 # ---------------------------------------------------------------------------

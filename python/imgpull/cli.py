@@ -372,6 +372,9 @@ def login(
     plain_http: PlainHttpOpt = None,
     insecure: InsecureOpt = False,
     ca_cert: CaCertOpt = None,
+    client_cert: ClientCertOpt = None,
+    client_key: ClientKeyOpt = None,
+    certs_dir: CertsDirOpt = None,
 ) -> None:
     """Log in to a registry: check the credentials, store them as docker does
     (~/.docker/config.json or its credential helper; DOCKER_CONFIG moves it)."""
@@ -402,6 +405,9 @@ def login(
             plain_http=plain_http,
             insecure=insecure,
             ca_file=str(ca_cert) if ca_cert else None,
+            client_cert=str(client_cert) if client_cert else None,
+            client_key=str(client_key) if client_key else None,
+            certs_dirs=certs_dir,
         )
         if not result.stored_in.startswith("credential helper"):
             what = "identity token" if result.identity_token else "password"

@@ -8,13 +8,10 @@ The CLI is a thin layer over this class.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -119,21 +116,15 @@ class Client:
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ImgpullError("max concurrent downloads must be at least 1")
-        if client_key and not client_cert:
-            raise ConfigError("a client key needs its client certificate (--client-cert)")
+        self._tls = hosts.TLSFiles(
+            ca_file=ca_file, client_cert=client_cert, client_key=client_key, dirs=certs_dirs
+        )
         self._mirrors = {
             registry_key(name): tuple(m if isinstance(m, Mirror) else parse_mirror(m) for m in ms)
             for name, ms in (mirrors or {}).items()
         }
-        self._certs_dirs = hosts.certs_dirs(certs_dirs)
-        # Where CA bundles are written when one host has several CA files (the
-        # native Fetcher reads one file); removed by close().
-        self._bundle_dir: str | None = None
         self.store = Store(root)
         self._insecure = insecure
-        self._ca_file = ca_file
-        self._client_cert = client_cert
-        self._client_key = client_key
         self._plain_http = plain_http
         # Docker's config file (credsStore, credHelpers, auths) unless given.
         self._credentials: CredentialLookup = credentials or DockerCredentials()
@@ -157,9 +148,7 @@ class Client:
             for registry, _ in self._registries.values():
                 registry.close()
             self._registries.clear()
-            bundles, self._bundle_dir = self._bundle_dir, None
-        if bundles:
-            shutil.rmtree(bundles, ignore_errors=True)
+        self._tls.close()
         self.store.close()
 
     def __enter__(self) -> Client:
@@ -279,30 +268,7 @@ class Client:
         endpoint = endpoint_for(domain, plain_http=plain_http, insecure=insecure)
         if http_fallback and endpoint.scheme == "https":
             endpoint = replace(endpoint, http_fallback=True)
-        found = hosts.host_tls(endpoint.host, self._certs_dirs)
-        cas = [*([self._ca_file] if self._ca_file else []), *found.ca_files]
-        cert, key = (
-            (self._client_cert, self._client_key)
-            if self._client_cert
-            else (found.client_cert, found.client_key)
-        )
-        return replace(endpoint, ca_file=self._ca_bundle(cas), client_cert=cert, client_key=key)
-
-    def _ca_bundle(self, files: Sequence[str]) -> str | None:
-        """One PEM file holding every CA of `files` (None for none)."""
-        if len(files) < 2:
-            return files[0] if files else None
-        try:
-            data = b"".join(Path(f).read_bytes().strip() + b"\n" for f in files)
-        except OSError as e:
-            raise ConfigError(f"cannot read CA file {e.filename}: {e.strerror}") from None
-        with self._lock:
-            if self._bundle_dir is None:
-                self._bundle_dir = tempfile.mkdtemp(prefix="imgpull-ca-")
-            path = Path(self._bundle_dir) / f"{hashlib.sha256(data).hexdigest()}.pem"
-            if not path.exists():
-                path.write_bytes(data)
-        return str(path)
+        return self._tls.apply(endpoint)
 
     def _registry(self, domain: str) -> tuple[RegistryClient, Fetcher]:
         """The client and fetcher of the registry `domain` itself (no mirror)."""

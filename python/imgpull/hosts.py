@@ -20,15 +20,20 @@ the tools that use it):
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from imgpull.errors import ImgpullError
+from imgpull.registry import Endpoint
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,6 +112,66 @@ def host_tls(host: str, dirs: Iterable[Path]) -> HostTLS:
             return HostTLS(cas, f"{first}.cert", f"{first}.key", str(folder))
         return HostTLS(cas, folder=str(folder))
     return HostTLS()
+
+
+class TLSFiles:
+    """The TLS files of every endpoint a client talks to: the CA file and client
+    certificate given (CLI or API) plus each host's certs.d folder.
+
+    The native Fetcher reads one CA file, so when a host has several (a given
+    one and certs.d's) they are joined into one bundle in a temporary folder
+    that close() removes.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        dirs: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> None:
+        if client_key and not client_cert:
+            raise ConfigError("a client key needs its client certificate (--client-cert)")
+        self.ca_file = ca_file
+        self.client_cert = client_cert
+        self.client_key = client_key
+        self.dirs = certs_dirs(dirs)
+        self._bundle_dir: str | None = None
+        self._lock = threading.Lock()
+
+    def apply(self, endpoint: Endpoint) -> Endpoint:
+        """`endpoint` with its CA bundle and client certificate filled in."""
+        found = host_tls(endpoint.host, self.dirs)
+        cas = [*([self.ca_file] if self.ca_file else []), *found.ca_files]
+        cert, key = (
+            (self.client_cert, self.client_key)
+            if self.client_cert
+            else (found.client_cert, found.client_key)
+        )
+        return replace(endpoint, ca_file=self._bundle(cas), client_cert=cert, client_key=key)
+
+    def _bundle(self, files: Sequence[str]) -> str | None:
+        """One PEM file holding every CA of `files` (None for none)."""
+        if len(files) < 2:
+            return files[0] if files else None
+        try:
+            data = b"".join(Path(f).read_bytes().strip() + b"\n" for f in files)
+        except OSError as e:
+            raise ConfigError(f"cannot read CA file {e.filename}: {e.strerror}") from None
+        with self._lock:
+            if self._bundle_dir is None:
+                self._bundle_dir = tempfile.mkdtemp(prefix="imgpull-ca-")
+            path = Path(self._bundle_dir) / f"{hashlib.sha256(data).hexdigest()}.pem"
+            if not path.exists():
+                path.write_bytes(data)
+        return str(path)
+
+    def close(self) -> None:
+        with self._lock:
+            bundles, self._bundle_dir = self._bundle_dir, None
+        if bundles:
+            shutil.rmtree(bundles, ignore_errors=True)
 
 
 def registry_key(name: str) -> str:

@@ -4,7 +4,8 @@ them in Docker's config file (or its credential helper), as docker does."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from imgpull import hosts
@@ -30,6 +31,9 @@ def login(
     plain_http: bool | None = None,
     insecure: bool = False,
     ca_file: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+    certs_dirs: Sequence[str | os.PathLike[str]] | None = None,
     config: str | os.PathLike[str] | None = None,
 ) -> LoginResult:
     """Check `username`/`password` against `server` (ping, then a token with no
@@ -40,17 +44,17 @@ def login(
     if not password:
         raise ImgpullError("login needs a password (--password-stdin)")
     domain = registry_domain(server)
-    endpoint = endpoint_for(domain, plain_http=plain_http, insecure=insecure)
-    # The host's certs.d folder, as for a pull (its first CA when none is given).
-    found = hosts.host_tls(endpoint.host, hosts.certs_dirs())
-    endpoint = replace(
-        endpoint,
-        ca_file=ca_file or next(iter(found.ca_files), None),
-        client_cert=found.client_cert,
-        client_key=found.client_key,
+    # The TLS files a pull would use: the given CA, the host's certs.d folder.
+    tls = hosts.TLSFiles(
+        ca_file=ca_file, client_cert=client_cert, client_key=client_key, dirs=certs_dirs
     )
-    with RegistryClient(endpoint, credentials=Credentials(username, password), login=True) as rc:
-        identity = rc.check_login()
+    try:
+        endpoint = tls.apply(endpoint_for(domain, plain_http=plain_http, insecure=insecure))
+        creds = Credentials(username, password)
+        with RegistryClient(endpoint, credentials=creds, login=True) as rc:
+            identity = rc.check_login()
+    finally:
+        tls.close()
     creds = Credentials(username, password, identity_token=identity)
     file = DockerConfig.load(Path(config) if config is not None else None)
     where = file.store(domain, creds)
