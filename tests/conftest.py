@@ -41,6 +41,19 @@ def require_tools() -> None:
         pytest.fail(str(exc), pytrace=False)
 
 
+@pytest.fixture
+def fault_row(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """This test's row of the fault matrix (support/faultmatrix.py), filed
+    when the test ends: the faults it injected, its pulls, those that ended right."""
+    from support.faultmatrix import Row, append, matrix_path
+
+    row = Row(request.node.nodeid)
+    yield row
+    append(matrix_path(request.config, tmp_path_factory.getbasetemp()), row)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """The fault matrix of the fault-injection tests, when any ran."""
     from support.faultmatrix import summary_lines

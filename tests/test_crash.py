@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PushedImage
+from support.faultmatrix import Row
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
 from support.throttle import ThrottledRelay
@@ -177,7 +178,9 @@ def _left(root: Path, crash: CrashImage) -> float:
     return 1 - have / crash.size
 
 
-def test_kill_9_at_random_points_then_resume(crash: CrashImage, tmp_path: Path) -> None:
+def test_kill_9_at_random_points_then_resume(
+    crash: CrashImage, tmp_path: Path, fault_row: Row
+) -> None:
     ref = crash.ref()
     # Scale the kill delays to this machine: one whole pull, elsewhere, and
     # the start-up of a command that does next to nothing.
@@ -223,6 +226,8 @@ def test_kill_9_at_random_points_then_resume(crash: CrashImage, tmp_path: Path) 
     final = _run(_pull(ref, root, "-q"))
     assert final.returncode == 0, final.stderr
     _assert_complete(root, crash)
+    fault_row.injected["kill -9 mid-pull (process)"] = kills
+    fault_row.pulls = fault_row.right = 1  # the rerun that finishes the job
 
     # The last run asked for exactly what was missing: a partial from where
     # it ends (nothing at all for a complete one), the rest whole.
@@ -247,7 +252,9 @@ def test_kill_9_at_random_points_then_resume(crash: CrashImage, tmp_path: Path) 
     assert any(g.status == 206 for g in gets), "no Range request was answered with 206"
 
 
-def test_two_processes_pull_one_image_into_one_root(crash: CrashImage, tmp_path: Path) -> None:
+def test_two_processes_pull_one_image_into_one_root(
+    crash: CrashImage, tmp_path: Path, fault_row: Row
+) -> None:
     _clear_log(crash.registry)
     cmd = _pull(crash.ref(), tmp_path, "--json")
     procs = [
@@ -263,6 +270,8 @@ def test_two_processes_pull_one_image_into_one_root(crash: CrashImage, tmp_path:
         assert "Pulling fs layer" in statuses
     _assert_one_download_each(crash)
     _assert_complete(tmp_path, crash)
+    fault_row.injected["two processes, one root (process)"] = 1
+    fault_row.pulls = fault_row.right = 2
 
 
 def test_two_clients_in_threads_share_one_root(crash: CrashImage, tmp_path: Path) -> None:
@@ -362,7 +371,9 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-def test_full_disk_fails_once_clearly_then_resumes(crash: CrashImage, small_disk: Path) -> None:
+def test_full_disk_fails_once_clearly_then_resumes(
+    crash: CrashImage, small_disk: Path, fault_row: Row
+) -> None:
     root = small_disk / "store"
     ref = crash.ref(throttled=False)
     _clear_log(crash.registry)
@@ -395,6 +406,9 @@ def test_full_disk_fails_once_clearly_then_resumes(crash: CrashImage, small_disk
         assert [(g.status, g.size) for g in gets if g.digest[7:] == hexpart] == [
             (206, crash.blobs["sha256:" + hexpart] - size)
         ]
+    # The failed pull (one clear error, nothing wrong kept) and its rerun.
+    fault_row.injected["disk full, blobs (tmpfs)"] = 1
+    fault_row.pulls = fault_row.right = 2
 
     # A full disk while only the database is written (the pull finds every
     # blob present): one clear error at worst, and the database stays sound.
@@ -413,11 +427,14 @@ def test_full_disk_fails_once_clearly_then_resumes(crash: CrashImage, small_disk
                 "free some space, then try again"
             )
         _assert_complete(root, crash)
+        fault_row.pulls += 1
+        fault_row.right += 1
     assert db_errors > 0, "the database never met a full disk"
+    fault_row.injected["disk full, database (tmpfs)"] = db_errors
 
 
 def test_ctrl_c_keeps_partials_and_the_rerun_resumes_them(
-    crash: CrashImage, tmp_path: Path
+    crash: CrashImage, tmp_path: Path, fault_row: Row
 ) -> None:
     ref = crash.ref()
     _clear_log(crash.registry)
@@ -446,6 +463,8 @@ def test_ctrl_c_keeps_partials_and_the_rerun_resumes_them(
         assert [(g.status, g.size) for g in gets if g.digest[7:] == hexpart] == [
             (206, crash.blobs["sha256:" + hexpart] - size)
         ]
+    fault_row.injected["SIGINT mid-pull (process)"] = 1
+    fault_row.pulls = fault_row.right = 2  # exit 130 with partials kept; the rerun
 
 
 def test_ctrl_c_while_another_process_writes_the_blobs(crash: CrashImage, tmp_path: Path) -> None:

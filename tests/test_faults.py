@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import PushedImage
-from support.faultmatrix import Row, append, matrix_path
+from support.faultmatrix import Row
 from support.faultproxy import FaultProxy, LogEntry
 from support.registry import RegistryServer
 
@@ -102,17 +102,12 @@ class FaultRun:
 
 @pytest.fixture
 def faults(
-    proxy: FaultProxy,
-    pushed_image: PushedImage,
-    tmp_path: Path,
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
+    proxy: FaultProxy, pushed_image: PushedImage, tmp_path: Path, fault_row: Row
 ) -> Iterator[FaultRun]:
     proxy.reset()
-    run = FaultRun(proxy, pushed_image, tmp_path, Row(request.node.nodeid))
+    run = FaultRun(proxy, pushed_image, tmp_path, fault_row)
     yield run
     run.row.injected = {**proxy.stats(), **run.row.injected}
-    append(matrix_path(request.config, tmp_path_factory.getbasetemp()), run.row)
 
 
 def blob(root: Path, digest: str) -> Path:
