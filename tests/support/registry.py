@@ -23,7 +23,6 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
@@ -517,15 +516,6 @@ class RegistryServer(Managed):
         self._terminate()
         if remove and self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         kinds = (("tls", self.tls), ("auth", bool(self.auth)), ("token", bool(self.token)))
