@@ -12,6 +12,10 @@ use imgpull_core::{
 };
 
 fn fetcher(read_timeout: Duration) -> Fetcher {
+    fetcher_with(read_timeout, None)
+}
+
+fn fetcher_with(read_timeout: Duration, stall: Option<StallPolicy>) -> Fetcher {
     Fetcher::new(&FetchOptions {
         user_agent: "imgpull-test/1".into(),
         ca_file: None,
@@ -21,7 +25,7 @@ fn fetcher(read_timeout: Duration) -> Fetcher {
         proxy: None,
         connect_timeout: Duration::from_secs(5),
         read_timeout,
-        stall: None,
+        stall,
     })
     .unwrap()
 }
@@ -404,18 +408,10 @@ fn a_cancelled_transfer_sends_no_request() {
 }
 
 fn stall_fetcher(min_rate: u64, window: Duration) -> Fetcher {
-    Fetcher::new(&FetchOptions {
-        user_agent: "imgpull-test/1".into(),
-        ca_file: None,
-        client_cert: None,
-        client_key: None,
-        insecure: false,
-        proxy: None,
-        connect_timeout: Duration::from_secs(5),
-        read_timeout: Duration::from_secs(10),
-        stall: Some(StallPolicy { min_rate, window }),
-    })
-    .unwrap()
+    fetcher_with(
+        Duration::from_secs(10),
+        Some(StallPolicy { min_rate, window }),
+    )
 }
 
 fn stall_message(err: CoreError) -> String {

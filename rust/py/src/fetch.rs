@@ -83,9 +83,8 @@ fn seconds(name: &str, value: f64) -> Result<Duration> {
         })
 }
 
-const _: () = assert!(
-    StallPolicy::DEFAULT.min_rate == 16384 && StallPolicy::DEFAULT.window.as_secs() == 30
-);
+const _: () =
+    assert!(StallPolicy::DEFAULT.min_rate == 16384 && StallPolicy::DEFAULT.window.as_secs() == 30);
 
 #[pymethods]
 impl Fetcher {
