@@ -25,7 +25,7 @@ from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
 from support.tokenissuer import IssuerRequest, TokenIssuer
 
-from imgpull import Client
+from imgpull import Client, debuglog
 from imgpull.credentials import (
     DOCKER_HUB_KEY,
     CredentialsError,
@@ -630,3 +630,18 @@ def test_debug_redaction() -> None:
     assert redact_headers(
         [("Authorization", "Bearer abc"), ("set-cookie", "s=1"), ("Accept", "x")]
     ) == [("Authorization", "Bearer <redacted>"), ("set-cookie", "<redacted>"), ("Accept", "x")]
+
+
+def test_no_secret_in_reprs_or_redirect_traces(tmp_path: Path) -> None:
+    """What the end-to-end grep above cannot reach: a loaded config file's
+    repr, and a redirect to pre-signed storage in a --debug trace."""
+    secret = b64("user:Sekr1t-pw")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": {"h:5000": {"auth": secret, "identitytoken": "idt-9"}}}))
+    shown = repr(DockerConfig.load(path))
+    assert secret not in shown and "idt-9" not in shown
+    location = "https://store.example/b?X-Amz-Signature=sig-777&X-Amz-Credential=cred-888"
+    traced = debuglog.redact_headers([("Location", location), ("Content-Type", "x")])
+    assert "sig-777" not in str(traced) and "cred-888" not in str(traced)
+    assert traced[0][1].startswith("https://store.example/b?")
+    assert traced[1] == ("Content-Type", "x")

@@ -22,8 +22,10 @@ from support.images import ImageInfo, push
 from support.registry import RegistryServer, free_port
 
 import imgpull
+from imgpull.errors import RegistryError
 from imgpull.hosts import ConfigError, Mirror, load_config, parse_mirror, registry_key
 from imgpull.progress import ProgressEvent
+from imgpull.registry import Endpoint, RegistryClient
 
 REPO_TAG = "mirror/small:v1"
 
@@ -242,6 +244,26 @@ def test_all_tags_are_listed_past_a_failing_mirror(origin: RegistryServer, tmp_p
     assert all(w.startswith(f"Warning: mirror {mirror} failed") for w in warnings)
 
 
+def test_mirror_with_unusable_tls_files_is_skipped(
+    origin: RegistryServer, small_image: ImageInfo, tmp_path: Path
+) -> None:
+    """A mirror's own certs.d folder that cannot be used (a client certificate
+    without its key) is that mirror's failure: the registry still serves."""
+    mirror = f"127.0.0.1:{free_port()}"
+    certs = tmp_path / "certs.d"
+    (certs / mirror).mkdir(parents=True)
+    (certs / mirror / "client.cert").write_text("not used\n")
+    events: list[ProgressEvent] = []
+    with imgpull.Client(
+        tmp_path / "store", mirrors={origin.host: [mirror]}, certs_dirs=[certs]
+    ) as client:
+        image = client.pull(origin.ref(REPO_TAG), progress=events.append)
+    assert image.source == origin.url
+    warnings = [e.status for e in events if e.status.startswith("Warning")]
+    assert len(warnings) == 1 and "missing key client.key" in warnings[0], warnings
+    assert blobs_of(small_image) <= stored(tmp_path / "store")
+
+
 def test_endpoint_order_and_settings(tmp_path: Path) -> None:
     """Mirrors first, in order, then the registry; each mirror's own scheme
     and TLS choice (an insecure one without a scheme may fall back to HTTP)."""
@@ -253,7 +275,15 @@ def test_endpoint_order_and_settings(tmp_path: Path) -> None:
         ]
     }
     with imgpull.Client(tmp_path, mirrors=mirrors, certs_dirs=[]) as client:
-        endpoints = client._endpoints("docker.io")
+        tried: list[Endpoint] = []
+
+        def attempt(registry: RegistryClient, fetcher: object, retry: object) -> None:
+            tried.append(registry.endpoint)
+            raise RegistryError("unavailable", status=503)
+
+        with pytest.raises(RegistryError):
+            client._with_fallback("docker.io", lambda _: None, attempt)
+        endpoints = tried
     assert [(e.base_url, e.insecure, e.http_fallback) for e in endpoints] == [
         ("https://a.example:5000", False, False),
         ("http://b.example", False, False),

@@ -172,3 +172,14 @@ def test_unusable_proxy_setting_is_a_clear_error(
         pytest.raises(ConfigError, match=f"cannot use the proxy {proxy} for {NAME}:5000: "),
     ):
         client.pull(f"{NAME}:5000/x:v1")
+
+
+def test_proxy_password_never_in_the_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in _PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.lower(), raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://bob:hunter2@127.0.0.1:9")
+    with imgpull.Client(tmp_path, certs_dirs=[]) as client, pytest.raises(ConfigError) as info:
+        client.pull(f"{NAME}:5000/x:v1")
+    assert "socks5://127.0.0.1:9" in str(info.value)
+    assert "hunter2" not in str(info.value) and "bob" not in str(info.value)

@@ -8,7 +8,6 @@ The CLI is a thin layer over this class.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit
 
 from imgpull import hosts
 from imgpull._core import Fetcher
-from imgpull.credentials import DockerCredentials
+from imgpull.credentials import CredentialsError, DockerCredentials
 from imgpull.errors import (
     DigestMismatchError,
     FetchError,
@@ -230,36 +229,32 @@ class Client:
         passes to the next endpoint at once (no retries there: the next one is
         the better bet); what was stored meanwhile stays, and partial blobs
         resume. The last endpoint's error is raised as it is."""
-        endpoints = self._endpoints(domain)
-        for endpoint, following in itertools.pairwise(endpoints):
-            registry, fetcher = self._connect(endpoint)
+        origin = self._endpoint(domain, self._plain_http, self._insecure)
+        mirrors = self._mirrors.get(registry_key(domain), ())
+        then = [*(m.host for m in mirrors[1:]), origin.name]
+        for mirror, following in zip(mirrors, then, strict=True):
             try:
+                # The mirror's own TLS files, credentials and connection: a
+                # problem with any of them is the mirror's; the next one is tried.
+                registry, fetcher = self._connect(self._mirror_endpoint(mirror))
                 return attempt(registry, fetcher, replace(self._retry, attempts=1))
             except ImgpullError as exc:
-                if not _endpoint_failure(exc):
+                if not (_endpoint_failure(exc) or isinstance(exc, (ConfigError, CredentialsError))):
                     raise
-                emit(
-                    ProgressEvent(
-                        f"Warning: mirror {endpoint.name} failed: {exc}; trying {following.name}"
-                    )
-                )
-        registry, fetcher = self._connect(endpoints[-1])
+                warning = f"Warning: mirror {mirror.host} failed: {exc}; trying {following}"
+                emit(ProgressEvent(warning))
+        registry, fetcher = self._connect(origin)
         return attempt(registry, fetcher, self._retry)
 
-    def _endpoints(self, domain: str) -> list[Endpoint]:
-        """Where `domain` is pulled from, in order: its mirrors, then itself."""
-        mirrors = [
-            self._endpoint(
-                m.host,
-                plain_http=self._plain_http if m.scheme is None else m.scheme == "http",
-                insecure=self._insecure or m.insecure,
-                # An insecure mirror without a scheme may be plain HTTP, as
-                # containers-registries.conf(5) has it.
-                http_fallback=m.insecure and m.scheme is None,
-            )
-            for m in self._mirrors.get(registry_key(domain), ())
-        ]
-        return [*mirrors, self._endpoint(domain, self._plain_http, self._insecure)]
+    def _mirror_endpoint(self, m: Mirror) -> Endpoint:
+        return self._endpoint(
+            m.host,
+            plain_http=self._plain_http if m.scheme is None else m.scheme == "http",
+            insecure=self._insecure or m.insecure,
+            # An insecure mirror without a scheme may be plain HTTP, as
+            # containers-registries.conf(5) has it.
+            http_fallback=m.insecure and m.scheme is None,
+        )
 
     def _endpoint(
         self, domain: str, plain_http: bool | None, insecure: bool, http_fallback: bool = False
@@ -270,37 +265,45 @@ class Client:
             endpoint = replace(endpoint, http_fallback=True)
         return self._tls.apply(endpoint)
 
-    def _registry(self, domain: str) -> tuple[RegistryClient, Fetcher]:
-        """The client and fetcher of the registry `domain` itself (no mirror)."""
-        return self._connect(self._endpoints(domain)[-1])
-
     def _connect(self, endpoint: Endpoint) -> tuple[RegistryClient, Fetcher]:
         with self._lock:
             found = self._registries.get(endpoint)
-            if found is None:
-                creds = self._credentials(endpoint.name)
-                proxy = _proxy_for(endpoint)
-                try:
-                    registry = RegistryClient(endpoint, credentials=creds)
-                except (ImportError, ValueError) as e:  # httpx, on the environment's proxies
-                    raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
-                try:
-                    fetcher = Fetcher(
-                        user_agent=USER_AGENT,
-                        ca_file=endpoint.ca_file,
-                        client_cert=endpoint.client_cert,
-                        client_key=endpoint.client_key,
-                        insecure=endpoint.insecure,
-                        proxy=proxy,
-                        stall_rate=self._stall.min_rate,
-                        stall_window=self._stall.window,
-                    )
-                except (OSError, ValueError) as e:
-                    # The TLS files were read above (RegistryClient): this is the proxy.
-                    registry.close()
-                    raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
-                found = self._registries[endpoint] = (registry, fetcher)
+        if found is not None:
             return found
+        # Built outside the lock: the credential lookup may run a helper
+        # (docker-credential-*) for a while, and other endpoints need not wait.
+        creds = self._credentials(endpoint.name)
+        proxy = _proxy_for(endpoint)
+        try:
+            registry = RegistryClient(endpoint, credentials=creds)
+        except (ImportError, ValueError) as e:  # httpx, on the environment's proxies
+            raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
+        try:
+            fetcher = Fetcher(
+                user_agent=USER_AGENT,
+                ca_file=endpoint.ca_file,
+                client_cert=endpoint.client_cert,
+                client_key=endpoint.client_key,
+                insecure=endpoint.insecure,
+                proxy=proxy,
+                stall_rate=self._stall.min_rate,
+                stall_window=self._stall.window,
+            )
+        except (OSError, ValueError) as e:
+            registry.close()
+            if proxy is not None:
+                raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
+            # The native side reads the TLS files itself, and may refuse one
+            # Python's ssl module took.
+            raise ConfigError(
+                f"cannot use the TLS files for {endpoint.host} (CA {endpoint.ca_file}, "
+                f"client certificate {endpoint.client_cert}): {one_line(str(e), 200)}"
+            ) from None
+        with self._lock:
+            found = self._registries.setdefault(endpoint, (registry, fetcher))
+        if found[0] is not registry:  # another thread got there first
+            registry.close()
+        return found
 
     def _foreign_fetcher(self, url: str) -> Fetcher:
         """The Fetcher for a foreign layer URL: system roots, no client
@@ -566,11 +569,16 @@ def _proxy_for(endpoint: Endpoint) -> str | None:
 
 
 def _proxy_problem(endpoint: Endpoint, proxy: str | None, error: Exception) -> str:
-    return (
+    text = (
         f"cannot use the proxy {proxy or 'of the environment'} for {endpoint.host}: "
         f"{one_line(str(error), 160)} (HTTPS_PROXY, HTTP_PROXY and ALL_PROXY take "
         "http://host:port)"
     )
+    # A proxy URL may carry a user and password: never shown.
+    return _USERINFO.sub(r"\1", text)
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
 def _proxy_for_host(scheme: str, host: str) -> str | None:

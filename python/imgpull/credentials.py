@@ -28,7 +28,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ class DockerConfig:
     """The parsed file: every key kept, so writing it back loses nothing."""
 
     path: Path
-    data: dict[str, Any]
+    data: dict[str, Any] = field(repr=False)  # holds auths and identity tokens
 
     @classmethod
     def load(cls, path: Path | None = None) -> DockerConfig:
@@ -323,8 +323,9 @@ class DockerConfig:
 class DockerCredentials:
     """The default credential source: `Client(credentials=DockerCredentials())`.
 
-    Reads the file at each lookup (`DOCKER_CONFIG` as it is then), so a
-    `login` made meanwhile counts.
+    Reads the file at each lookup (`DOCKER_CONFIG` as it is then). A Client
+    looks a registry up once, when it first talks to it, and keeps those
+    credentials: a `login` made later counts for new Clients.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:

@@ -35,10 +35,16 @@ _SECRET_HEADERS = frozenset(
 _SAFE_PARAMS = frozenset({"service", "scope", "account", "client_id", "offline_token", "n", "last"})
 
 
+# Headers holding a URL: a redirect to pre-signed storage carries its signature.
+_URL_HEADERS = frozenset({"location", "content-location"})
+
+
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     out = []
     for k, v in headers:
-        if k.lower() in _SECRET_HEADERS:
+        if k.lower() in _URL_HEADERS:
+            v = redact_url(v)
+        elif k.lower() in _SECRET_HEADERS:
             scheme = v.split(" ", 1)[0] if " " in v and k.lower().endswith("authorization") else ""
             v = f"{scheme} {REDACTED}" if scheme else REDACTED
         out.append((k, v))
@@ -46,7 +52,11 @@ def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def redact_url(url: str | httpx.URL) -> str:
-    u = httpx.URL(url) if isinstance(url, str) else url
+    """`url` without its user info and with every query value but harmless ones hidden."""
+    try:
+        u = httpx.URL(url) if isinstance(url, str) else url
+    except httpx.InvalidURL:
+        return REDACTED
     if u.userinfo:
         u = u.copy_with(username=None, password=None)
     if not u.query:

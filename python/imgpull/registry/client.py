@@ -576,7 +576,8 @@ class RegistryClient:
             debuglog.log_exchange("GET", url, headers)
             result = fetcher.fetch_blob(url, headers, writer, transfer)
             status = result.status
-            debuglog.log_exchange("GET", url, (), status, result.headers)
+            # result.url: where the redirects ended (storage, say), redacted there.
+            debuglog.log_exchange("GET", result.url, (), status, result.headers)
             if 200 <= status < 300:
                 return result
             if status == 401 and not reauthed:
