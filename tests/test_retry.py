@@ -135,3 +135,13 @@ def test_stall_policy_defaults_and_validation() -> None:
     for bad in ({"min_rate": -1}, {"window": 0.0}, {"window": float("nan")}):
         with pytest.raises(ValueError, match="stall detection"):
             StallPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_stall_defaults_are_the_native_fetchers() -> None:
+    """StallPolicy's defaults and those of imgpull._core.Fetcher are one choice."""
+    from imgpull._core import Fetcher
+
+    signature = Fetcher.__text_signature__ or ""
+    policy = StallPolicy()
+    assert f"stall_rate={policy.min_rate}," in signature
+    assert f"stall_window={policy.window})" in signature

@@ -231,8 +231,8 @@ class Client:
         resume. The last endpoint's error is raised as it is."""
         origin = self._endpoint(domain, self._plain_http, self._insecure)
         mirrors = self._mirrors.get(registry_key(domain), ())
-        then = [*(m.host for m in mirrors[1:]), origin.name]
-        for mirror, following in zip(mirrors, then, strict=True):
+        names = [*(m.host for m in mirrors), origin.name]
+        for mirror, following in zip(mirrors, names[1:], strict=True):
             try:
                 # The mirror's own TLS files, credentials and connection: a
                 # problem with any of them is the mirror's; the next one is tried.

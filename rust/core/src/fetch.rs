@@ -360,10 +360,7 @@ fn fill(
     let mut filled = 0;
     while filled < buf.len() {
         if transfer.is_some_and(Transfer::cancelled) {
-            return (
-                filled,
-                Err(CoreError::fetch(FetchKind::Cancelled, false, "cancelled")),
-            );
+            return (filled, Err(cancelled()));
         }
         match reader.read(&mut buf[filled..]) {
             Ok(0) => return (filled, Ok(false)),

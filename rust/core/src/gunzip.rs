@@ -12,6 +12,7 @@
 //! do; bytes after the last member that are not another member are an
 //! error. ISA-L checks each member's CRC-32 and length trailer itself.
 
+use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
 use std::io::{self, BufRead, Read, Write};
 
 use isal_sys::igzip_lib as isal;
@@ -37,11 +38,18 @@ unsafe impl Send for Inflater {}
 
 impl Inflater {
     fn new() -> Inflater {
-        let mut state = Box::<isal::inflate_state>::new_uninit();
-        // SAFETY: isal_inflate_init initialises every field it reads later.
+        let layout = Layout::new::<isal::inflate_state>();
+        // SAFETY: the layout is that of inflate_state (not zero-sized); all
+        // zeros is a valid inflate_state (integers, arrays, null pointers), so
+        // the Box owns an initialised value, which isal_inflate_init then sets up.
         let mut state = unsafe {
-            isal::isal_inflate_init(state.as_mut_ptr());
-            state.assume_init()
+            let ptr = alloc_zeroed(layout).cast::<isal::inflate_state>();
+            if ptr.is_null() {
+                handle_alloc_error(layout);
+            }
+            let mut state = Box::from_raw(ptr);
+            isal::isal_inflate_init(&mut *state);
+            state
         };
         // Parse the gzip header and check the trailer (CRC-32, ISIZE).
         state.crc_flag = isal::ISAL_GZIP;
@@ -97,7 +105,16 @@ impl Inflater {
             };
             return Err(io::Error::new(io::ErrorKind::InvalidData, what));
         }
-        Ok((input.len() - left_in, out_len - left_out))
+        let (used, produced) = (input.len() - left_in, out_len - left_out);
+        if used == 0 && produced == 0 && !input.is_empty() && out_len > 0 {
+            // Input offered, room given, nothing taken or made: never spin on it.
+            self.failed = true;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "invalid gzip data (no progress)",
+            ));
+        }
+        Ok((used, produced))
     }
 
     /// Ok when the input ended exactly after a whole member.
@@ -155,13 +172,6 @@ impl<R: BufRead> Read for GzipReader<R> {
             if produced > 0 {
                 return Ok(produced);
             }
-            if used == 0 {
-                // Input offered, nothing taken or given: never spin on it.
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "invalid gzip data (no progress)",
-                ));
-            }
         }
     }
 }
@@ -203,12 +213,6 @@ impl<W: Write> GzipWriter<W> {
             }
             if data.is_empty() {
                 return Ok(());
-            }
-            if used == 0 && produced == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "invalid gzip data (no progress)",
-                ));
             }
         }
     }

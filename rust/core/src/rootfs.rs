@@ -108,12 +108,15 @@ pub fn extract_layers(
 ) -> Result<u64, ExtractError> {
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel(AHEAD);
-        scope.spawn(move || decompress_layers(layers, opts, tx));
+        // Chunks the applier is done with go back to be filled again.
+        let (recycle, reuse) = mpsc::sync_channel(AHEAD + 2);
+        scope.spawn(move || decompress_layers(layers, opts, tx, reuse));
         // Returning (early on an error too) drops `rx`, which stops the producer.
         let mut total = 0;
         for layer in layers {
             let mut stream = LayerStream {
                 rx: &rx,
+                recycle: &recycle,
                 chunk: Vec::new(),
                 pos: 0,
                 end: None,
@@ -145,10 +148,15 @@ fn layer_name(layer: &Path) -> String {
     }
 }
 
-fn decompress_layers(layers: &[PathBuf], opts: &ExtractOptions, tx: SyncSender<Piece>) {
+fn decompress_layers(
+    layers: &[PathBuf],
+    opts: &ExtractOptions,
+    tx: SyncSender<Piece>,
+    reuse: Receiver<Vec<u8>>,
+) {
     let mut before = 0;
     for layer in layers {
-        let Some(end) = decompress_layer(layer, opts, before, &tx) else {
+        let Some(end) = decompress_layer(layer, opts, before, &tx, &reuse) else {
             return; // the applier stopped
         };
         let failed = end.is_err();
@@ -165,6 +173,7 @@ fn decompress_layer(
     opts: &ExtractOptions,
     before: u64,
     tx: &SyncSender<Piece>,
+    reuse: &Receiver<Vec<u8>>,
 ) -> Option<Result<u64, ExtractError>> {
     let hit = Rc::new(Cell::new(None));
     let mut gone = false;
@@ -178,7 +187,8 @@ fn decompress_layer(
             hit: hit.clone(),
         };
         loop {
-            let mut chunk = vec![0u8; PIECE];
+            let mut chunk = reuse.try_recv().unwrap_or_default();
+            chunk.resize(PIECE, 0);
             let mut n = 0;
             while n < PIECE {
                 match bounded.read(&mut chunk[n..]) {
@@ -258,6 +268,7 @@ impl Read for Bounded<'_> {
 /// One layer's tar as the applier reads it, from the decompressing thread.
 struct LayerStream<'a> {
     rx: &'a Receiver<Piece>,
+    recycle: &'a SyncSender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
     /// How the layer's stream ended, once it has.
@@ -286,7 +297,8 @@ impl Read for LayerStream<'_> {
             }
             match self.rx.recv() {
                 Ok(Piece::Data(chunk)) => {
-                    self.chunk = chunk;
+                    let done = std::mem::replace(&mut self.chunk, chunk);
+                    let _ = self.recycle.try_send(done); // full: dropped instead
                     self.pos = 0;
                 }
                 Ok(Piece::End(end)) => {
@@ -325,16 +337,21 @@ fn apply_layer(
         dir_times: Vec::new(),
     }
     .run(stream);
-    // The stream's own failure (corrupt compression, a limit) explains the
-    // most, then the applier's, then a tar the tar crate could not parse.
-    let end = stream.finish();
-    match (end, applied) {
-        (Err(e), _) => Err(e),
-        (Ok(_), Ok(Err(e))) => Err(e),
-        (Ok(_), Err(e)) => Err(ExtractError::Layer(CoreError::Invalid(format!(
+    // The applier's own failure (an unsafe entry, a full disk) stops at once:
+    // dropping the stream stops the decompressing thread. Otherwise the
+    // stream's failure (corrupt compression, a limit) explains the most,
+    // then a tar the tar crate could not parse.
+    let unreadable = match applied {
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(())) => None,
+        Err(e) => Some(e),
+    };
+    let n = stream.finish()?;
+    match unreadable {
+        None => Ok(n),
+        Some(e) => Err(ExtractError::Layer(CoreError::Invalid(format!(
             "layer {name}: corrupt tar data: {e}"
         )))),
-        (Ok(n), Ok(Ok(()))) => Ok(n),
     }
 }
 
@@ -344,7 +361,7 @@ struct Applier<'a> {
     opts: &'a ExtractOptions,
     /// Paths (relative) this layer created: an opaque marker keeps them.
     written: HashSet<PathBuf>,
-    /// Directories whose mtime is set once the layer is done.
+    /// Directories (resolved, relative) whose mtime is set once the layer is done.
     dir_times: Vec<(PathBuf, u64)>,
 }
 
@@ -360,9 +377,13 @@ impl Applier<'_> {
                 return Ok(Err(e));
             }
         }
-        for (path, mtime) in self.dir_times.iter().rev() {
-            // Best effort: a later entry may have replaced the directory.
-            let _ = set_mtime(path, *mtime);
+        for (rel, mtime) in self.dir_times.iter().rev() {
+            // Best effort, and only where the path is still real directories
+            // all the way: a later entry may have replaced one of them with a
+            // symbolic link, which must not be followed out of the root.
+            if let Some(path) = real_dir(self.root, rel) {
+                let _ = set_mtime(&path, *mtime);
+            }
         }
         Ok(Ok(()))
     }
@@ -431,7 +452,8 @@ impl Applier<'_> {
                 if let Err(e) = self.set_meta(&dest, mode, uid, gid, None, &xattrs) {
                     return Ok(Err(self.io_error(&shown, "set attributes", e)));
                 }
-                self.dir_times.push((dest, mtime));
+                let resolved = parent_resolved.join(rel.file_name().unwrap_or_default());
+                self.dir_times.push((resolved, mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
                 if let Err(e) = remove_any(&dest) {
@@ -701,6 +723,19 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
+/// `root/rel` when every component of `rel` is a real directory (no link).
+fn real_dir(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut path = root.to_path_buf();
+    for part in rel.components() {
+        path.push(part);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if !meta.file_type().is_dir() {
+            return None;
+        }
+    }
+    Some(path)
+}
+
 /// An opaque directory: removes what lower layers put in `dir_abs`, i.e.
 /// every child this layer did not write (recursing into those it did).
 fn clear_lower(dir_abs: &Path, dir_rel: &Path, written: &HashSet<PathBuf>) -> io::Result<()> {
@@ -918,6 +953,41 @@ mod tests {
         });
         let err = extract_layers(&root2, &[l3], &opts()).unwrap_err();
         assert!(err.to_string().contains("too many levels"), "{err}");
+    }
+
+    #[test]
+    fn directory_times_are_never_set_through_a_later_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(outside.join("b")).unwrap();
+        set_mtime(&outside.join("b"), 12345).unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        // a/ and a/b/ get their times at the layer's end; by then `a` is a
+        // link to the outside (an absolute one: resolved in the root when
+        // written through, but never followed for the saved times).
+        let l = layer(tmp.path(), "l", |b| {
+            dir(b, "a/");
+            dir(b, "a/b/");
+            link(b, "a", EntryType::Symlink, outside.to_str().unwrap());
+        });
+        extract_layers(&root, &[l], &opts()).unwrap();
+        let mtime = fs::metadata(outside.join("b")).unwrap().modified().unwrap();
+        let secs = mtime
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(secs, 12345);
+
+        let root2 = tmp.path().join("root2");
+        fs::create_dir(&root2).unwrap();
+        let l2 = layer(tmp.path(), "l2", |b| {
+            link(b, "e", EntryType::Symlink, "");
+            file(b, "e/x", b"x");
+        });
+        let err = extract_layers(&root2, &[l2], &opts()).unwrap_err();
+        // Refused when made (the kernel would find nothing through it).
+        assert!(err.to_string().contains("symlink without target"), "{err}");
     }
 
     #[test]
