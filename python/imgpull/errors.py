@@ -29,6 +29,7 @@ __all__ = [
     "ManifestVerificationError",
     "NameUnknownError",
     "NoMatchingPlatformError",
+    "PullCancelledError",
     "RegistryError",
     "RegistryUnreachableError",
     "SizeMismatchError",
@@ -103,6 +104,10 @@ class ManifestVerificationError(ManifestError):
 
 class NoMatchingPlatformError(ImgpullError):
     """A manifest list / index without an entry for the wanted platform."""
+
+
+class PullCancelledError(ImgpullError):
+    """The pull was stopped (Ctrl-C or another blob's failure)."""
 
 
 class StoreError(ImgpullError):

@@ -37,6 +37,7 @@ from imgpull.errors import (
     ManifestUnknownError,
     ManifestVerificationError,
     NoMatchingPlatformError,
+    PullCancelledError,
     RegistryError,
     StoreError,
     UnsupportedManifestError,
@@ -120,10 +121,6 @@ class Image:
         if self.updated:
             return f"Downloaded newer image for {name}"
         return f"Image is up to date for {name}"
-
-
-class PullCancelledError(ImgpullError):
-    """The pull was stopped (Ctrl-C or another blob's failure)."""
 
 
 class _Transfers:

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgpull._core import BlobWriter
-from imgpull.errors import DiskFullError, StoreError
+from imgpull.errors import DiskFullError, PullCancelledError, StoreError
 from imgpull.manifest import check_digest
 
 # How often a cancellable wait for another process's blob looks again.
@@ -232,5 +232,7 @@ def _flock(fd: int, cancelled: Callable[[], bool] | None) -> None:
             return
         except BlockingIOError:
             if cancelled():
-                raise StoreError("cancelled while another pull was writing this blob") from None
+                raise PullCancelledError(
+                    "pull cancelled while another pull was writing this blob"
+                ) from None
             time.sleep(_LOCK_POLL)
