@@ -178,6 +178,16 @@ def _left(root: Path, crash: CrashImage) -> float:
     return 1 - have / crash.size
 
 
+def _assert_resumed(crash: CrashImage, kept: dict[str, int]) -> None:
+    """The rerun asked for each kept partial (hex digest -> bytes) from where
+    it ended: one 206 for the rest, nothing fetched again."""
+    gets = _settled_log(crash.registry)
+    for hexpart, size in kept.items():
+        assert [(g.status, g.size) for g in gets if g.digest[7:] == hexpart] == [
+            (206, crash.blobs["sha256:" + hexpart] - size)
+        ]
+
+
 def test_kill_9_at_random_points_then_resume(
     crash: CrashImage, tmp_path: Path, fault_row: Row
 ) -> None:
@@ -400,12 +410,7 @@ def test_full_disk_fails_once_clearly_then_resumes(
     again = _run(_pull(ref, root))
     assert again.returncode == 0, again.stderr
     _assert_complete(root, crash)
-    # The kept partials were resumed from where they ended.
-    gets = _settled_log(crash.registry)
-    for hexpart, size in kept.items():
-        assert [(g.status, g.size) for g in gets if g.digest[7:] == hexpart] == [
-            (206, crash.blobs["sha256:" + hexpart] - size)
-        ]
+    _assert_resumed(crash, kept)
     # The failed pull (one clear error, nothing wrong kept) and its rerun.
     fault_row.injected["disk full, blobs (tmpfs)"] = 1
     fault_row.pulls = fault_row.right = 2
@@ -458,11 +463,7 @@ def test_ctrl_c_keeps_partials_and_the_rerun_resumes_them(
     again = _run(_pull(ref, tmp_path))
     assert again.returncode == 0, again.stderr
     _assert_complete(tmp_path, crash)
-    gets = _settled_log(crash.registry)
-    for hexpart, size in kept.items():
-        assert [(g.status, g.size) for g in gets if g.digest[7:] == hexpart] == [
-            (206, crash.blobs["sha256:" + hexpart] - size)
-        ]
+    _assert_resumed(crash, kept)
     fault_row.injected["SIGINT mid-pull (process)"] = 1
     fault_row.pulls = fault_row.right = 2  # exit 130 with partials kept; the rerun
 
