@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from imgpull._core import BlobWriter
@@ -81,7 +81,15 @@ class ContentStore:
         return self.blobs / hexpart
 
     def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+        dest = self.path(digest)
+        if not dest.is_file():
+            return False
+        # A process killed between committing the blob and removing its lock
+        # file left that file behind; once the blob is committed, unlinking
+        # it is safe at any time (see _file_lock).
+        with suppress(OSError):
+            (self.ingest_dir / f"{dest.name}.lock").unlink(missing_ok=True)
+        return True
 
     def read(self, digest: str) -> bytes:
         try:
