@@ -27,6 +27,15 @@ class Run:
     rss: int
     # For runs of several commands: (step name, wall s, cpu s, peak RSS bytes).
     steps: tuple[tuple[str, float, float, int], ...] = field(default=())
+    # CPU seconds the registry spent serving the run.
+    server_cpu: float = 0.0
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime: fields 14 and 15 of stat(5), counted from after "(comm)".
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(cmd: Sequence[str], *, shell: bool = False) -> tuple[float, float, int]:

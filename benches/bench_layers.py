@@ -31,13 +31,14 @@ import multiprocessing
 import os
 import random
 import shutil
+import statistics
 import sys
 import tarfile
 import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from typing import Any
 from _common import (
     Run,
     medians,
+    process_cpu,
     rss_floor,
     settle,
     skopeo_copy_cmd,
@@ -383,7 +385,9 @@ def main() -> None:
             floor = rss_floor()
             for run in order:
                 settle()
-                runs.append(run())
+                before = process_cpu(registry.pid)
+                done = run()
+                runs.append(replace(done, server_cpu=process_cpu(registry.pid) - before))
         report(runs, args, built, gz, tar, files, gunzip, floor)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -403,6 +407,13 @@ def report(
     pull = [r for r in runs if r not in rootfs]
     med_rootfs = medians(rootfs, gz, "imgpull pull+export")
     med_pull = medians(pull, gz, "imgpull pull")
+    # With every core busy, a pull cannot end before the CPU time it and the
+    # registry (on the same cores) need, spread over all cores.
+    cores = os.cpu_count() or 1
+    pulls = [r for r in runs if r.tool == "imgpull pull"]
+    floor_s = statistics.median((r.cpu + r.server_cpu) / cores for r in pulls)
+    server = statistics.median(r.server_cpu for r in pulls)
+    skopeo = med_pull["skopeo copy"]["wall_s"]
     if args.json:
         out = {
             "compressed_bytes": gz,
@@ -412,6 +423,7 @@ def report(
             "decompressor": gunzip,
             "rss_floor_bytes": floor,
             "median": {"rootfs": med_rootfs, "pull": med_pull},
+            "pull_cpu_floor_s": floor_s,
             "runs": [asdict(r) for r in runs],
         }
         print(json.dumps(out, indent=2))
@@ -431,6 +443,10 @@ def report(
     print("\n".join(table(med_rootfs, 22)))
     print("\nregistry -> verified store (digests + diffIDs)")
     print("\n".join(table(med_pull, 22)))
+    print(
+        f"imgpull pull's floor on {cores} cores: (its CPU + the registry's {server:.2f} s) "
+        f"/ {cores} = {floor_s:.2f} s = {floor_s / skopeo:.2f}x skopeo copy's wall"
+    )
     for tool in ("imgpull pull+export", "skopeo+umoci unpack"):
         steps = [r.steps for r in runs if r.tool == tool]
         parts = ", ".join(

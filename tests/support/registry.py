@@ -271,6 +271,13 @@ class RegistryServer(Managed):
         return "https" if self.tls else "http"
 
     @property
+    def pid(self) -> int:
+        """The server process (benchmarks read its CPU time)."""
+        if self._proc is None:
+            raise RuntimeError("the registry is not running")
+        return self._proc.pid
+
+    @property
     def url(self) -> str:
         """Base URL without a trailing slash, e.g. ``http://127.0.0.1:41234``."""
         return f"{self.scheme}://{self.host}"

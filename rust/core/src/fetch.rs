@@ -16,6 +16,7 @@ use url::Url;
 use crate::classify;
 use crate::digest::CHUNK;
 use crate::error::{CoreError, FetchKind, Result};
+use crate::offload::Busy;
 use crate::stall::{StallGuard, StallPolicy};
 use crate::tls::{tls_config, TlsOptions};
 use crate::writer::BlobWriter;
@@ -299,13 +300,17 @@ fn content_range_start(value: &str) -> Option<u64> {
 /// hashing and write(2) work on big chunks and nothing is allocated per
 /// chunk. Whatever arrived is written, also on error, so a retry can resume
 /// after it. (Overlapping hashing with receiving on a second thread was
-/// measured: no gain on a 2-core machine, so it is not done.)
+/// measured: no gain on a 2-core machine, so it is not done; a layer's
+/// decoding and tar hashing move to spare cores, see offload.rs.)
 fn stream(
     reader: &mut impl Read,
     writer: &mut BlobWriter,
     transfer: Option<&Transfer>,
     mut guard: Option<&mut StallGuard>,
 ) -> Result<u64> {
+    // Counted so that layer stages move to other threads only when cores
+    // would idle: not while as many layers stream as there are cores.
+    let _busy = writer.is_layer().then(Busy::enter);
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     loop {

@@ -7,10 +7,10 @@
 //! One pass, memory bounded by the decoders' windows, and the file is never
 //! read back.
 //!
-//! Measured (500 MB image of 5 layers, 3 at a time, 2 cores): this inline
-//! form beat a decoder thread fed by a bounded channel (1.48-2.08 s vs
-//! 1.61-2.22 s a pull, 2.0 vs 2.3 CPU-s): with several layers at once the
-//! cores are already busy, and the thread only added copies and wake-ups.
+//! The decoder and the tar hash run on the download thread while as many
+//! layers stream as there are cores (measured: a decoder thread per layer
+//! then only added copies and wake-ups); they move to threads of their own
+//! when cores would idle, see offload.rs.
 
 use std::io;
 
@@ -19,6 +19,7 @@ use sha2::{Digest as _, Sha256};
 use crate::diffid::{detect_compression, Compression};
 use crate::digest::Digest;
 use crate::gunzip::GzipWriter;
+use crate::offload::{Feed, Stage};
 
 /// What a layer's uncompressed stream gave: its diffID and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ type Outcome = std::result::Result<LayerDigest, String>;
 /// hashed, and finish() reports the error (the writer checks the blob
 /// digest first, which explains e.g. a corrupt resumed prefix better).
 pub(crate) struct Unpacker {
-    state: Inline,
+    stage: Stage<Inline>,
 }
 
 enum Inline {
@@ -46,15 +47,25 @@ enum Inline {
     Failed(String),
 }
 
-struct HashSink {
+/// The SHA-256 of the uncompressed stream, on a core of its own when one
+/// is spare.
+struct HashSink(Stage<Hashing>);
+
+struct Hashing {
     hasher: Sha256,
     n: u64,
 }
 
+impl Feed for Hashing {
+    fn feed(&mut self, data: &[u8]) {
+        self.hasher.update(data);
+        self.n += data.len() as u64;
+    }
+}
+
 impl io::Write for HashSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.n += buf.len() as u64;
+        self.0.feed(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -65,43 +76,20 @@ impl io::Write for HashSink {
 impl Unpacker {
     pub(crate) fn start() -> Unpacker {
         Unpacker {
-            state: Inline::Head(Vec::with_capacity(512)),
+            stage: Stage::new(Inline::Head(Vec::with_capacity(512))),
         }
     }
 
     pub(crate) fn feed(&mut self, data: &[u8]) {
-        use io::Write as _;
-        let mut data = data;
-        if let Inline::Head(head) = &mut self.state {
-            let n = data.len().min(512 - head.len());
-            head.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if head.len() < 512 {
-                return;
-            }
-            let head = std::mem::take(head);
-            self.state = Inline::detect(head);
-        }
-        if data.is_empty() {
-            return;
-        }
-        let result = match &mut self.state {
-            Inline::Plain(w) => w.write_all(data),
-            Inline::Gzip(w) => w.write_all(data),
-            Inline::Zstd(w) => w.write_all(data),
-            Inline::Head(_) | Inline::Failed(_) => Ok(()),
-        };
-        if let Err(e) = result {
-            self.state = Inline::Failed(self.state.corrupt(e));
-        }
+        self.stage.feed(data);
     }
 
-    pub(crate) fn finish(mut self) -> Outcome {
-        if let Inline::Head(head) = &mut self.state {
+    pub(crate) fn finish(self) -> Outcome {
+        let mut state = self.stage.into_inner();
+        if let Inline::Head(head) = &mut state {
             let head = std::mem::take(head);
-            self.state = Inline::detect(head);
+            state = Inline::detect(head);
         }
-        let state = std::mem::replace(&mut self.state, Inline::Failed(String::new()));
         let sink = match state {
             Inline::Plain(w) => Ok(w),
             Inline::Gzip(w) => w.finish().map_err(|e| format!("corrupt gzip data: {e}")),
@@ -109,10 +97,40 @@ impl Unpacker {
             Inline::Failed(m) => Err(m),
             Inline::Head(_) => unreachable!(),
         }?;
+        let Hashing { hasher, n } = sink.0.into_inner();
         Ok(LayerDigest {
-            diff_id: Digest::from_hasher(sink.hasher),
-            uncompressed_size: sink.n,
+            diff_id: Digest::from_hasher(hasher),
+            uncompressed_size: n,
         })
+    }
+}
+
+impl Feed for Inline {
+    fn feed(&mut self, data: &[u8]) {
+        use io::Write as _;
+        let mut data = data;
+        if let Inline::Head(head) = self {
+            let n = data.len().min(512 - head.len());
+            head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if head.len() < 512 {
+                return;
+            }
+            let head = std::mem::take(head);
+            *self = Inline::detect(head);
+        }
+        if data.is_empty() {
+            return;
+        }
+        let result = match self {
+            Inline::Plain(w) => w.write_all(data),
+            Inline::Gzip(w) => w.write_all(data),
+            Inline::Zstd(w) => w.write_all(data),
+            Inline::Head(_) | Inline::Failed(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            *self = Inline::Failed(self.corrupt(e));
+        }
     }
 }
 
@@ -120,10 +138,10 @@ impl Inline {
     /// Classifies, then feeds the head to the chosen decoder.
     fn detect(head: Vec<u8>) -> Inline {
         use io::Write as _;
-        let sink = HashSink {
+        let sink = HashSink(Stage::new(Hashing {
             hasher: Sha256::new(),
             n: 0,
-        };
+        }));
         let mut state = match detect_compression(&head) {
             Ok(Compression::None) => Inline::Plain(sink),
             Ok(Compression::Gzip) => Inline::Gzip(Box::new(GzipWriter::new(sink))),
@@ -194,6 +212,31 @@ mod tests {
             write_layer(&blob, 0, 7).unwrap().diff_id,
             sha256_bytes(&data)
         );
+    }
+
+    #[test]
+    fn stages_on_threads_of_their_own() {
+        // The decoder and the tar hash moved to stage threads (offload.rs),
+        // in a resume too: the same diffIDs.
+        let data = tar_like(3_000_000);
+        let gz = gzip(&data);
+        let zs = zstd::encode_all(&data[..], 3).unwrap();
+        crate::offload::tests::forced(|| {
+            for (blob, prefix) in [
+                (&gz, 0),
+                (&gz, gz.len() / 2),
+                (&zs, zs.len() / 3),
+                (&data, 7),
+            ] {
+                let got = write_layer(blob, prefix, 100_000).unwrap();
+                assert_eq!(got.diff_id, sha256_bytes(&data));
+                assert_eq!(got.uncompressed_size, data.len() as u64);
+            }
+            let mut bad = gz.clone();
+            bad.truncate(gz.len() - 100);
+            let e = write_layer(&bad, 0, 4096).unwrap_err();
+            assert!(e.to_string().contains("corrupt gzip"), "{e}");
+        });
     }
 
     #[test]

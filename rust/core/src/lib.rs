@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod gunzip;
 pub mod layer;
+mod offload;
 #[cfg(target_os = "linux")]
 pub mod rootfs;
 pub mod schema1;
