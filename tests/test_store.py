@@ -66,6 +66,14 @@ def test_lock_file_left_by_a_kill_after_commit_is_removed(tmp_path: Path) -> Non
     lock.touch()
     assert store.content.exists(digest(data))
     assert not lock.exists()
+    # A held lock is left to its holder (here an `rmi` about to delete the
+    # blob): removed under it, a newcomer could lock a new file at that path
+    # and a second one a third, two writers of one blob at once.
+    with store.content.locked(digest(data)):
+        assert lock.exists()
+        assert store.content.exists(digest(data))
+        assert lock.exists()
+    assert not lock.exists()
     # A lock of a blob not committed is someone's: left alone.
     absent = tmp_path / "ingest" / "sha256" / f"{digest(b'absent')[7:]}.lock"
     absent.touch()

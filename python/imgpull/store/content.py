@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from imgpull._core import BlobWriter
@@ -84,11 +84,7 @@ class ContentStore:
         dest = self.path(digest)
         if not dest.is_file():
             return False
-        # A process killed between committing the blob and removing its lock
-        # file left that file behind; once the blob is committed, unlinking
-        # it is safe at any time (see _file_lock).
-        with suppress(OSError):
-            (self.ingest_dir / f"{dest.name}.lock").unlink(missing_ok=True)
+        self._drop_stale_lock(dest)
         return True
 
     def read(self, digest: str) -> bytes:
@@ -192,6 +188,26 @@ class ContentStore:
         except FileNotFoundError:
             return False
 
+    def _drop_stale_lock(self, dest: Path) -> None:
+        """Remove the lock file of the committed blob `dest` if nobody holds
+        it: one a process killed between the commit and its cleanup left
+        behind (a pull that finds the blob never takes that lock again).
+        Held, it is left to its holder (e.g. an `rmi` deleting the blob):
+        only a holder may unlink it, see _file_lock."""
+        lock_path = self.ingest_dir / f"{dest.name}.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, lock_path) and dest.is_file():
+                lock_path.unlink()
+        except OSError:  # held by someone (BlockingIOError), or gone meanwhile
+            pass
+        finally:
+            os.close(fd)
+
     @contextmanager
     def _file_lock(
         self,
@@ -209,8 +225,7 @@ class ContentStore:
                 # The holder before us may have unlinked the lock file (see
                 # below): then a newcomer can lock a new file at that path,
                 # so our lock on the old one excludes nobody; start over.
-                st, now = os.fstat(fd), os.stat(lock_path)
-                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                if _same_file(fd, lock_path):
                     break
             except FileNotFoundError:
                 pass
@@ -220,12 +235,20 @@ class ContentStore:
             os.close(fd)
         try:
             yield
-            # Unlinking is safe at any time thanks to the check above; it is
+            # Unlinking by the holder is safe thanks to the check above (and
+            # only by the holder: a newcomer would lock a file we then remove);
             # done once the blob is committed (or deleted) to leave no litter.
             if always_unlink or dest.is_file():
                 lock_path.unlink(missing_ok=True)
         finally:
             os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd` (raises
+    FileNotFoundError when it names nothing)."""
+    st, now = os.fstat(fd), os.stat(path)
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _flock(fd: int, cancelled: Callable[[], bool] | None) -> None:

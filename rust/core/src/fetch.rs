@@ -309,7 +309,7 @@ fn stream(
     mut guard: Option<&mut StallGuard>,
 ) -> Result<u64> {
     // Counted so that layer stages move to other threads only when cores
-    // would idle: not while as many layers stream as there are cores.
+    // would idle (offload.rs: up to one thread more than cores).
     let _busy = writer.is_layer().then(Busy::enter);
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;

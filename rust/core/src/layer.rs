@@ -7,10 +7,10 @@
 //! One pass, memory bounded by the decoders' windows, and the file is never
 //! read back.
 //!
-//! The decoder and the tar hash run on the download thread while as many
-//! layers stream as there are cores (measured: a decoder thread per layer
-//! then only added copies and wake-ups); they move to threads of their own
-//! when cores would idle, see offload.rs.
+//! The decoder and the tar hash run on the download thread while the
+//! layers streaming keep the cores busy (measured: a decoder thread per
+//! layer then only added copies and wake-ups); they move to threads of
+//! their own when cores would idle, see offload.rs.
 
 use std::io;
 

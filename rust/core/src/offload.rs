@@ -56,14 +56,25 @@ impl Busy {
         .map(|_| Busy(()))
     }
 
-    /// More threads than spare() allows: new layers started after a stage
-    /// moved away (a stage returns then, see Stage::feed).
-    fn crowded() -> bool {
+    /// Gives this count back if more threads are busy than spare() allows
+    /// (layers started after a stage moved away), atomically: of several
+    /// stages seeing a crowd at once, only as many return as are too many.
+    fn leave_if_crowded(self) -> Result<(), Busy> {
         #[cfg(test)]
         if tests::FORCE.load(Ordering::Relaxed) {
-            return false;
+            return Err(self);
         }
-        limit().is_none_or(|limit| BUSY.load(Ordering::Relaxed) > limit)
+        let limit = limit();
+        let left = BUSY.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            limit.is_none_or(|limit| n > limit).then(|| n - 1)
+        });
+        match left {
+            Ok(_) => {
+                std::mem::forget(self); // counted down already
+                Ok(())
+            }
+            Err(_) => Err(self),
+        }
     }
 }
 
@@ -93,6 +104,8 @@ enum State<T> {
 }
 
 struct Away<T> {
+    /// The stage thread's count; None once given back (see Stage::feed).
+    busy: Option<Busy>,
     /// Filled up to BATCH, then sent.
     buf: Vec<u8>,
     tx: SyncSender<Vec<u8>>,
@@ -117,9 +130,12 @@ impl<T: Feed> Stage<T> {
                     self.move_away(busy);
                 }
             }
-            State::Away(_) => {
-                if Busy::crowded() {
-                    self.come_back();
+            State::Away(away) => {
+                if let Some(busy) = away.busy.take() {
+                    match busy.leave_if_crowded() {
+                        Ok(()) => self.come_back(),
+                        Err(busy) => away.busy = Some(busy),
+                    }
                 }
             }
             State::Moving => unreachable!(),
@@ -161,12 +177,14 @@ impl<T: Feed> Stage<T> {
         let spawned = thread::Builder::new()
             .name("imgpull-stage".into())
             .spawn(move || {
-                let _busy = busy;
                 let mut inner = hand_rx.recv().ok()?;
                 for chunk in rx {
                     inner.feed(&chunk);
-                    // The owner may be gone (a discarded stream): nothing to return.
-                    let _ = back_tx.send(chunk);
+                    // The owner dropped the stage (a discarded stream: a
+                    // truncate, an error): the rest is not worth working on.
+                    if back_tx.send(chunk).is_err() {
+                        break;
+                    }
                 }
                 Some(inner)
             });
@@ -176,6 +194,7 @@ impl<T: Feed> Stage<T> {
                     .send(inner)
                     .expect("the stage thread waits for its stage");
                 State::Away(Away {
+                    busy: Some(busy),
                     buf: Vec::with_capacity(BATCH),
                     tx,
                     back,
@@ -183,6 +202,8 @@ impl<T: Feed> Stage<T> {
                     thread,
                 })
             }
+            // No thread to be had (a limit on threads): go on here (`busy`
+            // is dropped, counted down).
             Err(_) => State::Here(inner),
         };
     }
@@ -234,8 +255,9 @@ impl<T> Away<T> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use super::{Feed, Stage, BATCH, DEPTH};
 
@@ -248,10 +270,15 @@ pub(crate) mod tests {
         // One forcing test at a time: another's end must not unset ours.
         static ONE: Mutex<()> = Mutex::new(());
         let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        struct Unset;
+        impl Drop for Unset {
+            fn drop(&mut self) {
+                FORCE.store(false, Ordering::Relaxed); // also when f panics
+            }
+        }
+        let _unset = Unset;
         FORCE.store(true, Ordering::Relaxed);
-        let r = f();
-        FORCE.store(false, Ordering::Relaxed);
-        r
+        f()
     }
 
     #[derive(Default)]
@@ -324,13 +351,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn dropping_an_away_stage_ends_its_thread() {
+    fn dropping_an_away_stage_stops_its_thread() {
+        struct Slow(Arc<AtomicUsize>);
+        impl Feed for Slow {
+            fn feed(&mut self, _data: &[u8]) {
+                std::thread::sleep(Duration::from_millis(20));
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let fed = Arc::new(AtomicUsize::new(0));
         let stage = forced(|| {
-            let mut stage = Stage::new(Collect::default());
-            stage.feed(&vec![1u8; 5 * BATCH]);
+            let mut stage = Stage::new(Slow(Arc::clone(&fed)));
+            stage.feed(&vec![1u8; DEPTH * BATCH]);
             stage
         });
-        // A discarded stream (a truncate, an error): no hang, no panic.
+        // A discarded stream (a truncate, an error): no hang, no panic, and
+        // the batches still queued are not worked on.
         drop(stage);
+        std::thread::sleep(Duration::from_millis(40 * DEPTH as u64));
+        let n = fed.load(Ordering::SeqCst);
+        assert!(
+            n < DEPTH - 2,
+            "{n} of {DEPTH} batches worked on after the drop"
+        );
     }
 }

@@ -253,6 +253,20 @@ impl BlobWriter {
                 actual: self.offset,
             });
         }
+        // The hash covers what this writer wrote; the file must hold just
+        // that. Longer means someone else appended too (the per-digest lock
+        // of the store is meant to prevent it): never commit such a file.
+        let on_disk = file
+            .metadata()
+            .map_err(|e| CoreError::file("stat", &self.path, e))?
+            .len();
+        if on_disk != self.offset {
+            self.discard();
+            return Err(CoreError::SizeMismatch {
+                expected: self.offset,
+                actual: on_disk,
+            });
+        }
         let actual = Digest::from_hasher(open.hasher);
         if actual != self.digest {
             self.discard();

@@ -141,6 +141,27 @@ fn digest_mismatch_fails_commit_and_leaves_nothing() {
 }
 
 #[test]
+fn bytes_appended_by_someone_else_are_never_committed() {
+    // Two writers on one partial file (what the store's per-digest lock
+    // prevents): each hashed only its own bytes, the file holds both.
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(100_000);
+    let mut a = BlobWriter::open(&partial, &digest, None).unwrap();
+    let mut b = BlobWriter::open(&partial, &digest, None).unwrap();
+    a.write(&data).unwrap();
+    b.write(&data).unwrap();
+    b.close().unwrap();
+    match a.commit(&dest) {
+        Err(CoreError::SizeMismatch { expected, actual }) => {
+            assert_eq!((expected, actual), (100_000, 200_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_gone(&dest);
+    assert_gone(&partial);
+}
+
+#[test]
 fn existing_dest_is_kept_and_partial_removed() {
     let (_d, partial, dest) = paths();
     let (data, digest) = blob(100);
