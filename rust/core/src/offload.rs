@@ -355,7 +355,7 @@ pub(crate) mod tests {
         struct Slow(Arc<AtomicUsize>);
         impl Feed for Slow {
             fn feed(&mut self, _data: &[u8]) {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(50));
                 self.0.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -368,7 +368,7 @@ pub(crate) mod tests {
         // A discarded stream (a truncate, an error): no hang, no panic, and
         // the batches still queued are not worked on.
         drop(stage);
-        std::thread::sleep(Duration::from_millis(40 * DEPTH as u64));
+        std::thread::sleep(Duration::from_millis(100 * DEPTH as u64));
         let n = fed.load(Ordering::SeqCst);
         assert!(
             n < DEPTH - 2,
