@@ -8,7 +8,6 @@ to be interrupted in the middle of a blob.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PushedImage
+from support.cli import stored_blobs
 from support.faultmatrix import Row
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
@@ -130,25 +130,10 @@ def _partials(root: Path) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in ingest.iterdir() if not p.name.endswith(".lock")}
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _assert_blobs_verify(root: Path) -> set[str]:
-    """Every file in blobs/ hashes to its name; returns their digests."""
-    found = set()
-    for path in (root / "blobs" / "sha256").iterdir():
-        digest = "sha256:" + path.name
-        assert _sha256_file(path) == digest, f"{path} does not hash to its name"
-        found.add(digest)
-    return found
-
-
 def _assert_complete(root: Path, crash: CrashImage) -> None:
     """The store holds exactly the image, once, and nothing else."""
     want = {crash.manifest_digest, *crash.blobs}
-    assert _assert_blobs_verify(root) == want
+    assert stored_blobs(root) == want
     with closing(sqlite3.connect(root / "imgpull.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     listed = _run(_cli("images", "--json", "--root", str(root)))
@@ -178,9 +163,14 @@ def _left(root: Path, crash: CrashImage) -> float:
     return 1 - have / crash.size
 
 
-def _assert_resumed(crash: CrashImage, kept: dict[str, int]) -> None:
-    """The rerun asked for each kept partial (hex digest -> bytes) from where
-    it ended: one 206 for the rest, nothing fetched again."""
+def _assert_rerun_resumes(crash: CrashImage, ref: str, root: Path, kept: dict[str, int]) -> None:
+    """A rerun of the pull of `ref` into `root` completes the image, asking
+    for each kept partial (hex digest -> bytes) from where it ended: one 206
+    for the rest, nothing fetched again."""
+    _clear_log(crash.registry)
+    again = _run(_pull(ref, root))
+    assert again.returncode == 0, again.stderr
+    _assert_complete(root, crash)
     gets = _settled_log(crash.registry)
     for hexpart, size in kept.items():
         assert [(g.status, g.size) for g in gets if g.digest[7:] == hexpart] == [
@@ -350,7 +340,7 @@ def test_partial_left_by_a_crash_is_resumed_or_started_over(
     (ingest / layer[7:]).write_bytes(make(data))
     with imgpull.Client(tmp_path) as client:
         image = client.pull(pushed_image.ref("oci"))
-    assert _sha256_file(tmp_path / "blobs" / "sha256" / layer[7:]) == layer
+    assert layer in stored_blobs(tmp_path)
     assert image.downloaded_bytes == image.size - len(data) + downloads(len(data))
     assert _partials(tmp_path) == {}
 
@@ -399,18 +389,14 @@ def test_full_disk_fails_once_clearly_then_resumes(
     digests = [g.digest for g in _settled_log(crash.registry)]
     assert len(digests) == len(set(digests))
     # Nothing unverified in blobs/, nothing recorded.
-    assert _assert_blobs_verify(root) <= {crash.manifest_digest, *crash.blobs}
+    assert stored_blobs(root) <= {crash.manifest_digest, *crash.blobs}
     kept = {d: n for d, n in _partials(root).items() if n > 0}
     assert kept
 
     subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
     listed = _run(_cli("images", "--json", "--root", str(root)))
     assert (listed.returncode, listed.stdout.strip()) == (0, "[]"), listed.stderr
-    _clear_log(crash.registry)
-    again = _run(_pull(ref, root))
-    assert again.returncode == 0, again.stderr
-    _assert_complete(root, crash)
-    _assert_resumed(crash, kept)
+    _assert_rerun_resumes(crash, ref, root, kept)
     # The failed pull (one clear error, nothing wrong kept) and its rerun.
     fault_row.injected["disk full, blobs (tmpfs)"] = 1
     fault_row.pulls = fault_row.right = 2
@@ -459,11 +445,7 @@ def test_ctrl_c_keeps_partials_and_the_rerun_resumes_them(
     assert kept
     assert not any((tmp_path / "blobs" / "sha256" / d).exists() for d in kept)
 
-    _clear_log(crash.registry)
-    again = _run(_pull(ref, tmp_path))
-    assert again.returncode == 0, again.stderr
-    _assert_complete(tmp_path, crash)
-    _assert_resumed(crash, kept)
+    _assert_rerun_resumes(crash, ref, tmp_path, kept)
     fault_row.injected["SIGINT mid-pull (process)"] = 1
     fault_row.pulls = fault_row.right = 2  # exit 130 with partials kept; the rerun
 

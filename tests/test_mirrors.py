@@ -7,16 +7,16 @@ demand (500, 429, a missing or corrupt blob) come from support.fakeregistry.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import support.cli
 from conftest import require_tools
+from support.cli import stored_blobs
 from support.fakeregistry import FakeRegistry
 from support.images import ImageInfo, push
 from support.registry import RegistryServer, free_port
@@ -49,10 +49,6 @@ def cache(
         yield reg
 
 
-def blobs_of(image: ImageInfo) -> set[str]:
-    return {image.config_digest, *image.layer_digests}
-
-
 def blob_gets(registry: RegistryServer, *, by_imgpull: bool) -> set[str]:
     """Digests of blobs served (2xx) to imgpull, or to anyone else (the cache)."""
     return {
@@ -65,26 +61,11 @@ def blob_gets(registry: RegistryServer, *, by_imgpull: bool) -> set[str]:
     }
 
 
-def stored(root: Path) -> set[str]:
-    """The store's blobs, each checked against its name."""
-    found = set()
-    for p in (root / "blobs" / "sha256").iterdir():
-        assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name
-        found.add("sha256:" + p.name)
-    return found
-
-
 def run_cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
     if config is not None:
         env["IMGPULL_CONFIG"] = str(config)
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return support.cli.run_cli(*args, env=env)
 
 
 def pull(root: Path, ref: str, mirrors: list[str]) -> tuple[imgpull.Image, list[str]]:
@@ -109,8 +90,8 @@ def test_pull_through_cache_from_config_file(
     proc = run_cli("pull", origin.ref(REPO_TAG), "--root", str(tmp_path / "root"), config=config)
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stdout
-    assert blobs_of(small_image) <= stored(tmp_path / "root")
-    assert blobs_of(small_image) <= blob_gets(cache, by_imgpull=True)
+    assert small_image.blob_digests <= stored_blobs(tmp_path / "root")
+    assert small_image.blob_digests <= blob_gets(cache, by_imgpull=True)
     # imgpull asked the origin nothing: the cache fetched what it lacked.
     assert not [e for e in origin.request_log() if "imgpull" in e.user_agent]
 
@@ -123,13 +104,13 @@ def test_second_pull_is_served_by_the_cache(
     assert not [m for m in messages if m.startswith("Warning")]
     # The cache stores what it fetched in the background: wait (bounded) until it holds all.
     deadline = time.monotonic() + 20
-    while not all(cache.blob_path(d).exists() for d in blobs_of(small_image)):
+    while not all(cache.blob_path(d).exists() for d in small_image.blob_digests):
         assert time.monotonic() < deadline, "the cache never stored the blobs"
         time.sleep(0.05)
     origin.clear_request_log()
     image, _ = pull(tmp_path / "two", origin.ref(REPO_TAG), [f"http://{cache.host}"])
     assert image.source == cache.url
-    assert blobs_of(small_image) <= stored(tmp_path / "two")
+    assert small_image.blob_digests <= stored_blobs(tmp_path / "two")
     assert not [e for e in origin.request_log() if "/blobs/" in e.path]
 
 
@@ -146,8 +127,8 @@ def test_mirror_down_falls_back_to_origin(
     assert len(warnings) == 1
     assert warnings[0].startswith(f"Warning: mirror {dead} failed: cannot reach registry {dead}")
     assert warnings[0].endswith(f"trying {origin.host}")
-    assert blobs_of(small_image) <= stored(tmp_path)
-    assert blobs_of(small_image) <= blob_gets(origin, by_imgpull=True)
+    assert small_image.blob_digests <= stored_blobs(tmp_path)
+    assert small_image.blob_digests <= blob_gets(origin, by_imgpull=True)
 
 
 @pytest.mark.parametrize(
@@ -175,8 +156,8 @@ def test_failing_mirror_falls_back_at_once(
     assert said in warning
     # No retry at the mirror (not even after 429's Retry-After: 0): one manifest GET.
     assert len([r for r in tried if r.method == "GET" and "/manifests/" in r.path]) == 1
-    assert blobs_of(small_image) <= blob_gets(origin, by_imgpull=True)
-    assert blobs_of(small_image) <= stored(tmp_path)
+    assert small_image.blob_digests <= blob_gets(origin, by_imgpull=True)
+    assert small_image.blob_digests <= stored_blobs(tmp_path)
 
 
 @pytest.mark.parametrize("fault", ["missing", "corrupt"])
@@ -204,7 +185,7 @@ def test_blob_failing_at_mirror_is_fetched_from_origin(
     assert bad in warning
     assert bad in served_by_mirror
     assert bad in blob_gets(origin, by_imgpull=True)
-    assert blobs_of(small_image) <= stored(tmp_path)
+    assert small_image.blob_digests <= stored_blobs(tmp_path)
 
 
 def test_mirror_flag_replaces_configured_mirrors(
@@ -261,7 +242,7 @@ def test_mirror_with_unusable_tls_files_is_skipped(
     assert image.source == origin.url
     warnings = [e.status for e in events if e.status.startswith("Warning")]
     assert len(warnings) == 1 and "missing key client.key" in warnings[0], warnings
-    assert blobs_of(small_image) <= stored(tmp_path / "store")
+    assert small_image.blob_digests <= stored_blobs(tmp_path / "store")
 
 
 def test_endpoint_order_and_settings(tmp_path: Path) -> None:

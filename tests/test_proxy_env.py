@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import support.cli
 from conftest import require_tools
+from support.cli import stored_blobs
 from support.forwardproxy import ForwardProxy
 from support.images import ImageInfo, push
 from support.registry import RegistryServer
@@ -62,21 +63,7 @@ def proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`imgpull ARGS` with exactly the proxy variables in `env`."""
     base = {k: v for k, v in os.environ.items() if k.upper() not in _PROXY_VARS}  # both spellings
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**base, "IMGPULL_CERTS_D": os.devnull, **env},
-    )
-
-
-def blobs_of(image: ImageInfo) -> set[str]:
-    return {image.config_digest, *image.layer_digests}
-
-
-def stored(root: Path) -> set[str]:
-    return {"sha256:" + p.name for p in (root / "blobs" / "sha256").iterdir()}
+    return support.cli.run_cli(*args, env={**base, "IMGPULL_CERTS_D": os.devnull, **env})
 
 
 def test_https_through_connect_with_the_registrys_ca(
@@ -89,7 +76,7 @@ def test_https_through_connect_with_the_registrys_ca(
         HTTPS_PROXY=proxy.url,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert blobs_of(small_image) <= stored(tmp_path / "root")
+    assert small_image.blob_digests <= stored_blobs(tmp_path / "root")
     # Tunnels only (TLS end to end), to the registry's name: one or more for
     # httpx, one or more for the native fetcher's parallel blob downloads.
     assert proxy.requests == []
@@ -100,7 +87,7 @@ def test_https_through_connect_with_the_registrys_ca(
         for e in named_tls.request_log()
         if e.method == "GET" and "/blobs/" in e.path and e.status == 200
     }
-    assert blobs_of(small_image) <= served
+    assert small_image.blob_digests <= served
 
 
 def test_tls_through_the_tunnel_is_still_verified(
@@ -125,7 +112,7 @@ def test_plain_http_through_the_proxy(
         HTTP_PROXY=proxy.url,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert blobs_of(small_image) <= stored(tmp_path)
+    assert small_image.blob_digests <= stored_blobs(tmp_path)
     assert f"GET http://{host}/v2/" in proxy.requests
     assert any(
         r.startswith(f"GET http://{host}/v2/proxied/small/manifests/") for r in proxy.requests

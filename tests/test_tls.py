@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import support.cli
 from conftest import require_tools
+from support.cli import stored_blobs
 from support.images import ImageInfo, push
 from support.registry import RegistryServer
 
@@ -58,18 +59,7 @@ def mtls_image(
 def run_cli(*args: str, certs_d: Path | None = None) -> subprocess.CompletedProcess[str]:
     """`imgpull ARGS` with certs.d pointed at `certs_d` (never the machine's own)."""
     env = {**os.environ, "IMGPULL_CERTS_D": str(certs_d) if certs_d else os.devnull}
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
-def stored(root: Path) -> set[str]:
-    folder = root / "blobs" / "sha256"
-    return {"sha256:" + p.name for p in folder.iterdir()} if folder.exists() else set()
+    return support.cli.run_cli(*args, env=env)
 
 
 def blob_gets(registry: RegistryServer) -> set[str]:
@@ -107,7 +97,7 @@ def test_ca_cert_flag_verifies_the_registry(tls_image: Pushed, tmp_path: Path) -
     assert reg.ca_path is not None
     proc = run_cli("pull", tls_image.ref, "--root", str(tmp_path), "--ca-cert", str(reg.ca_path))
     assert proc.returncode == 0, proc.stderr
-    assert set(tls_image.blobs) <= stored(tmp_path)
+    assert set(tls_image.blobs) <= stored_blobs(tmp_path)
 
 
 def test_certs_d_ca_is_used_for_manifests_and_blobs(
@@ -124,7 +114,7 @@ def test_certs_d_ca_is_used_for_manifests_and_blobs(
     root = tmp_path / "root"
     proc = run_cli("pull", tls_image.ref, "--root", str(root), certs_d=certs_d)
     assert proc.returncode == 0, proc.stderr
-    assert set(tls_image.blobs) <= stored(root)
+    assert set(tls_image.blobs) <= stored_blobs(root)
 
 
 def test_untrusted_certificate_is_one_clear_error_without_retries(
@@ -141,13 +131,13 @@ def test_untrusted_certificate_is_one_clear_error_without_retries(
     assert "--insecure" in lines[0]
     # One handshake: no retry, and no fall back to plain HTTP either.
     assert handshake_errors(reg, before) == 1
-    assert stored(tmp_path) == set()
+    assert stored_blobs(tmp_path) == set()
 
 
 def test_insecure_skips_verification(tls_image: Pushed, tmp_path: Path) -> None:
     proc = run_cli("pull", tls_image.ref, "--root", str(tmp_path), "--insecure", "--https")
     assert proc.returncode == 0, proc.stderr
-    assert set(tls_image.blobs) <= stored(tmp_path)
+    assert set(tls_image.blobs) <= stored_blobs(tmp_path)
 
 
 def test_mtls_without_client_certificate_is_a_clear_error(
@@ -176,7 +166,7 @@ def test_mtls_with_client_certificate_flags(mtls_image: Pushed, tmp_path: Path) 
         "--client-cert", str(cert), "--client-key", str(key),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert set(mtls_image.blobs) <= stored(tmp_path)
+    assert set(mtls_image.blobs) <= stored_blobs(tmp_path)
     # The blobs (native fetcher) came over mutual TLS too, from this registry.
     assert set(mtls_image.blobs) <= blob_gets(reg)
 
@@ -190,7 +180,7 @@ def test_mtls_from_certs_d(mtls_image: Pushed, tmp_path: Path) -> None:
     with imgpull.Client(tmp_path / "root", certs_dirs=[certs_d]) as client:
         image = client.pull(mtls_image.ref)
     assert image.source == f"https://{reg.host}"
-    assert set(mtls_image.blobs) <= stored(tmp_path / "root")
+    assert set(mtls_image.blobs) <= stored_blobs(tmp_path / "root")
     assert set(mtls_image.blobs) <= blob_gets(reg)
 
 

@@ -419,6 +419,11 @@ class ImageInfo:
         return [layer.diff_id for layer in self.layers]
 
     @property
+    def blob_digests(self) -> set[str]:
+        """What a pull downloads besides the manifest: config and layers."""
+        return {self.config_digest, *self.layer_digests}
+
+    @property
     def total_layer_size(self) -> int:
         return sum(layer.size for layer in self.layers)
 

@@ -47,6 +47,16 @@ class Managed:
         self.stop()
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, and SIGKILL if the process has not ended 5 s later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 class HelperProcess(Managed):
     """The parent side of a helper program (see the module's docstring)."""
 
@@ -89,11 +99,6 @@ class HelperProcess(Managed):
             return
         if proc.stdin is not None:
             proc.stdin.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
         if proc.stdout is not None:
             proc.stdout.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from .process import Managed
+from .process import Managed, terminate
 
 REGISTRY_BINARY = "docker-registry"
 
@@ -507,12 +507,7 @@ class RegistryServer(Managed):
             _LIVE.discard(self)
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
     @property
     def running(self) -> bool:
