@@ -7,6 +7,7 @@ fixtures are in use; tests import it themselves.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -26,6 +27,13 @@ from support.images import (
     random_layer,
 )
 from support.registry import MissingToolError, RegistryServer, require_tool
+
+# A shell that starts a command in the background without job control has it
+# ignore SIGINT, and every imgpull the tests start would inherit that (Python
+# keeps an ignored SIGINT ignored): the Ctrl-C tests would then see a pull
+# finish instead of stop. Our own handler is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 AUTH_USER = "imgpull-tester"
 AUTH_PASSWORD = "correct horse battery staple"
