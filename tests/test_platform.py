@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform as stdlib_platform
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -20,12 +21,15 @@ from imgpull.platform import (
     compatible_variants,
     cpuinfo_flags,
     detect_platform,
+    format_all,
+    format_platform,
     host_platform,
     match_rank,
     normalize_platform,
     parse_platform,
     platform_from_dict,
     platform_matches,
+    platform_matches_image,
     rank_manifests,
     windows_version_compatible,
 )
@@ -74,9 +78,11 @@ PARSE = [
     ("x86_64", "linux", "amd64", None, "linux/amd64"),
     ("i386", "linux", "386", None, "linux/386"),
     ("s390x", "linux", "s390x", None, "linux/s390x"),
-    ("linux", "linux", "amd64", "v3", "linux/amd64/v3"),
-    ("macOS", "darwin", "amd64", "v3", "darwin/amd64/v3"),
-    ("windows", "windows", "amd64", "v3", "windows/amd64/v3"),
+    # A lone OS takes the host's architecture, without its amd64 level
+    # (containerd's Parse: a variant only on arm).
+    ("linux", "linux", "amd64", None, "linux/amd64"),
+    ("macOS", "darwin", "amd64", None, "darwin/amd64"),
+    ("windows", "windows", "amd64", None, "windows/amd64"),
 ]
 
 
@@ -138,11 +144,20 @@ def test_parse_platform_invalid(spec: str) -> None:
 
 
 def test_parse_platform_defaults_to_host() -> None:
-    assert parse_platform("linux") == replace_os(host_platform(), "linux")
+    host = host_platform()
+    variant = host.variant if host.architecture == "arm" else None
+    assert parse_platform("linux") == Platform("linux", host.architecture, variant)
 
 
-def replace_os(p: Platform, os: str) -> Platform:
-    return Platform(os, p.architecture, p.variant, p.os_version)
+def test_parse_lone_os_keeps_the_arm_variant_only() -> None:
+    arm_v6 = Platform("linux", "arm", "v6")
+    assert parse_platform("linux", default=arm_v6) == arm_v6
+    assert parse_platform("linux", default=Platform("linux", "arm64", "v8")) == Platform(
+        "linux", "arm64"
+    )
+    # A lone architecture takes the host's OS, not its version.
+    win = Platform("windows", "amd64", None, "10.0.20348")
+    assert parse_platform("arm64", default=win) == Platform("windows", "arm64")
 
 
 def test_normalize_platform() -> None:
@@ -322,35 +337,224 @@ def test_host_platform() -> None:
 
 # --- variant fallback -------------------------------------------------------------
 
+# (wanted, its fallback list, best first): containerd's platformVector.
+ARM_FALLBACK = ["linux/arm/v8", "linux/arm/v7", "linux/arm/v6", "linux/arm/v5"]
 COMPATIBLE = [
-    ("linux/arm/v8", ["v8", "v7", "v6", "v5"]),
-    ("linux/arm/v7", ["v7", "v6", "v5"]),
-    ("linux/arm", ["v7", "v6", "v5"]),
-    ("linux/arm/v6", ["v6", "v5"]),
-    ("linux/arm/v5", ["v5"]),
-    ("linux/arm64", ["v8"]),
-    ("linux/arm64/v8", ["v8"]),
-    ("linux/arm64/v8.2", ["v8.2", "v8.1", "v8"]),
-    ("linux/arm64/v9", ["v9", "v8.5", "v8.4", "v8.3", "v8.2", "v8.1", "v8"]),
-    ("linux/arm64/v9.1", ["v9.1", "v9", "v8.6", "v8.5", "v8.4", "v8.3", "v8.2", "v8.1", "v8"]),
-    ("linux/amd64", [None]),
-    ("linux/amd64/v1", [None]),
-    ("linux/amd64/v2", ["v2", None]),
-    ("linux/amd64/v3", ["v3", "v2", None]),
-    ("linux/amd64/v4", ["v4", "v3", "v2", None]),
-    ("linux/386", [None]),
-    ("linux/ppc64le", [None]),
-    ("linux/s390x", [None]),
-    ("windows/amd64", [None]),
+    ("linux/arm/v8", ARM_FALLBACK),
+    ("linux/arm/v7", ARM_FALLBACK[1:]),
+    ("linux/arm", ARM_FALLBACK[1:]),
+    ("linux/arm/v6", ARM_FALLBACK[2:]),
+    ("linux/arm/v5", ARM_FALLBACK[3:]),
+    ("linux/arm/v4", ["linux/arm/v4"]),
+    ("linux/arm64", ["linux/arm64/v8", *ARM_FALLBACK]),
+    ("linux/arm64/v8", ["linux/arm64/v8", *ARM_FALLBACK]),
+    ("linux/arm64/v8.2", ["linux/arm64/v8.2", "linux/arm64/v8.1", "linux/arm64/v8", *ARM_FALLBACK]),
+    (
+        "linux/arm64/v9",
+        [
+            "linux/arm64/v9",
+            *(f"linux/arm64/v8.{n}" for n in range(5, 0, -1)),
+            "linux/arm64/v8",
+            *ARM_FALLBACK,
+        ],
+    ),
+    (
+        "linux/arm64/v9.1",
+        [
+            "linux/arm64/v9.1",
+            "linux/arm64/v9",
+            *(f"linux/arm64/v8.{n}" for n in range(6, 0, -1)),
+            "linux/arm64/v8",
+            *ARM_FALLBACK,
+        ],
+    ),
+    # An arm64 variant containerd has no table entry for matches nothing.
+    ("linux/arm64/v8.10", []),
+    ("linux/arm64/v10", []),
+    ("linux/amd64", ["linux/amd64", "linux/386"]),
+    ("linux/amd64/v1", ["linux/amd64", "linux/386"]),
+    ("linux/amd64/v2", ["linux/amd64/v2", "linux/amd64", "linux/386"]),
+    ("linux/amd64/v3", ["linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"]),
+    (
+        "linux/amd64/v4",
+        ["linux/amd64/v4", "linux/amd64/v3", "linux/amd64/v2", "linux/amd64", "linux/386"],
+    ),
+    ("linux/amd64/vx", ["linux/amd64/vx", "linux/386"]),
+    ("linux/386", ["linux/386"]),
+    ("linux/ppc64le", ["linux/ppc64le"]),
+    ("linux/s390x", ["linux/s390x"]),
+    ("windows/amd64", ["windows/amd64", "windows/386"]),
 ]
 
 
-@pytest.mark.parametrize(("spec", "variants"), COMPATIBLE)
-def test_compatible_variants(spec: str, variants: list[str | None]) -> None:
+@pytest.mark.parametrize(("spec", "expected"), COMPATIBLE)
+def test_compatible_variants(spec: str, expected: list[str]) -> None:
     want = parse_platform(spec, default=HOST)
     got = compatible_variants(want)
-    assert [p.variant for p in got] == variants
-    assert all((p.os, p.architecture) == (want.os, want.architecture) for p in got)
+    assert [str(p) for p in got] == expected
+    assert all(p.os == want.os and p.os_version == want.os_version for p in got)
+
+
+def test_huge_variant_numbers_get_no_fallback() -> None:
+    """The fallback list is as long as the level: absurd levels get none."""
+    assert [str(p) for p in compatible_variants(Platform("linux", "amd64", "v65"))] == [
+        "linux/amd64/v65",
+        "linux/386",
+    ]
+    assert len(compatible_variants(Platform("linux", "arm", "v" + "9" * 5000))) == 1
+    assert len(compatible_variants(Platform("linux", "amd64", "v64"))) == 65
+
+
+# containerd compare_test.go TestOnly: wanted -> (entries that match, entries that do not).
+ONLY: list[tuple[str, list[str], list[str]]] = [
+    (
+        "linux/amd64",
+        ["linux/amd64", "linux/386"],
+        ["linux/amd64/v2", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+    ),
+    (
+        "linux/amd64/v2",
+        ["linux/amd64", "linux/amd64/v1", "linux/amd64/v2", "linux/386"],
+        [
+            "linux/amd64/v3",
+            "linux/amd64/v4",
+            "linux/arm/v7",
+            "linux/arm64",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+    (
+        "linux/386",
+        ["linux/386"],
+        ["linux/amd64", "linux/arm/v7", "linux/arm64", "windows/amd64", "windows/arm"],
+    ),
+    (
+        "windows/amd64",
+        ["windows/amd64", "windows(10.0.17763)/amd64"],
+        ["linux/amd64", "linux/arm/v7", "linux/arm64", "windows/arm"],
+    ),
+    (
+        "linux/arm/v8",
+        ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7", "linux/arm/v8"],
+        ["linux/amd64", "linux/arm/v4", "linux/arm64", "windows/amd64", "windows/arm"],
+    ),
+    (
+        "linux/arm/v7",
+        ["linux/arm", "linux/arm/v5", "linux/arm/v6", "linux/arm/v7"],
+        [
+            "linux/amd64",
+            "linux/arm/v4",
+            "linux/arm/v8",
+            "linux/arm64",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+    (
+        "linux/arm/v6",
+        ["linux/arm/v5", "linux/arm/v6"],
+        [
+            "linux/amd64",
+            "linux/arm",
+            "linux/arm/v4",
+            "linux/arm/v7",
+            "linux/arm/v8",
+            "linux/arm64",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+    (
+        "linux/arm/v5",
+        ["linux/arm/v5"],
+        [
+            "linux/amd64",
+            "linux/arm",
+            "linux/arm/v4",
+            "linux/arm/v6",
+            "linux/arm/v7",
+            "linux/arm/v8",
+            "linux/arm64",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+    (
+        "linux/arm/v4",
+        ["linux/arm/v4"],
+        [
+            "linux/amd64",
+            "linux/arm",
+            "linux/arm/v5",
+            "linux/arm/v6",
+            "linux/arm/v7",
+            "linux/arm/v8",
+            "linux/arm64",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+    (
+        "linux/arm64/v9.6",
+        [
+            *ARM_FALLBACK,
+            "linux/arm",
+            "linux/arm64",
+            "linux/arm64/v8",
+            *(f"linux/arm64/v8.{n}" for n in range(1, 10)),
+            "linux/arm64/v9",
+            *(f"linux/arm64/v9.{n}" for n in range(7)),
+        ],
+        ["linux/amd64", "linux/arm/v4", "windows/amd64", "windows/arm", "linux/arm64/v8.10"],
+    ),
+    (
+        "linux/arm64/v9",
+        [
+            *ARM_FALLBACK,
+            "linux/arm",
+            "linux/arm64",
+            "linux/arm64/v8",
+            *(f"linux/arm64/v8.{n}" for n in range(1, 6)),
+            "linux/arm64/v9",
+            "linux/arm64/v9.0",
+        ],
+        ["linux/amd64", "linux/arm/v4", "windows/amd64", "windows/arm", "linux/arm64/v8.6"],
+    ),
+    (
+        "linux/arm64/v8.1",
+        [*ARM_FALLBACK, "linux/arm", "linux/arm64", "linux/arm64/v8", "linux/arm64/v8.1"],
+        [
+            "linux/amd64",
+            "linux/arm/v4",
+            "linux/arm/v9",
+            "linux/arm64/v9",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+    (
+        "linux/arm64",
+        [*ARM_FALLBACK, "linux/arm", "linux/arm64", "linux/arm64/v8"],
+        [
+            "linux/amd64",
+            "linux/arm/v4",
+            "linux/arm/v9",
+            "linux/arm64/v9",
+            "windows/amd64",
+            "windows/arm",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("want", "match", "no_match"), ONLY, ids=[w for w, _, _ in ONLY])
+def test_only_matches_as_containerd(want: str, match: list[str], no_match: list[str]) -> None:
+    w = parse_platform(want, default=HOST)
+    for have in match:
+        assert platform_matches(w, parse_platform(have, default=HOST)), have
+    for have in no_match:
+        assert not platform_matches(w, parse_platform(have, default=HOST)), have
 
 
 # (wanted, entry, matches?)
@@ -362,21 +566,25 @@ MATCHES = [
     ("linux/amd64/v3", "linux/amd64", True),
     ("linux/amd64/v3", "linux/amd64/v2", True),
     ("linux/amd64/v3", "linux/amd64/v4", False),
-    # Same architecture only: no 386 on amd64, no arm on arm64 (see module doc).
-    ("linux/amd64", "linux/386", False),
-    ("linux/arm64", "linux/arm/v7", False),
+    ("linux/amd64/v3", "linux/386", True),
+    ("linux/amd64", "linux/i386", True),
+    ("linux/386", "linux/amd64", False),
     ("linux/arm64", "linux/arm64", True),
     ("linux/arm64", "linux/arm64/v8", True),
+    ("linux/arm64", "linux/arm/v8", True),
+    ("linux/arm64", "linux/armhf", True),
     ("linux/arm64/v8", "linux/arm64", True),
     ("linux/arm64/v8", "linux/aarch64", True),
     ("linux/arm64/v8", "linux/arm64/v8.2", False),
     ("linux/arm64/v8.2", "linux/arm64", True),
+    ("linux/arm/v8", "linux/arm64", False),
     ("linux/arm/v7", "linux/arm", True),
     ("linux/arm/v7", "linux/arm/v6", True),
     ("linux/arm/v7", "linux/arm/v8", False),
     ("linux/arm/v6", "linux/arm", False),
     ("linux/arm/v8", "linux/arm/v5", True),
     ("linux/amd64", "windows/amd64", False),
+    ("linux/amd64", "windows/386", False),
     ("windows/amd64", "linux/amd64", False),
     ("linux/ppc64le", "linux/ppc64le", True),
     ("linux/amd64", "unknown/unknown", False),
@@ -389,6 +597,48 @@ def test_platform_matches(want: str, have: str, ok: bool) -> None:
     h = Platform("unknown", "unknown") if have == "unknown/unknown" else parse_platform(have)
     assert platform_matches(w, h) is ok
     assert (match_rank(w, h) is not None) is ok
+
+
+# moby's OnlyPlatformWithFallback: (wanted, the image config's os/arch/variant, matches?)
+IMAGE_MATCHES = [
+    ("linux/amd64", Platform("linux", "amd64"), True),
+    ("linux/arm64", Platform("linux", "amd64"), False),
+    ("linux/arm64", Platform("linux", "arm64", "v8"), True),
+    ("linux/arm64", Platform("linux", "arm", "v7"), True),
+    # A config without a variant fits any variant of its architecture...
+    ("linux/arm/v6", Platform("linux", "arm"), True),
+    ("linux/amd64", Platform("linux", "amd64", "v3"), False),
+    # ...one with a variant must match.
+    ("linux/arm/v6", Platform("linux", "arm", "v7"), False),
+    ("linux/amd64", Platform("windows", "amd64"), False),
+]
+
+
+@pytest.mark.parametrize(("want", "image", "ok"), IMAGE_MATCHES)
+def test_platform_matches_image(want: str, image: Platform, ok: bool) -> None:
+    assert platform_matches_image(parse_platform(want, default=HOST), image) is ok
+
+
+FORMAT_ALL = [
+    (Platform("windows", "arm64", "v8", "10.0.17763"), "windows(10.0.17763)/arm64/v8"),
+    (Platform("linux", "amd64"), "linux/amd64"),
+    (Platform("linux", "amd64", os_features=("gpu", "a", "gpu")), "linux(+a+gpu)/amd64"),
+    (
+        Platform("windows", "amd64", None, "1+(2)/%", ("x/y",)),
+        "windows(1%2B%282%29%2F%25+x%2Fy)/amd64",
+    ),
+    (Platform("", "amd64"), "unknown"),
+]
+
+
+@pytest.mark.parametrize(("p", "text"), FORMAT_ALL)
+def test_format_all(p: Platform, text: str) -> None:
+    assert format_all(p) == text
+    if p.os:
+        assert parse_platform(text, default=HOST) == normalize_platform(p)
+    assert format_platform(p) == (
+        str(replace(p, os_version=None, os_features=())) if p.os else "unknown"
+    )
 
 
 def test_os_features() -> None:
@@ -465,12 +715,12 @@ INDEX: list[tuple[str, Platform | None]] = [
 ]
 
 RANK = [
-    ("linux/amd64", ["amd64", "no-platform"]),
-    ("linux/amd64/v2", ["amd64-v2", "amd64", "no-platform"]),
-    ("linux/amd64/v3", ["amd64-v3", "amd64-v2", "amd64", "no-platform"]),
-    ("linux/amd64/v4", ["amd64-v4", "amd64-v3", "amd64-v2", "amd64", "no-platform"]),
-    ("linux/arm64", ["arm64", "no-platform"]),
-    ("linux/arm64/v8", ["arm64", "no-platform"]),
+    ("linux/amd64", ["amd64", "386", "no-platform"]),
+    ("linux/amd64/v2", ["amd64-v2", "amd64", "386", "no-platform"]),
+    ("linux/amd64/v3", ["amd64-v3", "amd64-v2", "amd64", "386", "no-platform"]),
+    ("linux/amd64/v4", ["amd64-v4", "amd64-v3", "amd64-v2", "amd64", "386", "no-platform"]),
+    ("linux/arm64", ["arm64", "arm-v7", "arm-v6", "arm-v5", "no-platform"]),
+    ("linux/arm64/v8", ["arm64", "arm-v7", "arm-v6", "arm-v5", "no-platform"]),
     ("linux/arm/v8", ["arm-v7", "arm-v6", "arm-v5", "no-platform"]),
     ("linux/arm/v7", ["arm-v7", "arm-v6", "arm-v5", "no-platform"]),
     ("linux/arm/v6", ["arm-v6", "arm-v5", "no-platform"]),

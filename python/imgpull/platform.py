@@ -1,9 +1,9 @@
 """Platforms (os/architecture/variant) and choosing manifest-list entries.
 
-Follows containerd's `platforms` package (Parse, Normalize, Only) and moby's
-pull code, with one deliberate narrowing from the pull semantics doc:
-matching stays within the wanted architecture (no amd64 -> 386 or
-arm64 -> arm fallback, which containerd's Only() adds).
+Follows containerd's `platforms` package (Parse, Normalize, Only, FormatAll)
+and moby's pull code: an entry matches when its (architecture, variant) is
+in the wanted platform's fallback list, which crosses architectures where
+the CPU can run the other one (amd64 -> 386, arm64 -> arm/v8..v5).
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ __all__ = [
     "compatible_variants",
     "cpuinfo_flags",
     "detect_platform",
+    "format_all",
+    "format_platform",
     "host_platform",
     "match_rank",
     "normalize_platform",
     "parse_platform",
     "platform_from_dict",
     "platform_matches",
+    "platform_matches_image",
     "rank_manifests",
     "windows_version_compatible",
 ]
@@ -211,17 +214,45 @@ def parse_platform(specifier: str, *, default: Platform | None = None) -> Platfo
     if len(parts) == 1:
         base = default if default is not None else host_platform()
         if os_name in _KNOWN_OS:
-            arch, variant = base.architecture, base.variant
+            # containerd's Parse: the host's architecture, but a variant only
+            # on arm ("linux" on an amd64/v3 host is linux/amd64, which does
+            # not match amd64/v2+ entries).
+            arch = base.architecture
+            variant = base.variant if arch == "arm" else None
         else:
             arch, variant = _normalize_arch(parts[0], None)
             if arch not in _KNOWN_ARCH or m.group(2) is not None:
                 raise InvalidPlatformError(
                     f"invalid platform {specifier!r}: unknown operating system or architecture"
                 )
-            os_name, os_version, features = base.os, base.os_version, ()
+            # The host's OS, without its version (as containerd's Parse).
+            os_name, os_version, features = base.os, None, ()
     else:
         arch, variant = parts[1], parts[2] if len(parts) == 3 else None
     return normalize_platform(Platform(os_name, arch, variant, os_version, features))
+
+
+_OS_OPTION_ESCAPES = str.maketrans({"%": "%25", "+": "%2B", "(": "%28", ")": "%29", "/": "%2F"})
+
+
+def format_platform(p: Platform) -> str:
+    """containerd's Format: "os/arch/variant", without version or features."""
+    return format_all(replace(p, os_version=None, os_features=()))
+
+
+def format_all(p: Platform) -> str:
+    """containerd's FormatAll: "os(version+features)/arch/variant", the
+    parentheses only when there is a version or a feature (as docker's
+    "no matching manifest for windows(10.0.17763)/amd64" shows it)."""
+    if not p.os:
+        return "unknown"
+    os_part = p.os
+    features = sorted({f for f in p.os_features if f})
+    if p.os_version or features:
+        version = (p.os_version or "").translate(_OS_OPTION_ESCAPES)
+        extra = "".join("+" + f.translate(_OS_OPTION_ESCAPES) for f in features)
+        os_part += f"({version}{extra})"
+    return "/".join(x for x in (os_part, p.architecture, p.variant) if x)
 
 
 def platform_from_dict(obj: Mapping[str, object]) -> Platform:
@@ -436,10 +467,7 @@ _ARM64_MAJOR_MINOR = {
 }
 
 
-def _arm64_vector(variant: str | None) -> list[str]:
-    chain = _ARM64_MAJOR_MINOR.get(variant or "v8")
-    if chain is None:
-        return [variant or "v8"]
+def _arm64_vector(chain: tuple[tuple[int, int], ...]) -> list[str]:
     out: list[str] = []
     for major, top in chain:
         out.extend(f"v{major}.{n}" if n else f"v{major}" for n in range(top, -1, -1))
@@ -447,28 +475,45 @@ def _arm64_vector(variant: str | None) -> list[str]:
 
 
 def compatible_variants(p: Platform) -> list[Platform]:
-    """Platforms an image may target to run on `p`, best first.
+    """Platforms an image may target to run on `p`, best first (containerd's
+    platformVector, which `platforms.Only` matches in order).
 
-    arm/v8 -> v8,v7,v6,v5; arm/v7 -> v7,v6,v5; amd64/v3 -> v3,v2,v1 (v1 is
-    spelt without a variant); arm64 (= arm64/v8) -> v8. Other architectures
-    need the exact variant.
+    amd64/v3 -> amd64/v3, v2, amd64 (v1 is spelt without a variant), 386;
+    arm/v8 -> arm/v8, v7, v6, v5; arm64 (= arm64/v8) -> arm64/v8, arm/v8, v7,
+    v6, v5; arm64/v9.x -> v9.x..v9, v8.(x+5)..v8, then the arm ones. An arm64
+    variant containerd does not know (v8.10, v10) gets nothing, as in docker.
+    Other architectures need the exact variant.
     """
     p = normalize_platform(p)
-    variants: list[str | None]
-    digits = (p.variant or "")[1:]
+    vector: list[tuple[str, str | None]] = [(p.architecture, p.variant)]
+    level = _variant_number(p.variant)
     if p.architecture == "amd64":
-        level = int(digits) if p.variant and digits.isdigit() else 1
-        variants = [f"v{n}" for n in range(level, 1, -1)]
-        variants.append(None)
-        if p.variant and not digits.isdigit():
-            variants.insert(0, p.variant)
-    elif p.architecture == "arm" and p.variant and digits.isdigit() and int(digits) >= 5:
-        variants = [f"v{n}" for n in range(int(digits), 4, -1)]
+        if level is not None and level > 1:
+            vector += [("amd64", f"v{n}" if n > 1 else None) for n in range(level - 1, 0, -1)]
+        vector.append(("386", None))
+    elif p.architecture == "arm":
+        if level is not None and level > 5:
+            vector += [("arm", f"v{n}") for n in range(level - 1, 4, -1)]
     elif p.architecture == "arm64":
-        variants = list(_arm64_vector(p.variant))
-    else:
-        variants = [p.variant]
-    return [replace(p, variant=v) for v in variants]
+        chain = _ARM64_MAJOR_MINOR.get(p.variant or "v8")
+        vector = []
+        if chain is not None:
+            vector = [("arm64", v) for v in _arm64_vector(chain)]
+            # Every arm64 CPU runs 32-bit arm up to v8.
+            vector += [("arm", f"v{n}") for n in range(8, 4, -1)]
+    return [replace(p, architecture=arch, variant=variant) for arch, variant in vector]
+
+
+def _variant_number(variant: str | None) -> int | None:
+    """The number in "v3", as containerd reads it (Atoi after the "v"); None when not a
+    number, or over 64: no CPU has such a level, and the fallback list it
+    would make is as long as the number."""
+    text = variant or ""
+    digits = text[1:] if text.startswith("v") else text
+    if not re.fullmatch(r"[+-]?[0-9]{1,6}", digits, re.ASCII):
+        return None
+    number = int(digits)
+    return number if number <= 64 else None
 
 
 def _windows_build(version: str | None) -> tuple[int, int, int] | None:
@@ -520,24 +565,42 @@ def match_rank(want: Platform, have: Platform) -> int | None:
     """How well an image for `have` fits `want`: 0 is best, None is no match."""
     want = normalize_platform(want)
     have = normalize_platform(have)
-    if have.os != want.os or have.architecture != want.architecture:
+    if have.os != want.os:
         return None
     if want.os == "windows" and not windows_version_compatible(want.os_version, have.os_version):
         return None
     if not _os_features_ok(want, have):
         return None
-    have_variant = have.variant
-    if have.architecture == "arm64" and have_variant is None:
-        have_variant = "v8"  # arm64 without a variant is arm64/v8
+    have_key = _arch_variant(have)
     for rank, candidate in enumerate(compatible_variants(want)):
-        if candidate.variant == have_variant:
+        if _arch_variant(candidate) == have_key:
             return rank
     return None
+
+
+def _arch_variant(p: Platform) -> tuple[str, str | None]:
+    # arm64 without a variant is arm64/v8.
+    if p.architecture == "arm64" and p.variant is None:
+        return "arm64", "v8"
+    return p.architecture, p.variant
 
 
 def platform_matches(want: Platform, have: Platform) -> bool:
     """Whether an image for `have` can run where `want` is wanted."""
     return match_rank(want, have) is not None
+
+
+def platform_matches_image(want: Platform, image: Platform) -> bool:
+    """Whether a pulled image, by the platform its config states, is what
+    `want` asked for: moby's OnlyPlatformWithFallback, which also accepts a
+    config without a variant for the wanted OS and architecture (configs often
+    leave it out: an arm image says "arm", not "arm/v6")."""
+    if platform_matches(want, image):
+        return True
+    if image.variant:
+        return False
+    want, image = normalize_platform(want), normalize_platform(image)
+    return (want.os, want.architecture) == (image.os, image.architecture)
 
 
 def _sort_key(want: Platform, have: Platform, rank: int) -> tuple[int, int, int, int]:
