@@ -9,19 +9,22 @@ import itertools
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.images import ImageInfo, push
+from support.fakeregistry import FakeRegistry
+from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
 
 import imgpull
 from imgpull._core import Schema1Error, diff_id_file, fix_schema1_layers, schema1_payload
 from imgpull.errors import ManifestError, ManifestVerificationError, UnsupportedManifestError
-from imgpull.manifest import DOCKER_MANIFEST_V1_SIGNED, parse_manifest
+from imgpull.manifest import DOCKER_MANIFEST_V1_SIGNED, Schema1Manifest, parse_manifest
 from imgpull.progress import ProgressEvent
 from imgpull.schema1 import HistoryEntry, make_config, manifest_digest, plan
 
@@ -99,8 +102,10 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def sign(payload: bytes) -> bytes:
-    """A prettyjws body as libtrust lays it out (the signature itself is fake)."""
+def sign(payload: bytes, extra: bytes = b"") -> bytes:
+    """A prettyjws body as libtrust lays it out (the signature itself is fake).
+    `extra` goes between the signed part and the signatures, unsigned (as in
+    moby's extra_data_manifest fixture)."""
     cut = payload.rindex(b"\n")
     head, tail = payload[:cut], payload[cut:]
     protected = b64url(json.dumps({"formatLength": len(head), "formatTail": b64url(tail)}).encode())
@@ -108,7 +113,7 @@ def sign(payload: bytes) -> bytes:
         ',\n   "signatures": [{"header": {"alg": "ES256"}, "signature": "c2ln", '
         f'"protected": "{protected}"}}]'
     )
-    return head + sig.encode() + tail
+    return head + extra + sig.encode() + tail
 
 
 def test_payload_signed_and_unsigned() -> None:
@@ -126,6 +131,22 @@ def test_manifest_digest_over_payload() -> None:
     assert manifest_digest(sign(payload), want) == want
     with pytest.raises(ManifestVerificationError):
         manifest_digest(sign(payload), "sha256:" + "0" * 64)
+
+
+def test_parse_reads_only_the_signed_payload() -> None:
+    """moby's extra_data_manifest, in small: the body's second fsLayers (after
+    the signed part) would win a plain JSON parse; the payload's are used."""
+    payload = (
+        b'{\n   "schemaVersion": 1,\n   "fsLayers": [{"blobSum": "sha256:' + b"1" * 64 + b'"}]\n}'
+    )
+    decoy = b',\n   "fsLayers": [{"blobSum": "sha256:' + b"f" * 64 + b'"}]'
+    raw = sign(payload, extra=decoy)
+    assert json.loads(raw)["fsLayers"] == [{"blobSum": "sha256:" + "f" * 64}]
+    digest = manifest_digest(raw, "sha256:" + hashlib.sha256(payload).hexdigest())
+    manifest = parse_manifest(raw, DOCKER_MANIFEST_V1_SIGNED, digest)
+    assert isinstance(manifest, Schema1Manifest)
+    assert manifest.body == json.loads(payload)
+    assert manifest.raw == raw
 
 
 # -- diff_id_file ---------------------------------------------------------------
@@ -291,3 +312,208 @@ def test_schema1_wrong_digest_and_refusal(
     )
     assert proc.returncode == 1
     assert "schema1" in proc.stderr and "--no-schema1" in proc.stderr
+
+
+# -- history entries as moby v25 writes them ------------------------------------
+#
+# moby v25 (the last docker that pulls schema1 by default; v26+ behind
+# DOCKER_ENABLE_DEPRECATED_PULL_SCHEMA_1_IMAGE) has image.History =
+# ocispec.History: created (*time.Time, omitempty), created_by, author,
+# comment, empty_layer. (Docker <= 24 had its own struct: created always
+# written, Go's zero time when missing, author before created_by.)
+
+HISTORY_JSON = [
+    (HistoryEntry(None, "", "", "", False), "{}"),
+    (
+        HistoryEntry("2020-01-01T00:00:00.5Z", "sh -c make", "Jane <j@x.org>", "a & b", True),
+        '{"created":"2020-01-01T00:00:00.5Z","created_by":"sh -c make",'
+        '"author":"Jane \\u003cj@x.org\\u003e","comment":"a \\u0026 b","empty_layer":true}',
+    ),
+    (
+        HistoryEntry(None, "sh", "Jane", "", False),
+        '{"created_by":"sh","author":"Jane"}',
+    ),
+    (HistoryEntry(None, "", "", "", True), '{"empty_layer":true}'),
+    (
+        HistoryEntry("0001-01-01T00:00:00Z", "", "me", "", False),
+        '{"created":"0001-01-01T00:00:00Z","author":"me"}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("entry", "text"), HISTORY_JSON)
+def test_history_entry_json(entry: HistoryEntry, text: str) -> None:
+    assert entry.go_json() == text
+
+
+def test_history_from_v1_without_created() -> None:
+    """A v1Compatibility without `created` gives a history entry without it
+    (a nil *time.Time), and `created: null` the same."""
+    for v1 in ({"id": hexid("a"), "author": "A"}, {"id": hexid("a"), "created": None}):
+        body = {
+            "schemaVersion": 1,
+            "fsLayers": [{"blobSum": "sha256:" + "1" * 64}],
+            "history": [{"v1Compatibility": json.dumps(v1)}],
+        }
+        raw = json.dumps(body).encode()
+        manifest = parse_manifest(raw, DOCKER_MANIFEST_V1_SIGNED, manifest_digest(raw, None))
+        (entry,) = plan(manifest, "x").history  # type: ignore[arg-type]
+        assert entry.created is None
+        assert entry.go_json() == ('{"author":"A"}' if "author" in v1 else "{}")
+
+
+# -- end to end through the fake registry ---------------------------------------------
+
+EMPTY_LAYER = "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"
+AUTHOR = "Jane <jane@example.com>"
+
+
+def _v1(**fields: Any) -> str:
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _payload(fs_layers: list[str], history: list[str]) -> bytes:
+    """A schema1 payload laid out as docker's registry wrote them (3-space
+    indent, top layer first)."""
+    body = {
+        "schemaVersion": 1,
+        "name": "test/s1",
+        "tag": "v1",
+        "architecture": "amd64",
+        "fsLayers": [{"blobSum": b} for b in fs_layers],
+        "history": [{"v1Compatibility": h} for h in history],
+    }
+    return json.dumps(body, indent=3).encode()
+
+
+@dataclass(frozen=True)
+class Schema1Image:
+    payload: bytes
+    digest: str  # of the payload
+    layers: list[str]  # downloaded, bottom first
+    blobs: dict[str, bytes]  # the layers' bytes
+    config: bytes  # what moby v25 makes of it, written out by hand below
+
+
+@pytest.fixture(scope="module")
+def s1_image(layout_cache: LayoutCache) -> Schema1Image:
+    """Base layer by Jane (with a comment), a throwaway ENV entry, and a top
+    layer without `created`: every history field and its absence."""
+    image = layout_cache.get(
+        [random_layer(3_000, seed=451), random_layer(2_000, seed=452)], ref="schema1-e2e"
+    )
+    base, top = image.layers
+    ids = [hashlib.sha256(n).hexdigest() for n in (b"base", b"env", b"top")]
+    history = [
+        _v1(
+            id=ids[2],
+            parent=ids[1],
+            author=AUTHOR,
+            os="linux",
+            architecture="amd64",
+            docker_version="1.13.1",
+            config={"Cmd": ["sh"]},
+            container_config={"Cmd": ["/bin/sh", "-c", '#(nop) CMD ["sh"]']},
+        ),
+        _v1(
+            id=ids[1],
+            parent=ids[0],
+            throwaway=True,
+            created="2020-01-01T00:00:01Z",
+            container_config={"Cmd": ["/bin/sh", "-c", "#(nop) ", "ENV A=1"]},
+        ),
+        _v1(
+            id=ids[0],
+            created="2020-01-01T00:00:00.500000000Z",
+            author=AUTHOR,
+            comment="base & co",
+            container_config={"Cmd": ["/bin/sh", "-c", "#(nop) ADD file:abc in /"]},
+        ),
+    ]
+    payload = _payload([top.digest, EMPTY_LAYER, base.digest], history)
+    # MakeConfigFromV1Config: the top v1 config minus id/parent, keys sorted,
+    # HTML-escaped; the history as ocispec.History entries, bottom first.
+    jane = "Jane \\u003cjane@example.com\\u003e"
+    config = (
+        '{"architecture":"amd64",'
+        f'"author":"{jane}",'
+        '"config":{"Cmd":["sh"]},'
+        '"container_config":{"Cmd":["/bin/sh","-c","#(nop) CMD [\\"sh\\"]"]},'
+        '"docker_version":"1.13.1",'
+        '"history":['
+        '{"created":"2020-01-01T00:00:00.5Z","created_by":"/bin/sh -c #(nop) ADD file:abc in /",'
+        f'"author":"{jane}","comment":"base \\u0026 co"}},'
+        '{"created":"2020-01-01T00:00:01Z","created_by":"/bin/sh -c #(nop)  ENV A=1",'
+        '"empty_layer":true},'
+        f'{{"created_by":"/bin/sh -c #(nop) CMD [\\"sh\\"]","author":"{jane}"}}'
+        "],"
+        '"os":"linux",'
+        f'"rootfs":{{"type":"layers","diff_ids":["{base.diff_id}","{top.diff_id}"]}}}}'
+    ).encode()
+    json.loads(config)  # well-formed, at least
+    return Schema1Image(
+        payload=payload,
+        digest="sha256:" + hashlib.sha256(payload).hexdigest(),
+        layers=[base.digest, top.digest],
+        blobs={d: image.blob(d) for d in (base.digest, top.digest)},
+        config=config,
+    )
+
+
+@pytest.fixture
+def s1_fake(s1_image: Schema1Image) -> Iterator[FakeRegistry]:
+    with FakeRegistry() as fake:
+        fake.blobs.update(s1_image.blobs)
+        yield fake
+
+
+def _blob_gets(fake: FakeRegistry) -> list[str]:
+    return [r.path.rsplit("/", 1)[-1] for r in fake.requests() if "/blobs/" in r.path]
+
+
+def test_schema1_image_id_as_docker(
+    s1_image: Schema1Image, s1_fake: FakeRegistry, tmp_path: Path
+) -> None:
+    """The image ID is the digest of the config moby v25 would build (written
+    out by hand above): author and missing `created` included."""
+    fake = s1_fake
+    fake.add_manifest(
+        "test/s1", "v1", sign(s1_image.payload), DOCKER_MANIFEST_V1_SIGNED, digest=s1_image.digest
+    )
+    with imgpull.Client(tmp_path) as client:
+        image = client.pull(fake.ref("test/s1:v1"))
+    assert image.id == "sha256:" + hashlib.sha256(s1_image.config).hexdigest()
+    assert (tmp_path / "blobs" / "sha256" / image.id[7:]).read_bytes() == s1_image.config
+    assert [d.digest for d in image.layers] == s1_image.layers
+    assert EMPTY_LAYER not in _blob_gets(fake)  # throwaway: history only
+
+
+def test_data_after_the_signed_payload_is_never_used(
+    s1_image: Schema1Image, s1_fake: FakeRegistry, layout_cache: LayoutCache, tmp_path: Path
+) -> None:
+    """moby's extra_data_manifest: a second `fsLayers` after the signed part
+    (which a plain JSON parse lets win). Docker verifies the digest over the
+    payload and pulls the payload's layers; the others are never fetched."""
+    fake = s1_fake
+    other = layout_cache.get([random_layer(1_000, seed=453)], ref="schema1-other")
+    (decoy,) = other.layers
+    fake.blobs[decoy.digest] = other.blob(decoy.digest)  # there to be fetched, if read
+    extra = json.dumps([{"blobSum": decoy.digest}] * 3)
+    raw = sign(s1_image.payload, extra=f',\n   "fsLayers": {extra}'.encode())
+    assert json.loads(raw)["fsLayers"] == [{"blobSum": decoy.digest}] * 3
+    fake.add_manifest("test/s1", "extra", raw, DOCKER_MANIFEST_V1_SIGNED, digest=s1_image.digest)
+    want_id = "sha256:" + hashlib.sha256(s1_image.config).hexdigest()
+    for ref in ("test/s1:extra", f"test/s1@{s1_image.digest}"):
+        root = tmp_path / ref.replace("/", "_").replace(":", "_")
+        fake.clear_requests()
+        with imgpull.Client(root) as client:
+            image = client.pull(fake.ref(ref))
+            rows = client.images()
+        assert decoy.digest not in _blob_gets(fake), ref
+        assert sorted(_blob_gets(fake)) == sorted(s1_image.layers), ref
+        assert image.digest == s1_image.digest and image.id == want_id
+        assert [d.digest for d in image.layers] == s1_image.layers
+        assert {r.image_id for r in rows} == {want_id}
+        assert {r.digest for r in rows} - {None} == {s1_image.digest}
+        # What is stored as the manifest is the payload itself.
+        assert (root / "blobs" / "sha256" / s1_image.digest[7:]).read_bytes() == s1_image.payload

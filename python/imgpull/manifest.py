@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgpull._core import sha256_bytes
+from imgpull._core import Schema1Error, schema1_payload, sha256_bytes
 from imgpull.errors import ManifestError, ManifestVerificationError, UnsupportedManifestError
 from imgpull.platform import Platform
 
@@ -62,6 +62,15 @@ _CONFIG_CLASSES: Mapping[str, str] = {
 }
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# How many indexes deep one pull follows nested indexes (the top one is 1).
+# Images nest at most 2 (an index of per-platform indexes, as some OCI
+# layouts do); 4 leaves room, and bounds the recursion a registry controls.
+MAX_INDEX_DEPTH = 4
+# How many manifests one pull fetches (or reads back from the store), the
+# top one included. A pull needs 2 or 3; this bounds the work an index of
+# thousands of nested indexes without a match could make it do (each
+# manifest up to MAX_MANIFEST_BYTES).
+MAX_MANIFESTS_PER_PULL = 50
 
 _DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 
@@ -177,7 +186,8 @@ class ManifestIndex:
 
 @dataclass(frozen=True)
 class Schema1Manifest:
-    """A Docker schema1 manifest (deprecated); kept raw until it is pulled."""
+    """A Docker schema1 manifest (deprecated); kept raw until it is pulled.
+    `body` is its canonical payload's JSON (never anything outside it)."""
 
     media_type: str
     digest: str
@@ -186,6 +196,16 @@ class Schema1Manifest:
 
 
 Manifest = ImageManifest | ManifestIndex | Schema1Manifest
+
+
+def schema1_canonical_payload(raw: bytes) -> bytes:
+    """A schema1 manifest's canonical payload: the signed part of a signed
+    one (the JWS signatures cut out), the whole of an unsigned one. Its
+    digest is the manifest's."""
+    try:
+        return schema1_payload(raw)
+    except Schema1Error as exc:
+        raise ManifestError(f"invalid schema1 manifest: {exc}") from None
 
 
 def _load_object(raw: bytes) -> dict[str, Any]:
@@ -260,8 +280,12 @@ def parse_manifest(raw: bytes, content_type: str, digest: str) -> Manifest:
             ),
         )
     if media_type in SCHEMA1_TYPES:
-        _check_schema_version(obj, 1)
-        return Schema1Manifest(media_type=media_type, digest=digest, raw=raw, body=obj)
+        # Only the signed payload is read: what the digest covers. Bytes after
+        # it (moby's extra-data fixture: a second fsLayers, which would win in
+        # a plain parse of the whole body) are never used.
+        body = _load_object(schema1_canonical_payload(raw))
+        _check_schema_version(body, 1)
+        return Schema1Manifest(media_type=media_type, digest=digest, raw=raw, body=body)
     # Escaped and cut: the type comes from the registry; the message is one line.
     shown = repr(media_type)[1:-1][:200] if media_type else "no media type"
     raise UnsupportedManifestError(f"unsupported manifest format: {shown}")

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgpull._core import Schema1Error, fix_schema1_layers, schema1_payload, sha256_bytes
+from imgpull._core import Schema1Error, fix_schema1_layers, sha256_bytes
 from imgpull.errors import ManifestError, ManifestVerificationError
-from imgpull.manifest import Descriptor, Schema1Manifest
+from imgpull.manifest import Descriptor, Schema1Manifest, schema1_canonical_payload
 
 # What docker stores a schema1 layer as (schema1 has no media types).
 LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -38,29 +38,22 @@ def deprecation_message(ref: str) -> str:
     )
 
 
+# What a schema1 digest covers, and all that a pull reads of the manifest.
+canonical_payload = schema1_canonical_payload
+
+
 def manifest_digest(raw: bytes, expected: str | None) -> str:
     """The digest of a schema1 manifest: over its canonical payload.
 
     With `expected` (a pull by digest) it must match; this comes before any
     other check, as in docker's verifySchema1Manifest.
     """
-    try:
-        payload = schema1_payload(raw)
-    except Schema1Error as exc:
-        raise ManifestError(f"invalid schema1 manifest: {exc}") from None
-    actual = sha256_bytes(payload)
+    actual = sha256_bytes(canonical_payload(raw))
     if expected is not None and actual != expected:
         raise ManifestVerificationError(
             f"image verification failed for digest {expected}: the payload hashes to {actual}"
         )
     return actual
-
-
-def canonical_payload(raw: bytes) -> bytes:
-    try:
-        return schema1_payload(raw)
-    except Schema1Error as exc:
-        raise ManifestError(f"invalid schema1 manifest: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
