@@ -85,9 +85,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _private_docker_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """imgpull reads credentials from Docker's config file by default: the
-    tests (and the CLI processes they start) get an empty one, never the machine's."""
+    tests (and the CLI processes they start) get an empty one, never the machine's.
+    Nor the machine's DOCKER_DEFAULT_PLATFORM (the CLI's --platform default)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("docker-config")))
+        mp.delenv("DOCKER_DEFAULT_PLATFORM", raising=False)
         yield
 
 

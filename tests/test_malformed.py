@@ -27,6 +27,9 @@ from support.images import (
     random_layer,
 )
 
+import imgpull
+from imgpull.manifest import MAX_INDEX_DEPTH, MAX_MANIFESTS_PER_PULL
+
 LIMIT = 4 * 1024 * 1024
 GOOD = "test/good:v1"
 REPO = "test/bad"
@@ -293,3 +296,105 @@ def test_fake_registry_serves_a_good_pull(fake: FakeRegistry, tmp_path: Path) ->
     proc = run_cli("pull", fake.ref(GOOD), "--root", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"Status: Downloaded newer image for {fake.ref(GOOD)}"
+
+
+# -- bounds on the manifests one pull follows --------------------------------
+
+
+def _index(entries: list[dict[str, Any]], **extra: Any) -> bytes:
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": entries, **extra}
+    ).encode()
+
+
+def _entry(media_type: str, digest: str, body: bytes, **extra: Any) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": digest, "size": len(body), **extra}
+
+
+def _manifest_gets(fake: FakeRegistry, repo: str) -> list[str]:
+    return [
+        r.path
+        for r in fake.requests()
+        if r.method == "GET" and r.path.startswith(f"/v2/{repo}/manifests/")
+    ]
+
+
+def _pull_refused(fake: FakeRegistry, template_root: Path, tmp_path: Path, ref: str) -> str:
+    """Pull `ref` with the CLI into a copy of the template store: it must fail
+    with one line and leave the store as it was. Returns that line."""
+    root = tmp_path / "root"
+    shutil.copytree(template_root, root)
+    before = snapshot(root)
+    proc = run_cli("pull", "--platform", "linux/amd64", fake.ref(ref), "--root", str(root))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr) < 400, proc.stderr
+    assert snapshot(root) == before
+    return proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_index_chain_1500_deep_is_refused_at_the_depth_limit(
+    fake: FakeRegistry, template_root: Path, tmp_path: Path
+) -> None:
+    """Each index's one entry is the next index: followed MAX_INDEX_DEPTH deep, then refused
+    (before the limit, this ended in a RecursionError)."""
+    repo = "test/deep-chain"
+    body = _index([])
+    digest = fake.add_manifest(repo, None, body, MT_OCI_INDEX)
+    for _ in range(1500):
+        body = _index([_entry(MT_OCI_INDEX, digest, body)])
+        digest = fake.add_manifest(repo, None, body, MT_OCI_INDEX)
+    fake.add_manifest(repo, "top", body, MT_OCI_INDEX)
+    fake.clear_requests()
+    error = _pull_refused(fake, template_root, tmp_path, f"{repo}:top")
+    assert f"nests indexes more than {MAX_INDEX_DEPTH} deep" in error, error
+    # The top one and MAX_INDEX_DEPTH below it, the last one being refused.
+    assert len(_manifest_gets(fake, repo)) == MAX_INDEX_DEPTH + 1
+
+
+@pytest.mark.timeout(60)
+def test_thousands_of_nested_indexes_without_a_match_are_refused_at_the_count_limit(
+    fake: FakeRegistry, template_root: Path, tmp_path: Path
+) -> None:
+    """An index of 3000 entries, each a nested index with nothing for the
+    platform: tried one after the other up to MAX_MANIFESTS_PER_PULL, then refused."""
+    repo = "test/wide"
+    s390x = {"os": "linux", "architecture": "s390x"}
+    nowhere = sha256_digest(b"an s390x image that is never fetched")
+    entries = []
+    for i in range(3000):
+        nested = _index(
+            [{"mediaType": MT_OCI_MANIFEST, "digest": nowhere, "size": 1, "platform": s390x}],
+            annotations={"n": str(i)},
+        )
+        digest = fake.add_manifest(repo, None, nested, MT_OCI_INDEX)
+        entries.append(_entry(MT_OCI_INDEX, digest, nested))
+    fake.add_manifest(repo, "top", _index(entries), MT_OCI_INDEX)
+    fake.clear_requests()
+    error = _pull_refused(fake, template_root, tmp_path, f"{repo}:top")
+    assert f"more than {MAX_MANIFESTS_PER_PULL} manifests" in error, error
+    gets = _manifest_gets(fake, repo)
+    assert len(gets) == MAX_MANIFESTS_PER_PULL
+    assert not any(g.endswith(nowhere) for g in gets)
+
+
+def test_indexes_nested_to_the_depth_limit_still_pull(
+    fake: FakeRegistry, good: ImageInfo, tmp_path: Path
+) -> None:
+    """The limit is not off by one: an image MAX_INDEX_DEPTH indexes down pulls."""
+    repo = "test/deep-ok"
+    fake.add_image(repo, None, good)
+    body = good.blob(good.manifest_digest)
+    digest = good.manifest_digest
+    media_type = MT_OCI_MANIFEST
+    amd64 = {"platform": {"os": "linux", "architecture": "amd64"}}
+    for _ in range(MAX_INDEX_DEPTH):
+        body = _index([_entry(media_type, digest, body, **amd64)])
+        digest = fake.add_manifest(repo, None, body, MT_OCI_INDEX)
+        media_type = MT_OCI_INDEX
+    fake.add_manifest(repo, "top", body, MT_OCI_INDEX)
+    with imgpull.Client(tmp_path) as client:
+        image = client.pull(fake.ref(f"{repo}:top"), platform="linux/amd64")
+    assert image.manifest_digest == good.manifest_digest
+    assert image.digest == digest

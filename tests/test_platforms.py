@@ -11,13 +11,14 @@ crafted OCI indexes pointing at the manifests skopeo pushed.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import PushedImage
+from support.cli import run_cli
 from support.images import (
     MT_OCI_INDEX,
     IndexInfo,
@@ -30,6 +31,8 @@ from support.images import (
 from support.registry import RegistryServer
 
 import imgpull
+import imgpull.client
+from imgpull.platform import Platform
 from imgpull.progress import ProgressEvent
 
 ACCEPT = ", ".join(
@@ -77,9 +80,11 @@ PLATFORM_TABLE: list[tuple[str, str | None]] = [
     ("windows(10.0.26100)/amd64", "windows-2022"),  # 2025 hosts run ltsc2022 images
     ("windows(10.0.14393)/amd64", None),
     ("windows/arm64", None),
+    ("windows(10.0.17763)/arm64/v8", None),  # the error keeps the os.version
     ("linux/riscv64", None),
-    ("linux/386", None),  # no amd64 -> 386 fallback either way
+    ("linux/386", None),  # a 386 CPU runs no amd64 image
     ("linux/arm/v4", None),
+    ("linux/arm64/v8.10", None),  # no such variant: containerd matches nothing
 ]
 
 FORMATS: list[PushFormat] = ["oci", "v2s2"]
@@ -175,9 +180,10 @@ def test_platform_selection(
         if expected is None:
             with pytest.raises(imgpull.NoMatchingPlatformError) as info:
                 client.pull(pushed.ref, platform=want)
-            plain = str(imgpull.parse_platform(want))
+            # containerd's FormatAll of the wanted platform: each `want` is
+            # spelt that way already.
             assert str(info.value) == (
-                f"no matching manifest for {plain} in the manifest list entries"
+                f"no matching manifest for {want} in the manifest list entries"
             )
             assert client.images() == []
             return
@@ -198,19 +204,15 @@ def test_platform_selection(
         assert (info_["Os"], info_["Architecture"], info_["Variant"]) == (os_name, arch, variant)
         assert info_["ManifestDigest"] == manifest_digest
         assert image.platform.os_version == os_version
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args], capture_output=True, text=True, timeout=300
-    )
+        # An entry chosen for its platform: no mismatch warning.
+        assert not [e for e in events if e.status.startswith("WARNING")]
 
 
 def test_cli_windows_entry_and_no_match(multi: dict[str, PushedIndex], tmp_path: Path) -> None:
     pushed = multi["v2s2"]
     proc = run_cli("pull", "--platform", "windows/amd64", pushed.ref, "--root", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-2] == f"Digest: {pushed.digest}"
+    assert f"Digest: {pushed.digest}" in proc.stdout.splitlines()
     info = json.loads(run_cli("inspect", pushed.ref, "--root", str(tmp_path)).stdout)
     assert info["Os"] == "windows"
     assert info["ManifestDigest"] == pushed.entries["windows-2022"][0]
@@ -361,3 +363,115 @@ def test_nested_index_no_match_anywhere(multi: dict[str, PushedIndex], tmp_path:
     assert proc.stderr == (
         "Error: no matching manifest for linux/amd64 in the manifest list entries\n"
     )
+
+
+# -- crossing architectures: amd64 -> 386, arm64 -> arm ------------------------------
+
+# An index without amd64 or arm64 entries (pushed as an OCI index).
+FALLBACK_ENTRIES: dict[str, tuple[str, str | None]] = {
+    "arm/v6": ("arm", "v6"),
+    "386": ("386", None),
+    "arm/v7": ("arm", "v7"),
+}
+FALLBACK_TABLE: list[tuple[str, str | None]] = [
+    ("linux/amd64", "386"),
+    ("linux/amd64/v3", "386"),  # after every amd64 level
+    ("linux/386", "386"),
+    ("linux/arm64", "arm/v7"),  # arm/v8, v7, v6, v5 in that order
+    ("linux/arm64/v8.2", "arm/v7"),
+    ("linux/arm64/v9", "arm/v7"),
+    ("linux/arm/v7", "arm/v7"),
+    ("linux/arm/v6", "arm/v6"),
+    ("linux/arm/v5", None),
+    ("linux/s390x", None),
+]
+
+
+@pytest.fixture(scope="module")
+def fallback(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> PushedIndex:
+    specs = [
+        PlatformSpec((random_layer(1_000 + seed, seed=760 + seed),), architecture=arch, variant=v)
+        for seed, (arch, v) in enumerate(FALLBACK_ENTRIES.values())
+    ]
+    layout = build_oci_index_layout(tmp_path_factory.mktemp("fallback"), specs, ref="fallback")
+    digest = push(layout, registry, "test/fallback:oci", "oci", all_images=True)
+    raw, _ = _get(registry, "/v2/test/fallback/manifests/oci")
+    entries = {}
+    for entry in json.loads(raw)["manifests"]:
+        p = entry["platform"]
+        name = next(
+            n
+            for n, (a, v) in FALLBACK_ENTRIES.items()
+            if (a, v) == (p["architecture"], p.get("variant"))
+        )
+        child, _ = _get(registry, f"/v2/test/fallback/manifests/{entry['digest']}")
+        entries[name] = (entry["digest"], json.loads(child)["config"]["digest"])
+    assert sorted(entries) == sorted(FALLBACK_ENTRIES)
+    return PushedIndex(registry, "test/fallback", "oci", digest, entries)
+
+
+def test_platform_fallback_across_architectures(fallback: PushedIndex, tmp_path: Path) -> None:
+    """containerd's platforms.Only, which docker filters lists with: an amd64
+    host runs the 386 image, an arm64 one the best arm one."""
+    with imgpull.Client(tmp_path) as client:
+        for want, expected in FALLBACK_TABLE:
+            if expected is None:
+                with pytest.raises(imgpull.NoMatchingPlatformError, match=f"for {want} in"):
+                    client.pull(fallback.ref, platform=want)
+                continue
+            image = client.pull(fallback.ref, platform=want)
+            assert (image.manifest_digest, image.id) == fallback.entries[expected], want
+            assert image.digest == fallback.digest
+
+
+# -- --platform and a single-platform image for another one ---------------------------
+
+
+def _mismatch(ref: str, want: str) -> str:
+    return (
+        f"WARNING: image with reference {ref} was found but does not match the "
+        f"specified platform: wanted {want}, actual: linux/amd64"
+    )
+
+
+def test_single_platform_image_of_another_platform_warns(
+    pushed_image: PushedImage, tmp_path: Path
+) -> None:
+    """docker pulls it, and says so when the platform was asked for: by
+    --platform or DOCKER_DEFAULT_PLATFORM (the CLI's default for the flag)."""
+    ref = pushed_image.ref("v2s2")  # a linux/amd64 image
+
+    def warnings(*args: str, default_platform: str | None = None) -> list[str]:
+        env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
+        if default_platform is not None:
+            env["DOCKER_DEFAULT_PLATFORM"] = default_platform
+        proc = run_cli("pull", *args, ref, "--root", str(tmp_path), env=env)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        status = next(i for i, line in enumerate(lines) if line.startswith("Status: "))
+        assert not [line for line in lines[:status] if "WARNING" in line]
+        return [line for line in lines[status + 1 :] if "WARNING" in line]
+
+    assert warnings("--platform", "linux/arm64") == [_mismatch(ref, "linux/arm64")]
+    assert warnings(default_platform="linux/arm64") == [_mismatch(ref, "linux/arm64")]
+    assert warnings("--platform", "linux/386") == [_mismatch(ref, "linux/386")]
+    # The flag wins over the variable; amd64/v3 runs an amd64 (v1) image.
+    assert warnings("--platform", "linux/amd64/v3", default_platform="linux/arm64") == []
+    assert warnings("--platform", "linux/amd64") == []
+    assert warnings(default_platform="") == []
+    assert warnings() == []
+
+
+def test_host_default_platform_never_warns(
+    pushed_image: PushedImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a platform asked for warns, not the host's: on an arm64 host, an
+    amd64-only image pulls without a word, unless arm64 was asked for."""
+    monkeypatch.setattr(imgpull.client, "host_platform", lambda: Platform("linux", "arm64", "v8"))
+    ref = pushed_image.ref("oci")
+    with imgpull.Client(tmp_path) as client:
+        events: list[ProgressEvent] = []
+        client.pull(ref, progress=events.append)
+        assert not [e for e in events if "WARNING" in e.status]
+        client.pull(ref, platform="linux/arm64", progress=events.append)
+    assert [e.status for e in events if "WARNING" in e.status] == [_mismatch(ref, "linux/arm64")]

@@ -145,7 +145,14 @@ def _mirrors(reference: str, given: list[str] | None) -> dict[str, tuple[Mirror,
 def pull(
     reference: Annotated[str, typer.Argument(help="NAME[:TAG|@DIGEST], e.g. alpine:3.20")],
     platform: Annotated[
-        str | None, typer.Option("--platform", help="os/arch[/variant], e.g. linux/arm64.")
+        str | None,
+        typer.Option(
+            "--platform",
+            # As the docker CLI: the variable is the flag's default (the
+            # library, like the daemon, only sees what the flag gives it).
+            envvar="DOCKER_DEFAULT_PLATFORM",
+            help="os/arch[/variant], e.g. linux/arm64.",
+        ),
     ] = None,
     root: RootOpt = None,
     max_concurrent_downloads: Annotated[

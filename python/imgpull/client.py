@@ -177,6 +177,7 @@ class Client:
         def attempt(registry: RegistryClient, fetcher: Fetcher, retry: RetryPolicy) -> Image:
             options = PullOptions(
                 platform=want or host_platform(),
+                explicit_platform=want is not None,
                 max_concurrent_downloads=self._max_concurrent,
                 retry=retry,
                 stall=self._stall,

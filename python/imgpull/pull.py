@@ -48,7 +48,9 @@ from imgpull.manifest import (
     DOCKER_CONFIG,
     IMAGE_MANIFEST_TYPES,
     INDEX_TYPES,
+    MAX_INDEX_DEPTH,
     MAX_MANIFEST_BYTES,
+    MAX_MANIFESTS_PER_PULL,
     SCHEMA1_TYPES,
     Descriptor,
     ImageManifest,
@@ -59,7 +61,13 @@ from imgpull.manifest import (
     short_id,
     verify_manifest_digest,
 )
-from imgpull.platform import Platform, rank_manifests
+from imgpull.platform import (
+    Platform,
+    format_all,
+    format_platform,
+    platform_matches_image,
+    rank_manifests,
+)
 from imgpull.progress import (
     ALREADY_EXISTS,
     DOWNLOAD_COMPLETE,
@@ -93,6 +101,9 @@ class PullOptions:
     progress_interval: float = 0.2
     # Refuse Docker schema1 manifests (deprecated) instead of pulling them.
     refuse_schema1: bool = False
+    # `platform` was asked for (not the host's default): docker then warns
+    # when a single-platform image for another platform is pulled.
+    explicit_platform: bool = False
     # Fetch layers whose descriptor lists `urls` (foreign / non-distributable
     # layers) from those URLs; False refuses images that have any.
     allow_foreign: bool = True
@@ -189,6 +200,8 @@ class Puller:
         self._foreign_fetcher = foreign_fetcher
         self._plain_fetcher: Fetcher | None = None
         self._fetcher_lock = threading.Lock()
+        self._manifests_read = 1  # the top one; bounded by MAX_MANIFESTS_PER_PULL
+        self._chosen_by_platform = False  # an index entry's platform matched
 
     # Resolve --------------------------------------------------------------
 
@@ -205,6 +218,7 @@ class Puller:
             image = self._pull_image(ref, top, manifest)
         self.emit(ProgressEvent(f"Digest: {image.digest}"))
         self.emit(ProgressEvent(f"Status: {image.status}"))
+        self._warn_platform_mismatch(image)
         return image
 
     def _resolve(self, ref: Reference) -> Manifest:
@@ -283,22 +297,59 @@ class Puller:
                 )
         return parse_manifest(raw, resp.media_type, digest)
 
-    def _select(self, index: ManifestIndex) -> Manifest:
-        """The best entry for the wanted platform, following nested indexes."""
+    def _select(self, index: ManifestIndex, depth: int = 1) -> Manifest:
+        """The best entry for the wanted platform, following nested indexes
+        (`depth`: how deep `index` is, the top one being 1)."""
         want = self.options.platform
         known = IMAGE_MANIFEST_TYPES | INDEX_TYPES | SCHEMA1_TYPES
         entries = [(d, d.platform) for d in index.manifests if d.media_type in known]
         repo = self.repo
+        name = self.ref.familiar()
         for desc in rank_manifests(entries, want):
+            # Bounds set by the registry's answer; no image comes near them.
+            if self._manifests_read >= MAX_MANIFESTS_PER_PULL:
+                raise ManifestError(
+                    f"refusing {name}: its manifest list makes the pull fetch more than "
+                    f"{MAX_MANIFESTS_PER_PULL} manifests (the limit); the registry's answer is "
+                    "broken or hostile: pull a platform's manifest by digest (NAME@sha256:...)"
+                )
+            self._manifests_read += 1
             child = self._manifest_by_digest(repo, desc.digest)
             if isinstance(child, ManifestIndex):
+                if depth >= MAX_INDEX_DEPTH:
+                    raise ManifestError(
+                        f"refusing {name}: its manifest list nests indexes more than "
+                        f"{MAX_INDEX_DEPTH} deep (the limit); the registry's answer is broken "
+                        "or hostile: pull a platform's manifest by digest (NAME@sha256:...)"
+                    )
                 try:
-                    return self._select(child)
+                    return self._select(child, depth + 1)
                 except NoMatchingPlatformError:
                     continue
+            self._chosen_by_platform = desc.platform is not None
             return child
         raise NoMatchingPlatformError(
-            f"no matching manifest for {want} in the manifest list entries"
+            f"no matching manifest for {format_all(want)} in the manifest list entries"
+        )
+
+    def _warn_platform_mismatch(self, image: Image) -> None:
+        """docker's warning when the platform was asked for and the image
+        pulled (a single-platform one, or an index entry without a platform)
+        is for another: pulled all the same, as docker does."""
+        want = self.options.platform
+        got = Platform(image.platform.os, image.platform.architecture, image.platform.variant)
+        if (
+            not self.options.explicit_platform
+            or self._chosen_by_platform
+            or platform_matches_image(want, got)
+        ):
+            return
+        self.emit(
+            ProgressEvent(
+                f"WARNING: image with reference {self.ref} was found but does not match the "
+                f"specified platform: wanted {format_platform(want)}, "
+                f"actual: {format_platform(got)}"
+            )
         )
 
     # Fetch ----------------------------------------------------------------
