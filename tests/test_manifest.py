@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from support.schema1 import sign
 
 from imgpull.errors import ManifestError, ManifestVerificationError, UnsupportedManifestError
 from imgpull.manifest import (
@@ -87,14 +88,14 @@ def raw(obj: Any) -> bytes:
         ),
         (
             "application/json",
-            {"schemaVersion": 1, "fsLayers": [], "history": [], "signatures": []},
+            sign(b'{\n   "schemaVersion": 1,\n   "fsLayers": [],\n   "history": []\n}'),
             Schema1Manifest,
             DOCKER_MANIFEST_V1_SIGNED,
         ),
     ],
 )
 def test_dispatch(content_type: str, body: Any, kind: type, media_type: str) -> None:
-    m = parse_manifest(raw(body), content_type, D1)
+    m = parse_manifest(body if isinstance(body, bytes) else raw(body), content_type, D1)
     assert isinstance(m, kind)
     assert m.media_type == media_type
 

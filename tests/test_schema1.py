@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import itertools
@@ -20,6 +19,7 @@ from hypothesis import strategies as st
 from support.fakeregistry import FakeRegistry
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
+from support.schema1 import sign
 
 import imgpull
 from imgpull._core import Schema1Error, diff_id_file, fix_schema1_layers, schema1_payload
@@ -96,24 +96,6 @@ def test_fix_layers_property(layers: list[tuple[str, str]]) -> None:
 
 
 # -- schema1_payload ----------------------------------------------------------
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def sign(payload: bytes, extra: bytes = b"") -> bytes:
-    """A prettyjws body as libtrust lays it out (the signature itself is fake).
-    `extra` goes between the signed part and the signatures, unsigned (as in
-    moby's extra_data_manifest fixture)."""
-    cut = payload.rindex(b"\n")
-    head, tail = payload[:cut], payload[cut:]
-    protected = b64url(json.dumps({"formatLength": len(head), "formatTail": b64url(tail)}).encode())
-    sig = (
-        ',\n   "signatures": [{"header": {"alg": "ES256"}, "signature": "c2ln", '
-        f'"protected": "{protected}"}}]'
-    )
-    return head + extra + sig.encode() + tail
 
 
 def test_payload_signed_and_unsigned() -> None:
