@@ -295,7 +295,10 @@ def test_malformed_manifest_is_one_line_and_leaves_the_store(
 def test_fake_registry_serves_a_good_pull(fake: FakeRegistry, tmp_path: Path) -> None:
     proc = run_cli("pull", fake.ref(GOOD), "--root", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == f"Status: Downloaded newer image for {fake.ref(GOOD)}"
+    assert proc.stdout.splitlines()[-2:] == [
+        f"Status: Downloaded newer image for {fake.ref(GOOD)}",
+        fake.ref(GOOD),
+    ]
 
 
 # -- bounds on the manifests one pull follows --------------------------------

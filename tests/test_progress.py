@@ -32,18 +32,28 @@ def test_bar() -> None:
     assert progress_bar(100, 100, width=10).startswith("[==========>]")
 
 
-def test_plain_prints_changes_only() -> None:
+def test_plain_leaves_out_events_with_byte_counts() -> None:
+    """docker's jsonmessage off a terminal: no Downloading/Extracting lines
+    (they carry a byte count), every other status as it comes."""
     out = io.StringIO()
     r = PlainRenderer(out)
     r(ProgressEvent("Pulling fs layer", "abc"))
     r(ProgressEvent("Downloading", "abc", 1, 10))
     r(ProgressEvent("Downloading", "abc", 5, 10))
+    r(ProgressEvent("Retrying in 2 seconds", "abc"))
+    r(ProgressEvent("Retrying in 1 second", "abc"))
+    r(ProgressEvent("Verifying Checksum", "abc"))
     r(ProgressEvent("Download complete", "abc"))
+    r(ProgressEvent("Extracting", "abc", 10, 10))
+    r(ProgressEvent("Pull complete", "abc"))
     r(ProgressEvent("Digest: sha256:x"))
     assert out.getvalue().splitlines() == [
         "abc: Pulling fs layer",
-        "abc: Downloading",
+        "abc: Retrying in 2 seconds",
+        "abc: Retrying in 1 second",
+        "abc: Verifying Checksum",
         "abc: Download complete",
+        "abc: Pull complete",
         "Digest: sha256:x",
     ]
 

@@ -30,27 +30,6 @@ def blob_names(root: Path) -> set[str]:
     return {"sha256:" + p.name for p in (root / "blobs" / "sha256").iterdir()}
 
 
-def blob_gets(registry: RegistryServer) -> list[str]:
-    return [e.path for e in registry.request_log() if e.method == "GET" and "/blobs/" in e.path]
-
-
-@pytest.mark.parametrize("fmt", ["v2s2", "oci"])
-def test_cli_pull_transcript(pushed_image: PushedImage, tmp_path: Path, fmt: str) -> None:
-    ref = pushed_image.ref(fmt)  # type: ignore[arg-type]
-    proc = run_cli("pull", ref, "--root", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0] == f"{fmt}: Pulling from test/small"
-    for digest in pushed_image.layer_digests:
-        short = digest[7:19]
-        assert f"{short}: Pulling fs layer" in lines
-        assert f"{short}: Download complete" in lines
-        assert f"{short}: Pull complete" in lines
-    assert lines[-2] == f"Digest: {pushed_image.digests[fmt]}"
-    assert lines[-1] == f"Status: Downloaded newer image for {ref}"
-    assert proc.stderr == ""
-
-
 @pytest.mark.parametrize("fmt", ["v2s2", "oci"])
 def test_store_matches_skopeo(pushed_image: PushedImage, tmp_path: Path, fmt: str) -> None:
     root = tmp_path / "root"
@@ -84,8 +63,13 @@ def test_second_pull_is_up_to_date(pushed_image: PushedImage, tmp_path: Path) ->
     pushed_image.registry.clear_request_log()
     proc = run_cli("pull", ref, "--root", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines()[-1] == f"Status: Image is up to date for {ref}"
-    assert blob_gets(pushed_image.registry) == []
+    assert proc.stdout.splitlines() == [
+        "oci: Pulling from test/small",
+        f"Digest: {pushed_image.digests['oci']}",
+        f"Status: Image is up to date for {ref}",
+        ref,
+    ]
+    assert pushed_image.registry.blob_gets() == []
 
 
 def test_pull_by_digest(pushed_image: PushedImage, tmp_path: Path) -> None:
@@ -186,7 +170,7 @@ def test_errors_are_one_line(
 ) -> None:
     proc = run_cli("pull", make_ref(pushed_image.registry), "--root", str(tmp_path))
     assert proc.returncode != 0
-    assert proc.stdout.count("\n") <= 1  # at most the "Pulling from" line
+    assert proc.stdout == ""  # docker names what it pulls only once it is found
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("Error: ")
     assert words in proc.stderr

@@ -66,8 +66,11 @@ def test_name_tag_at_digest_pulls_by_digest(pushed_image: PushedImage, tmp_path:
     assert {r.digest for r in rows} == {oci}
     assert all(ref_ != "v2s2" for _, ref_ in manifest_requests(registry))
     statuses = [e.status for e in events]
-    assert statuses[0] == f"{oci}: Pulling from {pushed_image.repo}"
+    # As docker: headed by the canonical reference, the tag dropped.
+    canonical = registry.ref(f"{pushed_image.repo}@{oci}")
+    assert statuses[0] == f"{canonical}: Pulling from {pushed_image.repo}"
     assert f"Digest: {oci}" in statuses
+    assert statuses[-1] == f"Status: Downloaded newer image for {canonical}"
 
 
 def test_by_digest_reuses_a_local_manifest_the_registry_confirms(

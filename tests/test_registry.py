@@ -610,7 +610,7 @@ ERRORS = [
         "x:nope",
         ManifestUnknownError,
         "MANIFEST_UNKNOWN",
-        "manifest for test/x:nope not found: manifest unknown",
+        f"manifest for {REG}/test/x:nope not found: manifest unknown",
     ),
     (
         404,
@@ -619,7 +619,7 @@ ERRORS = [
         "sha256:" + "c" * 64,
         ManifestUnknownError,
         "MANIFEST_UNKNOWN",
-        "manifest for test/x@sha256:" + "c" * 64 + " not found",
+        f"manifest for {REG}/test/x@sha256:" + "c" * 64 + " not found",
     ),
     (
         404,
@@ -833,7 +833,7 @@ def test_manifest_errors_through_client() -> None:
     with fake.client() as c:
         with pytest.raises(ManifestUnknownError) as ei:
             c.get_manifest("test/x", "nope")
-        assert str(ei.value) == "manifest for test/x:nope not found: manifest unknown"
+        assert str(ei.value) == f"manifest for {REG}/test/x:nope not found: manifest unknown"
         with pytest.raises(NameUnknownError) as ei2:
             c.get_manifest("test/nope/deeper", "v1")
         assert str(ei2.value) == (
@@ -1168,7 +1168,10 @@ def test_real_unknown_tag(pushed_image: Any) -> None:
     ):
         c.get_manifest(pushed_image.repo, "nope")
         assert c.head_manifest(pushed_image.repo, "nope") is None
-    assert str(ei.value) == f"manifest for {pushed_image.repo}:nope not found: manifest unknown"
+    assert str(ei.value) == (
+        f"manifest for {pushed_image.registry.ref(pushed_image.repo)}:nope not found: "
+        "manifest unknown"
+    )
     assert ei.value.status == 404 and ei.value.code == "MANIFEST_UNKNOWN"
 
 

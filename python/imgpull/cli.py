@@ -28,7 +28,7 @@ from imgpull.client import Client  # noqa: E402
 from imgpull.errors import ImgpullError  # noqa: E402
 from imgpull.hosts import Mirror  # noqa: E402
 from imgpull.progress import human_size, renderer_for  # noqa: E402
-from imgpull.reference import parse_reference  # noqa: E402
+from imgpull.reference import DEFAULT_TAG, parse_reference  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
 
 app = typer.Typer(
@@ -202,14 +202,19 @@ def pull(
         ) as client,
     ):
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
+        # docker's CLI lines around the pull's own: the default tag when none
+        # was given, and at the end the full reference (alone with -q).
+        text = not json_lines
+        given = parse_reference(reference, default_tag=None)
         if all_tags:
-            pulled = client.pull_all_tags(reference, platform=platform, progress=progress)
-            if quiet:
-                for each in pulled:
-                    typer.echo(str(each.reference))
+            client.pull_all_tags(given, platform=platform, progress=progress)
+            if text:
+                typer.echo(str(given))
             return
+        if given.is_name_only and text and not quiet:
+            typer.echo(f"Using default tag: {DEFAULT_TAG}")
         image = client.pull(reference, platform=platform, progress=progress)
-        if quiet:
+        if text:
             typer.echo(str(image.reference))
 
 

@@ -39,7 +39,7 @@ from imgpull.hosts import ConfigError, Mirror, parse_mirror, registry_key
 from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent
-from imgpull.pull import Image, Puller, PullOptions
+from imgpull.pull import Image, Puller, PullOptions, pull_status
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
 from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for, is_loopback
 from imgpull.registry.errors import one_line
@@ -172,12 +172,18 @@ class Client:
     ) -> Image:
         ref = parse_reference(reference) if isinstance(reference, str) else reference
         want = parse_platform(platform) if isinstance(platform, str) else platform
-        emit = progress or _ignore
+        return self._pull(ref, want, progress or _ignore)
+
+    def _pull(
+        self, ref: Reference, want: Platform | None, emit: ProgressCallback, status: bool = True
+    ) -> Image:
+        """One pull; `status`: end with docker's Status line."""
 
         def attempt(registry: RegistryClient, fetcher: Fetcher, retry: RetryPolicy) -> Image:
             options = PullOptions(
                 platform=want or host_platform(),
                 explicit_platform=want is not None,
+                report_status=status,
                 max_concurrent_downloads=self._max_concurrent,
                 retry=retry,
                 stall=self._stall,
@@ -217,7 +223,12 @@ class Client:
             progress or _ignore,
             lambda registry, _fetcher, _retry: registry.list_tags(ref.repository),
         )
-        return [self.pull(ref.with_tag(tag), platform=want, progress=progress) for tag in tags]
+        emit = progress or _ignore
+        # As docker: one Status line for the whole repository, at the end.
+        pulled = [self._pull(ref.with_tag(tag), want, emit, status=False) for tag in tags]
+        updated = any(i.updated for i in pulled)
+        emit(ProgressEvent(f"Status: {pull_status(ref.familiar(), updated)}"))
+        return pulled
 
     def _with_fallback(
         self,

@@ -124,4 +124,5 @@ class ImageNotFoundError(ImgpullError):
 
 
 class ImageConflictError(ImgpullError):
-    """A removal docker would refuse without --force."""
+    """A change docker refuses as a conflict: a removal without --force, a
+    digest reference moved to another image."""

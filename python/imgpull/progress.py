@@ -78,20 +78,20 @@ class JsonRenderer:
 
 
 class PlainRenderer:
-    """One line per status change; byte counts are left out (no terminal)."""
+    """Docker's lines when stdout is not a terminal: jsonmessage leaves out
+    every event that carries a byte count (Downloading, Extracting) and
+    prints the others as they come."""
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
         self._lock = threading.Lock()
-        self._last: dict[str, str] = {}
 
     def __call__(self, event: ProgressEvent) -> None:
+        if event.current is not None:
+            return
         with self._lock:
-            if event.id is None:
-                self._out.write(event.status + "\n")
-            elif self._last.get(event.id) != event.status:
-                self._last[event.id] = event.status
-                self._out.write(f"{event.id}: {event.status}\n")
+            prefix = "" if event.id is None else f"{event.id}: "
+            self._out.write(f"{prefix}{event.status}\n")
             self._out.flush()
 
 

@@ -32,6 +32,7 @@ from imgpull._core import (
 from imgpull.errors import (
     FetchError,
     ForeignLayerError,
+    ImageConflictError,
     ImgpullError,
     ManifestError,
     ManifestUnknownError,
@@ -107,6 +108,8 @@ class PullOptions:
     # Fetch layers whose descriptor lists `urls` (foreign / non-distributable
     # layers) from those URLs; False refuses images that have any.
     allow_foreign: bool = True
+    # End with docker's `Status:` line (an --all-tags run has one for all tags).
+    report_status: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,10 +131,22 @@ class Image:
 
     @property
     def status(self) -> str:
-        name = self.reference.familiar()
-        if self.updated:
-            return f"Downloaded newer image for {name}"
-        return f"Image is up to date for {name}"
+        ref = self.reference
+        # The daemon pulls `name:tag@digest` as `name@digest`, and says so.
+        pulled = ref if ref.digest is None else replace(ref, tag=None)
+        return pull_status(pulled.familiar(), self.updated)
+
+
+def pull_status(name: str, updated: bool) -> str:
+    """docker's last word on a pull of `name` (familiar form): whether some
+    reference now points somewhere new."""
+    if updated:
+        return f"Downloaded newer image for {name}"
+    return f"Image is up to date for {name}"
+
+
+class _ImageGone(Exception):
+    """The stored image a pull meant to reuse was removed meanwhile (an rmi)."""
 
 
 class _Transfers:
@@ -207,17 +222,19 @@ class Puller:
 
     def pull(self) -> Image:
         ref = self.ref
-        label = ref.tag if ref.digest is None else ref.digest
-        self.emit(ProgressEvent(f"{label}: Pulling from {ref.repository}"))
         top = self._resolve(ref)
+        # As docker: named once the manifest is found (an unknown tag gets the
+        # error alone); by digest, by the whole canonical reference, tag dropped.
+        label = ref.tag if ref.digest is None else f"{ref.name}@{ref.digest}"
+        self.emit(ProgressEvent(f"{label}: Pulling from {ref.repository}"))
         manifest = self._select(top) if isinstance(top, ManifestIndex) else top
         if isinstance(manifest, Schema1Manifest):
             image = self._pull_schema1(ref, top, manifest)
         else:
             assert isinstance(manifest, ImageManifest)
             image = self._pull_image(ref, top, manifest)
-        self.emit(ProgressEvent(f"Digest: {image.digest}"))
-        self.emit(ProgressEvent(f"Status: {image.status}"))
+        if self.options.report_status:
+            self.emit(ProgressEvent(f"Status: {image.status}"))
         self._warn_platform_mismatch(image)
         return image
 
@@ -364,13 +381,17 @@ class Puller:
                         f"({layer.media_type}) served from {one_line(layer.urls[0], 200)}; "
                         "refusing it because foreign layers are disabled (--no-foreign-layers)"
                     )
-        content, meta = self.store.content, self.store.meta
         config_desc = manifest.config
-        existing = meta.get_image(config_desc.digest)
-        have_all = existing is not None and all(
-            content.exists(d.digest) for d in (config_desc, *manifest.layers)
-        )
-        downloaded = [] if have_all else self._download_all(config_desc, manifest.layers)
+        if self.store.meta.get_image(config_desc.digest) is not None:
+            # As docker: the image (its ID is the config digest) is stored
+            # already, e.g. pulled from a manifest with other layer blobs
+            # (zstd vs gzip): nothing is fetched, the references name it, and
+            # it keeps its own manifest and layers, which are present.
+            try:
+                return self._record(ref, top, manifest, None, ())
+            except _ImageGone:
+                pass  # removed meanwhile (an `rmi`): pull it
+        downloaded = self._download_all(config_desc, manifest.layers)
         for attempt in range(3):
             try:
                 config = self._load_config(config_desc.digest, len(manifest.layers))
@@ -442,7 +463,9 @@ class Puller:
         (computed while it downloaded) has been checked against the config."""
         for layer in downloaded:
             label = short_id(layer.digest)
-            self.emit(ProgressEvent(EXTRACTING, label))
+            # With its byte count, as docker's (so no plain line shows it).
+            size = layer.size if layer.size >= 0 else self.store.content.size(layer.digest)
+            self.emit(ProgressEvent(EXTRACTING, label, size, size))
             self.emit(ProgressEvent(PULL_COMPLETE, label))
 
     def _diff_ids(self, layers: Sequence[Descriptor]) -> list[str]:
@@ -679,6 +702,14 @@ class Puller:
 
     # Record ---------------------------------------------------------------
 
+    def _stored_config(self, image_id: str) -> dict[str, Any]:
+        """The config of a stored image (checked when it was recorded), read
+        inside a transaction; _ImageGone when the image has been removed."""
+        if self.store.meta.get_image(image_id) is None:
+            raise _ImageGone(image_id)
+        config: dict[str, Any] = json.loads(self.store.content.read(image_id))
+        return config
+
     def _load_config(self, digest: str, layer_count: int) -> dict[str, Any]:
         try:
             config = json.loads(self.store.content.read(digest))
@@ -706,16 +737,22 @@ class Puller:
         ref: Reference,
         top: Manifest,
         manifest: ImageManifest,
-        config: dict[str, Any],
+        config: dict[str, Any] | None,
         diff_ids: Sequence[str],
     ) -> Image:
         """Store the manifests and record the pull: one transaction, so a crash
-        leaves the store as before or after it, and pays for one commit."""
+        leaves the store as before or after it, and pays for one commit.
+
+        `config` None: the image is stored already (`_pull_image`); only the
+        manifests and references are recorded, or _ImageGone is raised when
+        it has been removed meanwhile.
+        """
         content, meta = self.store.content, self.store.meta
         image_id = manifest.config.digest
-        platform = _config_platform(config)
+        known = config is None
         manifests = {top.digest: top, manifest.digest: manifest}.values()
-        blobs = {d.digest: d for d in (manifest.config, *manifest.layers)}.values()
+        # A stored image's own blobs are safe while its row stands.
+        blobs = () if known else {d.digest: d for d in (manifest.config, *manifest.layers)}.values()
         # A concurrent `rmi` may delete blobs this pull found present (and so
         # did not download): it deletes a file only inside a write transaction
         # and only while nothing uses it (Store.delete_blob). So a check made
@@ -731,10 +768,21 @@ class Puller:
                 for m in manifests:
                     content.put(m.raw, m.digest)
                 with meta.transaction():
+                    if known:
+                        config = self._stored_config(image_id)
+                        # Its diffIDs are recorded, unless a store of schema < 3
+                        # recorded it: then they are its config's (checked then).
+                        recorded = meta.image_rootfs(image_id)
+                        diff_ids = [] if recorded else config["rootfs"]["diff_ids"]
+                    assert config is not None
                     gone = [d for d in blobs if not content.exists(d.digest)]
                     if not gone and all(content.exists(m.digest) for m in manifests):
-                        updated = self._record_image(ref, top, manifest, config, blobs)
-                        meta.set_image_rootfs(image_id, diff_ids, chain_ids(diff_ids))
+                        platform = _config_platform(config)
+                        updated, kept = self._record_image(
+                            ref, top, manifest, config, blobs, known=known
+                        )
+                        if diff_ids:
+                            meta.set_image_rootfs(image_id, diff_ids, chain_ids(diff_ids))
                         if pinned:
                             meta.unpin_blobs(pin)
                             pinned = False
@@ -754,6 +802,17 @@ class Puller:
         finally:
             if pinned:
                 meta.unpin_blobs(pin)
+        self.emit(ProgressEvent(f"Digest: {top.digest}"))
+        if kept is not None:
+            # As docker: the image is stored, but a digest reference never
+            # moves (a pull by tag leaves it where it is without a word).
+            new = short_id(image_id)
+            raise ImageConflictError(
+                f"Cannot overwrite digest {top.digest}: it names image {short_id(kept)}; the "
+                f"{platform} image pulled is stored as {new} without a name: name it (imgpull "
+                f"tag {new} NAME:TAG), or remove the digest reference (imgpull rmi "
+                f"{replace(ref, tag=None).familiar()}) and pull again"
+            )
         return Image(
             reference=ref,
             id=image_id,
@@ -775,9 +834,16 @@ class Puller:
         manifest: ImageManifest,
         config: dict[str, Any],
         blobs: Iterable[Descriptor],
-    ) -> bool:
-        """The rows of one pull, inside the caller's transaction; True when
-        the reference now points somewhere new."""
+        *,
+        known: bool = False,
+    ) -> tuple[bool, str | None]:
+        """The rows of one pull, inside the caller's transaction (`known`: the
+        image is stored, only its manifests and references are recorded).
+
+        Returns whether the reference now points somewhere new, and for a
+        pull by digest whose digest reference names another image, that
+        image's ID (docker never moves a digest reference).
+        """
         meta = self.store.meta
         image_id = manifest.config.digest
         platform = _config_platform(config)
@@ -787,27 +853,36 @@ class Puller:
         # dropped the rows of one this pull found present.
         for d in blobs:
             meta.record_blob(d.digest, d.size, d.media_type, self.host, self.repo)
-        meta.add_image(
-            ImageRecord(
-                id=image_id,
-                manifest_digest=manifest.digest,
-                media_type=manifest.media_type,
-                os=platform.os,
-                architecture=platform.architecture,
-                variant=platform.variant,
-                created=config.get("created") if isinstance(config.get("created"), str) else None,
-                size=_image_size(manifest),
-                pulled_at=time.time(),
-            ),
-            [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
-            manifests=[top.digest],
-        )
-        updated = meta.set_reference(
-            f"{ref.name}@{top.digest}", ref.name, None, top.digest, image_id
-        )
+        if known:
+            meta.add_image_manifests(image_id, [top.digest, manifest.digest])
+        else:
+            meta.add_image(
+                ImageRecord(
+                    id=image_id,
+                    manifest_digest=manifest.digest,
+                    media_type=manifest.media_type,
+                    os=platform.os,
+                    architecture=platform.architecture,
+                    variant=platform.variant,
+                    created=config.get("created")
+                    if isinstance(config.get("created"), str)
+                    else None,
+                    size=_image_size(manifest),
+                    pulled_at=time.time(),
+                ),
+                [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
+                manifests=[top.digest],
+            )
+        by_digest = f"{ref.name}@{top.digest}"
+        current = meta.resolve(by_digest)
+        if current is None:
+            updated = meta.set_reference(by_digest, ref.name, None, top.digest, image_id)
+        else:
+            updated = False
         if ref.digest is None:
             updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
-        return updated
+        kept = current if ref.digest is not None and current not in (None, image_id) else None
+        return updated, kept
 
 
 def _diff_id(path: Path) -> str:

@@ -217,14 +217,7 @@ class Reference:
     @property
     def familiar_name(self) -> str:
         """Short name as docker shows it: "ubuntu", "user/app", "localhost:5000/x"."""
-        if self.domain != DEFAULT_DOMAIN:
-            return self.name
-        if self.path.startswith(OFFICIAL_REPO_PREFIX):
-            rest = self.path[len(OFFICIAL_REPO_PREFIX) :]
-            # library/a/b stays as is: dropping the prefix would change its meaning.
-            if "/" not in rest:
-                return rest
-        return self.path
+        return familiar_name(self.domain, self.path)
 
     @property
     def is_name_only(self) -> bool:
@@ -258,6 +251,19 @@ class Reference:
 
     def __str__(self) -> str:
         return self._join()
+
+
+def familiar_name(domain: str, path: str) -> str:
+    """Repository `path` of registry `domain` as docker shows it: "ubuntu"
+    for docker.io's library/ubuntu, else "user/app" or "localhost:5000/x"."""
+    if domain != DEFAULT_DOMAIN:
+        return f"{domain}/{path}"
+    if path.startswith(OFFICIAL_REPO_PREFIX):
+        rest = path[len(OFFICIAL_REPO_PREFIX) :]
+        # library/a/b stays as is: dropping the prefix would change its meaning.
+        if "/" not in rest:
+            return rest
+    return path
 
 
 def _split_docker_domain(ref: str) -> tuple[str, str]:

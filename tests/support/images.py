@@ -24,7 +24,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -570,6 +570,39 @@ def build_oci_layout(
         },
     )
     return image
+
+
+def recompressed(image: ImageInfo, layout_dir: Path | str, compression: Compression) -> ImageInfo:
+    """``image`` with its layers compressed another way: the same tars (diffIDs)
+    and the same config bytes (image ID), other layer blobs; an OCI layout."""
+    layout_dir = Path(layout_dir)
+    layout_dir.mkdir(parents=True, exist_ok=True)
+    store = BlobStore(layout_dir)
+    infos = tuple(store.put_layer(replace(i.spec, compression=compression)) for i in image.layers)
+    config_digest, config_size = store.put_bytes(image.blob(image.config_digest))
+    manifest: dict[str, Any] = {
+        **image.manifest,
+        "config": {"mediaType": MT_OCI_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": i.media_type, "digest": i.digest, "size": i.size} for i in infos],
+    }
+    manifest_digest, manifest_size = store.put_bytes(json.dumps(manifest, indent=2).encode())
+    _write_layout_index(
+        layout_dir,
+        {
+            "mediaType": MT_OCI_MANIFEST,
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": {REF_NAME_ANNOTATION: image.ref},
+        },
+    )
+    return replace(
+        image,
+        layout_dir=layout_dir,
+        manifest_digest=manifest_digest,
+        manifest_size=manifest_size,
+        manifest=manifest,
+        layers=infos,
+    )
 
 
 @dataclass(frozen=True)

@@ -373,6 +373,10 @@ class RegistryServer(Managed):
                 )
         return entries
 
+    def blob_gets(self) -> list[str]:
+        """The paths of the blob GETs answered so far (layers and configs)."""
+        return [e.path for e in self.request_log() if e.method == "GET" and "/blobs/" in e.path]
+
     def clear_request_log(self) -> None:
         """Forget the requests so far (the registry appends to the same file)."""
         if self.access_log_path.exists():

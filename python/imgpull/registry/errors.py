@@ -33,6 +33,7 @@ from imgpull.errors import (
     RegistryUnreachableError,
     TLSVerificationError,
 )
+from imgpull.reference import familiar_name
 
 __all__ = [
     "ErrorDetail",
@@ -170,8 +171,10 @@ def error_from_response(
             retry_after=retry_after,
         )
     if code == "MANIFEST_UNKNOWN" or (status == 404 and kind == "manifest" and code is None):
+        # The whole familiar reference, registry included, as docker names it.
+        shown = familiar_name(registry, repo) if repo else name
         return ManifestUnknownError(
-            f"{_subject('manifest', repo, reference)} not found: {msg or 'manifest unknown'}",
+            f"{_subject('manifest', shown, reference)} not found: {msg or 'manifest unknown'}",
             status=status,
             code=code or "MANIFEST_UNKNOWN",
             retry_after=retry_after,

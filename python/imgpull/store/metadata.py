@@ -364,9 +364,15 @@ class MetadataStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 [(image.id, i, lr.digest, lr.size, lr.media_type) for i, lr in enumerate(layers)],
             )
+            self.add_image_manifests(image.id, [image.manifest_digest, *manifests])
+
+    def add_image_manifests(self, image_id: str, digests: Iterable[str]) -> None:
+        """Count manifests as the image's (they go when it goes): e.g. those
+        of another pull of the same image, whose references name it."""
+        with self.transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO image_manifests(image_id, digest) VALUES (?, ?)",
-                [(image.id, d) for d in dict.fromkeys([image.manifest_digest, *manifests])],
+                [(image_id, d) for d in dict.fromkeys(digests)],
             )
 
     def get_image(self, image_id: str) -> ImageRecord | None:
