@@ -336,7 +336,7 @@ def _pull_refused(fake: FakeRegistry, template_root: Path, tmp_path: Path, ref: 
     return proc.stderr
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 def test_index_chain_1500_deep_is_refused_at_the_depth_limit(
     fake: FakeRegistry, template_root: Path, tmp_path: Path
 ) -> None:
@@ -356,7 +356,7 @@ def test_index_chain_1500_deep_is_refused_at_the_depth_limit(
     assert len(_manifest_gets(fake, repo)) == MAX_INDEX_DEPTH + 1
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
 def test_thousands_of_nested_indexes_without_a_match_are_refused_at_the_count_limit(
     fake: FakeRegistry, template_root: Path, tmp_path: Path
 ) -> None:
