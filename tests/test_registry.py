@@ -943,7 +943,9 @@ class ScriptedFetcher:
 
     def fetch_blob(self, url: str, headers: Any, writer: Any, transfer: Any = None) -> FakeResult:
         self.calls.append((url, list(headers)))
-        return self.results.pop(0)
+        result = self.results.pop(0)
+        result.url = result.url or url  # no redirect: it ended where it was sent
+        return result
 
 
 BLOB = "sha256:" + "b" * 64

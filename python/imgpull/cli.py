@@ -29,6 +29,8 @@ from imgpull.errors import ImgpullError  # noqa: E402
 from imgpull.hosts import Mirror  # noqa: E402
 from imgpull.progress import human_size, renderer_for  # noqa: E402
 from imgpull.reference import DEFAULT_TAG, parse_reference  # noqa: E402
+from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
+from imgpull.safetext import printable  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
 
 app = typer.Typer(
@@ -84,6 +86,14 @@ MirrorOpt = Annotated[
         "~/.config/imgpull/config.toml).",
     ),
 ]
+RequestTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--request-timeout",
+        help="Seconds one manifest, tag-list, ping or token request may take in all "
+        "(blob downloads are watched for stalls instead).",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -99,11 +109,17 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except ImgpullError as exc:
-        typer.echo(f"Error: {exc}", err=True)
+        _print_error(exc)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("Interrupted: partial downloads are kept; run again to resume.", err=True)
         raise typer.Exit(130) from None
+
+
+def _print_error(exc: ImgpullError) -> None:
+    # Messages quote what servers said: no raw control character (ESC, BEL,
+    # CR, bidi override) reaches the terminal.
+    typer.echo(f"Error: {printable(str(exc))}", err=True)
 
 
 def _client(
@@ -116,6 +132,7 @@ def _client(
     allow_foreign: bool = True,
     tls: _TlsOptions = _TlsOptions(),
     mirrors: Mapping[str, Sequence[Mirror]] | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
 ) -> Client:
     return Client(
         root,
@@ -129,6 +146,7 @@ def _client(
         refuse_schema1=refuse_schema1,
         allow_foreign=allow_foreign,
         mirrors=mirrors,
+        request_timeout=request_timeout,
     )
 
 
@@ -165,6 +183,7 @@ def pull(
     client_key: ClientKeyOpt = None,
     certs_dir: CertsDirOpt = None,
     mirror: MirrorOpt = None,
+    request_timeout: RequestTimeoutOpt = DEFAULT_REQUEST_TIMEOUT,
     json_lines: Annotated[
         bool, typer.Option("--json", help="Progress as one JSON object a line.")
     ] = False,
@@ -199,6 +218,7 @@ def pull(
             allow_foreign=not no_foreign_layers,
             tls=_TlsOptions(client_cert, client_key, certs_dir),
             mirrors=_mirrors(reference, mirror),
+            request_timeout=request_timeout,
         ) as client,
     ):
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
@@ -283,7 +303,7 @@ def rmi(
                 for record in client.remove(reference, force=force):
                     typer.echo(str(record))
             except ImgpullError as exc:  # as docker: report it, go on with the others
-                typer.echo(f"Error: {exc}", err=True)
+                _print_error(exc)
                 failed = True
     if failed:
         raise typer.Exit(1)
@@ -335,11 +355,19 @@ def export(
     plain_http: PlainHttpOpt = None,
     insecure: InsecureOpt = False,
     ca_cert: CaCertOpt = None,
+    request_timeout: RequestTimeoutOpt = DEFAULT_REQUEST_TIMEOUT,
 ) -> None:
     """Export an image: an OCI layout, a docker-archive tar, or a root filesystem."""
     with (
         _user_errors(),
-        _client(root, plain_http, insecure, ca_cert, mirrors=_mirrors(reference, None)) as client,
+        _client(
+            root,
+            plain_http,
+            insecure,
+            ca_cert,
+            mirrors=_mirrors(reference, None),
+            request_timeout=request_timeout,
+        ) as client,
     ):
         client.export(
             reference, fmt, dest, platform=platform, max_ratio=max_ratio, max_bytes=max_size

@@ -42,6 +42,7 @@ from imgpull.progress import ProgressCallback, ProgressEvent
 from imgpull.pull import Image, Puller, PullOptions, pull_status
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
 from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for, is_loopback
+from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import LayerRecord, ReferenceRecord, Store
@@ -92,7 +93,10 @@ class Client:
     one is passed. `mirrors` maps a registry ("docker.io", "host:port") to
     mirrors tried first, in order ("[http[s]://]host[:port]" or Mirror).
     `retry` says when a failed request is tried again; `stall` when a blob
-    download counts as stalled (then it is retried from its offset).
+    download counts as stalled (then it is retried from its offset);
+    `request_timeout` bounds each other request (manifest, tag page, ping,
+    token) as a whole, in seconds: a timed-out one is retried like a network
+    failure.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class Client:
         max_concurrent_downloads: int = 3,
         retry: RetryPolicy | None = None,
         stall: StallPolicy | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         refuse_schema1: bool = False,
         allow_foreign: bool = True,
         mirrors: Mapping[str, Sequence[str | Mirror]] | None = None,
@@ -115,6 +120,9 @@ class Client:
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ImgpullError("max concurrent downloads must be at least 1")
+        if not request_timeout > 0:
+            raise ImgpullError("the request timeout must be a positive number of seconds")
+        self._request_timeout = request_timeout
         self._tls = hosts.TLSFiles(
             ca_file=ca_file, client_cert=client_cert, client_key=client_key, dirs=certs_dirs
         )
@@ -287,7 +295,9 @@ class Client:
         creds = self._credentials(endpoint.name)
         proxy = _proxy_for(endpoint)
         try:
-            registry = RegistryClient(endpoint, credentials=creds)
+            registry = RegistryClient(
+                endpoint, credentials=creds, request_timeout=self._request_timeout
+            )
         except (ImportError, ValueError) as e:  # httpx, on the environment's proxies
             raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
         try:

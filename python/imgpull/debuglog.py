@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 
 import httpx
 
+from imgpull.safetext import REDACTED, printable
+
 __all__ = ["enable", "install", "log_exchange", "redact_headers", "redact_url"]
 
 log = logging.getLogger("imgpull.http")
-
-REDACTED = "<redacted>"
 _SECRET_HEADERS = frozenset(
     {
         "authorization",
@@ -108,13 +108,20 @@ def install(http: httpx.Client) -> None:
     http.event_hooks["response"].append(_on_response)
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Traces quote headers and URLs servers sent: escaped for the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def enable() -> None:
     """Send imgpull's debug log to stderr (`imgpull --debug`, IMGPULL_DEBUG=1)."""
     root = logging.getLogger("imgpull")
     if any(getattr(h, "_imgpull_debug", False) for h in root.handlers):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("DEBUG %(name)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("DEBUG %(name)s: %(message)s"))
     handler._imgpull_debug = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)

@@ -31,6 +31,7 @@ __all__ = [
     "NoMatchingPlatformError",
     "PullCancelledError",
     "RegistryError",
+    "RegistryTimeoutError",
     "RegistryUnreachableError",
     "SizeMismatchError",
     "StoreError",
@@ -84,6 +85,11 @@ class ManifestUnknownError(RegistryError):
 
 class RegistryUnreachableError(RegistryError):
     """No connection could be made to the registry."""
+
+
+class RegistryTimeoutError(RegistryUnreachableError):
+    """A request (manifest, tag page, ping, token) did not complete within
+    its overall deadline: retried like any network failure."""
 
 
 class TLSVerificationError(RegistryError):

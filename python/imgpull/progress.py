@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
+
+from imgpull.safetext import printable
 
 # Layer statuses, as docker words them.
 PULLING_FS_LAYER = "Pulling fs layer"
@@ -132,7 +134,18 @@ class TtyRenderer:
 
 def renderer_for(out: TextIO, *, json_lines: bool = False) -> ProgressCallback:
     if json_lines:
-        return JsonRenderer(out)
-    if out.isatty():
-        return TtyRenderer(out)
-    return PlainRenderer(out)
+        return JsonRenderer(out)  # json.dumps escapes control characters itself
+    render: ProgressCallback = TtyRenderer(out) if out.isatty() else PlainRenderer(out)
+
+    def escaped(event: ProgressEvent) -> None:
+        # Statuses carry server text (a mirror's error): no raw ESC, BEL, CR
+        # or bidi override reaches the terminal.
+        if not (event.status.isprintable() and (event.id or "").isprintable()):
+            event = replace(
+                event,
+                status=printable(event.status),
+                id=None if event.id is None else printable(event.id),
+            )
+        render(event)
+
+    return escaped

@@ -16,16 +16,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import quote, quote_plus
 
 import httpx
 
 from imgpull.errors import AuthenticationError, RegistryError
+from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, deadline
 from imgpull.registry.errors import (
     header_values,
     one_line,
     parse_retry_after,
     request_failure,
 )
+from imgpull.safetext import redact
 
 __all__ = [
     "Challenge",
@@ -33,6 +36,7 @@ __all__ = [
     "Credentials",
     "parse_challenges",
     "pull_scope",
+    "same_origin",
 ]
 
 # Docker's minimum and default token lifetime (seconds): a token server that
@@ -44,6 +48,8 @@ EXPIRY_MARGIN = 5.0
 MAX_TOKEN_RESPONSE = 1 << 20
 # Sent as OAuth client_id, like docker's "docker".
 CLIENT_ID = "imgpull"
+# Redirects followed from a token realm (httpx's default is 20).
+MAX_TOKEN_REDIRECTS = 10
 
 
 def _now() -> float:
@@ -85,6 +91,19 @@ CredentialStore = Callable[[str], "Credentials | None"]
 
 def pull_scope(repo: str) -> str:
     return f"repository:{repo}:pull"
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    """Same scheme, host and port (default ports filled in): where credentials
+    stored for one may go, as docker keys its auth challenges."""
+    return (a.scheme, a.host, a.port or _DEFAULT_PORTS.get(a.scheme)) == (
+        b.scheme,
+        b.host,
+        b.port or _DEFAULT_PORTS.get(b.scheme),
+    )
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 # ---------------------------------------------------------------------------
@@ -290,8 +309,11 @@ class Authenticator:
         headers: Sequence[tuple[str, str]],
         force_oauth: bool = False,
         offline: bool = False,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
         self._http = http
+        # Overall limit of one token request, body included (deadline.py).
+        self._request_timeout = request_timeout
         self._registry = registry
         self._creds = credentials
         self._headers = list(headers)
@@ -320,6 +342,21 @@ class Authenticator:
         """The refresh (identity) token held: given, or handed out by the token server."""
         with self._lock:
             return self._refresh_token
+
+    def secrets(self) -> list[str]:
+        """Every secret held (password, Basic credentials, identity, refresh
+        and access tokens), also URL-encoded: to redact server text echoing one."""
+        with self._lock:
+            held = [t.value for t in self._tokens.values()]
+            held.append(self._refresh_token or "")
+        creds = self._creds
+        if creds is not None:
+            held += [creds.password or "", creds.identity_token or ""]
+            header = creds.basic_header()
+            if header:
+                held.append(header.split(" ", 1)[1])
+        held = [s for s in held if s]
+        return held + [quote(s, safe="") for s in held] + [quote_plus(s) for s in held]
 
     def set_challenge(self, challenge: Challenge | None) -> None:
         with self._lock:
@@ -461,21 +498,48 @@ class Authenticator:
         headers = list(self._headers)
         if auth:
             headers.append(("Authorization", auth))
+        host = _host_of(url)
+        request = self._http.build_request(method, url, headers=headers, data=data)
         try:
-            with self._http.stream(
-                method, url, headers=headers, data=data, follow_redirects=True
-            ) as resp:
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_TOKEN_RESPONSE:
-                        raise RegistryError(
-                            f"token server {url.host} sent an oversized response",
-                            status=resp.status_code,
+            with deadline(self._request_timeout, "token request", f"token server {host}"):
+                for _ in range(MAX_TOKEN_REDIRECTS + 1):
+                    resp = self._http.send(request, stream=True, follow_redirects=False)
+                    try:
+                        following = resp.next_request
+                        if following is None:
+                            return self._read_token_response(resp, url)
+                    finally:
+                        resp.close()
+                    # httpx drops Authorization when a redirect leaves the
+                    # origin, but a 307/308 carries a POST's form (password,
+                    # refresh token) anywhere: not to another host.
+                    if (
+                        data is not None
+                        and following.method == request.method
+                        and not same_origin(following.url, url)
+                    ):
+                        raise AuthenticationError(
+                            f"token server {host} redirected the login to another host, "
+                            f"{_host_of(following.url)}: imgpull does not send the "
+                            f"credentials of {self._registry} there"
                         )
-                return resp.status_code, resp.headers.multi_items(), bytes(body)
+                    request = following
         except httpx.RequestError as e:
-            raise request_failure(_host_of(url), e, what="token server") from None
+            raise request_failure(host, e, what="token server") from None
+        raise RegistryError(f"token server {host} redirected too many times")
+
+    def _read_token_response(
+        self, resp: httpx.Response, url: httpx.URL
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        body = bytearray()
+        for chunk in resp.iter_bytes():
+            body += chunk
+            if len(body) > MAX_TOKEN_RESPONSE:
+                raise RegistryError(
+                    f"token server {_host_of(url)} sent an oversized response",
+                    status=resp.status_code,
+                )
+        return resp.status_code, resp.headers.multi_items(), bytes(body)
 
     def _token_from(
         self, resp: tuple[int, list[tuple[str, str]], bytes], url: httpx.URL
@@ -483,7 +547,7 @@ class Authenticator:
         status, headers, body = resp
         host = _host_of(url)
         if status in (401, 403):
-            msg = _token_error_message(body)
+            msg = _token_error_message(body, self.secrets())
             if self.has_credentials:
                 text = (
                     f"authentication to {self._registry} failed (token server {host} said "
@@ -498,7 +562,7 @@ class Authenticator:
                 )
             raise AuthenticationError(text, status=status, code="UNAUTHORIZED", retry_after=None)
         if not 200 <= status < 300:
-            msg = _token_error_message(body)
+            msg = _token_error_message(body, self.secrets())
             raise RegistryError(
                 f"token server {host} answered {status}{': ' + msg if msg else ''}",
                 status=status,
@@ -534,8 +598,9 @@ def _host_of(url: httpx.URL) -> str:
     return f"{url.host}:{url.port}" if url.port else url.host
 
 
-def _token_error_message(body: bytes) -> str:
-    """The reason a token server gave, from the shapes seen in the wild."""
+def _token_error_message(body: bytes, secrets: Iterable[str]) -> str:
+    """The reason a token server gave, from the shapes seen in the wild
+    (`secrets` redacted: a server may echo the credentials back)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: very deep nesting
@@ -545,10 +610,10 @@ def _token_error_message(body: bytes) -> str:
     for key in ("details", "error_description", "message", "error"):
         v = data.get(key)
         if isinstance(v, str) and v:
-            return one_line(v)
+            return one_line(redact(v, secrets))
     errs = data.get("errors")
     if isinstance(errs, list) and errs and isinstance(errs[0], dict):
         m = errs[0].get("message")
         if isinstance(m, str):
-            return one_line(m)
+            return one_line(redact(m, secrets))
     return ""

@@ -13,6 +13,7 @@ import json
 import ssl
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ from imgpull.errors import (
     RegistryUnreachableError,
 )
 from imgpull.manifest import ACCEPT, MAX_MANIFEST_BYTES
+from imgpull.registry import deadline
 from imgpull.registry.auth import (
     Authenticator,
     Challenge,
@@ -36,6 +38,7 @@ from imgpull.registry.auth import (
     choose_challenge,
     parse_challenges,
     pull_scope,
+    same_origin,
 )
 from imgpull.registry.errors import (
     Kind,
@@ -236,6 +239,8 @@ class RegistryClient:
     `headers` are extra headers for every request (docker's X-Meta-*).
     Pass `http` to supply the httpx client (tests); it is then not closed here.
     `login` asks token servers for a refresh token too (see check_login).
+    `timeout` bounds each connect and read; `request_timeout` each whole
+    request but blob bodies (a ping, a manifest, a tag page, a token).
     """
 
     def __init__(
@@ -250,8 +255,12 @@ class RegistryClient:
         force_oauth: bool = False,
         http: httpx.Client | None = None,
         login: bool = False,
+        request_timeout: float = deadline.DEFAULT_REQUEST_TIMEOUT,
     ) -> None:
+        if not request_timeout > 0:
+            raise ValueError("request_timeout must be a positive number of seconds")
         self._endpoint = endpoint
+        self._request_timeout = request_timeout
         self._owns_http = http is None
         if http is None:
             http = httpx.Client(
@@ -267,6 +276,7 @@ class RegistryClient:
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
             )
             debuglog.install(http)
+            deadline.install(http)
         self._http = http
         self._headers: list[tuple[str, str]] = [("User-Agent", user_agent), *headers]
         if credentials is None and credential_store is not None:
@@ -278,6 +288,7 @@ class RegistryClient:
             headers=self._headers,
             force_oauth=force_oauth,
             offline=login,
+            request_timeout=request_timeout,
         )
         self._base = endpoint.base_url
         self._ping_lock = threading.Lock()
@@ -329,17 +340,24 @@ class RegistryClient:
                 self._ping_locked()
                 self._pinged = True
 
-    def _ping_at(self, base: str) -> tuple[int, list[tuple[str, str]], bytes]:
-        with self._http.stream(
-            "GET", f"{base}/v2/", headers=self._headers, follow_redirects=True
-        ) as resp:
+    def _deadline(self, what: str) -> AbstractContextManager[None]:
+        """The overall time limit of one request (see deadline.py)."""
+        return deadline.deadline(self._request_timeout, what, self._endpoint.host)
+
+    def _ping_at(self, base: str) -> tuple[int, list[tuple[str, str]], bytes, httpx.URL]:
+        with (
+            self._deadline("GET /v2/"),
+            self._http.stream(
+                "GET", f"{base}/v2/", headers=self._headers, follow_redirects=True
+            ) as resp,
+        ):
             body, _ = _read_capped(resp, _MAX_ERROR_BODY)
-            return resp.status_code, resp.headers.multi_items(), body
+            return resp.status_code, resp.headers.multi_items(), body, resp.url
 
     def _ping_locked(self) -> Challenge | None:
         ep = self._endpoint
         try:
-            status, headers, body = self._ping_at(self._base)
+            status, headers, body, url = self._ping_at(self._base)
         except httpx.RequestError as e:
             if not isinstance(e, httpx.TransportError):
                 raise request_failure(ep.host, e) from None
@@ -349,13 +367,18 @@ class RegistryClient:
                 raise unreachable_error(ep.host, e) from None
             http_base = f"http://{ep.host}"
             try:
-                status, headers, body = self._ping_at(http_base)
+                status, headers, body, url = self._ping_at(http_base)
             except httpx.RequestError as e2:
                 raise RegistryUnreachableError(
                     f"cannot reach registry {ep.host}: over https: {network_reason(e)}; "
                     f"over http: {network_reason(e2)}"
                 ) from None
             self._base = http_base
+        if status == 401 and not self._own(url):
+            # Docker keys challenges by host: one from the host a redirect
+            # led to is not the registry's, and gets none of its credentials.
+            self._auth.set_challenge(None)
+            return None
         if status == 401:
             challenge = choose_challenge(
                 parse_challenges(header_values(headers, "www-authenticate"))
@@ -380,18 +403,22 @@ class RegistryClient:
         any, which docker stores instead of the password.
         """
         self.ping()
-        resp = self._open("GET", f"{self._base}/v2/", scope=None)
-        try:
-            if resp.status_code in (401, 403):
-                raise AuthenticationError(
-                    f"login to {self._endpoint.name} failed: the registry refused the "
-                    f"credentials ({resp.status_code}); check the username and password",
-                    status=resp.status_code,
-                )
-            if not 200 <= resp.status_code < 300:
-                raise self._error(resp, kind="ping", repo="")
-        finally:
-            resp.close()
+        with self._deadline("GET /v2/"):
+            resp = self._open("GET", f"{self._base}/v2/", scope=None)
+            try:
+                return self._login_answer(resp)
+            finally:
+                resp.close()
+
+    def _login_answer(self, resp: httpx.Response) -> str | None:
+        if resp.status_code in (401, 403) and self._own(resp.url):
+            raise AuthenticationError(
+                f"login to {self._endpoint.name} failed: the registry refused the "
+                f"credentials ({resp.status_code}); check the username and password",
+                status=resp.status_code,
+            )
+        if not 200 <= resp.status_code < 300:
+            raise self._error(resp, kind="ping", repo="")
         return self._auth.refresh_token
 
     # -- requests -----------------------------------------------------------
@@ -406,7 +433,9 @@ class RegistryClient:
     ) -> httpx.Response:
         """Send with auth; on a 401, re-authenticate and try once more.
 
-        Returns the streamed response; the caller closes it.
+        Returns the streamed response; the caller closes it. A 401 from a
+        host a redirect led to is returned as it is: its challenge is not
+        the registry's, and no credential of the registry goes there.
         """
         self._ensure_pinged()
         retried = False
@@ -420,7 +449,7 @@ class RegistryClient:
                 resp = self._http.send(request, stream=True, follow_redirects=True)
             except httpx.RequestError as e:
                 raise request_failure(self._endpoint.host, e) from None
-            if resp.status_code != 401 or retried:
+            if resp.status_code != 401 or retried or not self._own(resp.url):
                 return resp
             try:
                 body, _ = _read_capped(resp, _MAX_ERROR_BODY)
@@ -455,7 +484,28 @@ class RegistryClient:
             repo=repo,
             reference=reference,
             authenticated=self._auth.has_credentials,
+            secrets=self._secrets(resp.request.headers.get("authorization")),
+            redirected_to=self._elsewhere(resp.url),
         )
+
+    def _secrets(self, sent: str | None) -> list[str]:
+        """What to redact from the server's words: every secret held, and the
+        credential this request sent (a token dropped after its 401 included)."""
+        held = self._auth.secrets()
+        if sent and " " in sent:
+            held.append(sent.split(" ", 1)[1])
+        return held
+
+    def _own(self, url: httpx.URL | str) -> bool:
+        """Whether `url` is on the registry's own origin (where its credentials go)."""
+        return same_origin(httpx.URL(url), httpx.URL(self._base))
+
+    def _elsewhere(self, url: httpx.URL | str) -> str | None:
+        """The host[:port] of `url` when a redirect led off the registry, else None."""
+        if self._own(url):
+            return None
+        u = httpx.URL(url)
+        return f"{u.host}:{u.port}" if u.port else u.host
 
     def _url(self, repo: str, *parts: str) -> str:
         # The ping decides the base (https, or http after a loopback fallback).
@@ -475,6 +525,13 @@ class RegistryClient:
     ) -> ManifestResponse:
         """GET a manifest by tag or digest; its digest is not verified here."""
         url = self._url(repo, "manifests", reference)
+        sep = "@" if _is_digest(reference) else ":"
+        with self._deadline(f"manifest {repo}{sep}{reference}"):
+            return self._get_manifest(url, repo, reference, accept, max_bytes)
+
+    def _get_manifest(
+        self, url: str, repo: str, reference: str, accept: Sequence[str], max_bytes: int
+    ) -> ManifestResponse:
         resp = self._open(
             "GET", url, scope=pull_scope(repo), headers=[("Accept", ", ".join(accept))]
         )
@@ -516,21 +573,21 @@ class RegistryClient:
         Network failures still raise.
         """
         url = self._url(repo, "manifests", reference)
-        resp = self._open(
-            "HEAD", url, scope=pull_scope(repo), headers=[("Accept", ", ".join(accept))]
-        )
-        try:
-            digest = resp.headers.get("docker-content-digest")
-            if not 200 <= resp.status_code < 300 or not digest:
-                return None
-            length = resp.headers.get("content-length")
-            return ManifestHead(
-                digest=digest,
-                media_type=_media_type(resp.headers),
-                size=int(length) if length is not None and length.isdigit() else None,
+        sep = "@" if _is_digest(reference) else ":"
+        with self._deadline(f"HEAD of manifest {repo}{sep}{reference}"):
+            resp = self._open(
+                "HEAD", url, scope=pull_scope(repo), headers=[("Accept", ", ".join(accept))]
             )
-        finally:
             resp.close()
+        digest = resp.headers.get("docker-content-digest")
+        if not 200 <= resp.status_code < 300 or not digest:
+            return None
+        length = resp.headers.get("content-length")
+        return ManifestHead(
+            digest=digest,
+            media_type=_media_type(resp.headers),
+            size=int(length) if length is not None and length.isdigit() else None,
+        )
 
     # -- blobs --------------------------------------------------------------
 
@@ -580,7 +637,8 @@ class RegistryClient:
             debuglog.log_exchange("GET", result.url, (), status, result.headers)
             if 200 <= status < 300:
                 return result
-            if status == 401 and not reauthed:
+            # A 401 from where a redirect led: not the registry's challenge.
+            if status == 401 and not reauthed and self._own(result.url):
                 reauthed = True
                 if self._auth.on_unauthorized(
                     scope, sent, header_values(result.headers, "www-authenticate")
@@ -599,6 +657,8 @@ class RegistryClient:
                 repo=repo,
                 reference=digest,
                 authenticated=self._auth.has_credentials,
+                secrets=self._secrets(sent),
+                redirected_to=self._elsewhere(result.url),
             )
 
     # -- tags ---------------------------------------------------------------
@@ -611,20 +671,8 @@ class RegistryClient:
         origin = httpx.URL(self._base)
         while url is not None and url not in seen and len(seen) < _MAX_TAG_PAGES:
             seen.add(url)
-            resp = self._open(
-                "GET", url, scope=pull_scope(repo), headers=[("Accept", "application/json")]
-            )
-            try:
-                if not 200 <= resp.status_code < 300:
-                    raise self._error(resp, kind="tags", repo=repo)
-                try:
-                    body, over = _read_capped(resp, _MAX_TAGS_PAGE)
-                except httpx.RequestError as e:
-                    raise request_failure(self._endpoint.host, e) from None
-                nxt = resp.links.get("next", {}).get("url")
-                page_url = resp.url
-            finally:
-                resp.close()
+            with self._deadline(f"tag list of {repo}"):
+                body, over, nxt, page_url = self._tags_page(url, repo)
             if over:
                 raise RegistryError(f"tag list of {repo} from {self._endpoint.name} is too large")
             page = _parse_tags(body, repo, self._endpoint.name)
@@ -643,6 +691,22 @@ class RegistryClient:
                     )
                 url = str(target)
         return tags
+
+    def _tags_page(self, url: str, repo: str) -> tuple[bytes, bool, str | None, httpx.URL]:
+        """One page of tags/list: its body, whether it was cut, its next link, its URL."""
+        resp = self._open(
+            "GET", url, scope=pull_scope(repo), headers=[("Accept", "application/json")]
+        )
+        try:
+            if not 200 <= resp.status_code < 300:
+                raise self._error(resp, kind="tags", repo=repo)
+            try:
+                body, over = _read_capped(resp, _MAX_TAGS_PAGE)
+            except httpx.RequestError as e:
+                raise request_failure(self._endpoint.host, e) from None
+            return body, over, resp.links.get("next", {}).get("url"), resp.url
+        finally:
+            resp.close()
 
 
 def _replay(resp: httpx.Response, body: bytes) -> httpx.Response:

@@ -34,6 +34,7 @@ from imgpull.errors import (
     TLSVerificationError,
 )
 from imgpull.reference import familiar_name
+from imgpull.safetext import printable, redact
 
 __all__ = [
     "ErrorDetail",
@@ -50,8 +51,8 @@ _MAX_MESSAGE = 300
 
 
 def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
-    """Whitespace collapsed, cut to `limit` characters."""
-    text = " ".join(text.split())
+    """Whitespace collapsed, control characters escaped, cut to `limit` characters."""
+    text = printable(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -144,22 +145,27 @@ def error_from_response(
     repo: str | None = None,
     reference: str | None = None,
     authenticated: bool = False,
+    secrets: Iterable[str] = (),
+    redirected_to: str | None = None,
 ) -> RegistryError:
     """The error for a non-2xx answer.
 
     `registry` names the registry as the user wrote it (for `imgpull login`);
     `authenticated` says whether credentials were held, which decides between
-    "check your credentials" and "log in".
+    "check your credentials" and "log in". `secrets` (the credentials and
+    tokens in use) are redacted from what the server said. `redirected_to`
+    is the host that answered when a redirect led off the registry.
     """
+    secrets = list(secrets)
     details = parse_error_body(body)
     first = details[0] if details else None
     code = first.code if first and first.code else None
-    msg = one_line(first.message) if first and first.message else ""
+    msg = one_line(redact(first.message, secrets)) if first and first.message else ""
     if not msg and not details:
         # A short plain-text body (proxies, CDNs) is worth showing; HTML is not.
         text = body[:512].decode("utf-8", "replace").strip()
         if text and "<" not in text and len(text) <= 200:
-            msg = one_line(text)
+            msg = one_line(redact(text, secrets))
     retry_after = parse_retry_after(next(iter(header_values(headers, "retry-after")), None))
     name = repo or "?"
 
@@ -184,6 +190,16 @@ def error_from_response(
             f"blob {reference} not found in {name}: {msg or 'blob unknown to registry'}",
             status=status,
             code=code or "BLOB_UNKNOWN",
+            retry_after=retry_after,
+        )
+    if status == 401 and redirected_to is not None:
+        # Credentials stay with the host they were stored for (docker's too).
+        return AuthenticationError(
+            f"{registry} redirected the request for {_subject(kind, repo, reference)} to "
+            f"{one_line(redirected_to, 100)}, which asks for credentials (401): imgpull sends "
+            f"none of {registry}'s there; the registry's redirect (storage) is misconfigured",
+            status=status,
+            code=code or "UNAUTHORIZED",
             retry_after=retry_after,
         )
     if status == 401 or code == "UNAUTHORIZED":
@@ -229,7 +245,7 @@ def error_from_response(
             retry_after=retry_after,
         )
     reason = _reason(status)
-    said = f": {code.lower().replace('_', ' ')}" if code else ""
+    said = f": {one_line(redact(code.lower().replace('_', ' '), secrets), 80)}" if code else ""
     if msg and msg.lower() != (code or "").lower().replace("_", " "):
         said += f": {msg}"
     return RegistryError(

@@ -1,0 +1,188 @@
+"""An overall deadline for a registry request: headers and body, every byte.
+
+httpx's timeouts are per read, so a server sending one byte every few
+seconds holds a request as long as it likes. Requests made inside
+`deadline(...)` cannot: the connections of a client passed to `install`
+wait, in each connect, read and write, no longer than the time left. When
+that cut a wait short, the error leaving the `deadline` block is a
+RegistryTimeoutError naming the limit. Blob bodies are not bounded this way
+(a big layer takes its time): the native fetcher's stall detection watches them.
+
+The deadline is per thread (a context variable): the pool threads of a pull
+each run their own requests.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpcore
+import httpx
+
+from imgpull.errors import RegistryTimeoutError, RegistryUnreachableError
+
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "deadline", "install"]
+
+# Seconds for one whole request (manifest, tag page, ping, token) by default.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
+
+@dataclass
+class _Deadline:
+    at: float  # time.monotonic()
+    # Set when a wait was cut short by this deadline: then a timeout is ours.
+    hit: bool = False
+
+    def cap(self, timeout: float | None, error: type[Exception]) -> tuple[float, bool]:
+        """The wait allowed instead of `timeout`, and whether the deadline set it."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            self.hit = True
+            raise error("request deadline passed")
+        if timeout is None or left < timeout:
+            return left, True
+        return timeout, False
+
+
+_active: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
+    "imgpull_request_deadline", default=None
+)
+
+
+@contextmanager
+def deadline(seconds: float, what: str, host: str) -> Iterator[None]:
+    """Bound the request made inside to `seconds` in all.
+
+    `what` and `host` word the error ("manifest for test/a:v1",
+    "127.0.0.1:5000"). A deadline inside another is another request's (a
+    token fetched for a manifest request): it has its own, and the outer
+    one's clock stops meanwhile.
+    """
+    outer = _active.get()
+    start = time.monotonic()
+    mine = _Deadline(start + seconds)
+    token = _active.set(mine)
+    try:
+        yield
+    except (httpx.TransportError, RegistryUnreachableError) as exc:
+        if not mine.hit or isinstance(exc, RegistryTimeoutError):
+            raise
+        raise RegistryTimeoutError(
+            f"{what} from {host} did not complete within {seconds:g} s (the request "
+            "deadline): the server is too slow or stalling; try again, or raise the "
+            "limit with --request-timeout (Client(request_timeout=...))"
+        ) from None
+    finally:
+        _active.reset(token)
+        if outer is not None:
+            outer.at += time.monotonic() - start
+
+
+def install(http: httpx.Client) -> None:
+    """Make every connection of `http` (proxied ones included) keep to the
+    deadline of the thread using it.
+
+    httpx has no public hook for this: the network backend of each of its
+    connection pools is wrapped. test_hostile's trickle tests fail if a new
+    httpx moves these attributes.
+    """
+    for transport in _transports(http):
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend) and not isinstance(backend, _Backend):
+            pool._network_backend = _Backend(backend)  # type: ignore[union-attr]
+
+
+def _transports(http: httpx.Client) -> Iterable[object]:
+    yield getattr(http, "_transport", None)
+    mounts: dict[Any, object] = getattr(http, "_mounts", {})
+    yield from mounts.values()
+
+
+class _Backend(httpcore.NetworkBackend):
+    def __init__(self, inner: httpcore.NetworkBackend) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        d = _active.get()
+        if d is None:
+            stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        else:
+            wait, capped = d.cap(timeout, httpcore.ConnectTimeout)
+            try:
+                stream = self._inner.connect_tcp(host, port, wait, local_address, socket_options)
+            except httpcore.ConnectTimeout:
+                d.hit |= capped
+                raise
+        return _Stream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        return _Stream(self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _Stream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        d = _active.get()
+        if d is None:
+            return self._inner.read(max_bytes, timeout)
+        wait, capped = d.cap(timeout, httpcore.ReadTimeout)
+        try:
+            return self._inner.read(max_bytes, wait)
+        except httpcore.ReadTimeout:
+            d.hit |= capped
+            raise
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        d = _active.get()
+        if d is None:
+            self._inner.write(buffer, timeout)
+            return
+        wait, capped = d.cap(timeout, httpcore.WriteTimeout)
+        try:
+            self._inner.write(buffer, wait)
+        except httpcore.WriteTimeout:
+            d.hit |= capped
+            raise
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        d = _active.get()
+        if d is None:
+            return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+        wait, capped = d.cap(timeout, httpcore.ConnectTimeout)
+        try:
+            return _Stream(self._inner.start_tls(ssl_context, server_hostname, wait))
+        except httpcore.ConnectTimeout:
+            d.hit |= capped
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
