@@ -384,7 +384,8 @@ def test_rootfs_refuses_malicious_layers(
     push(layout, fresh_registry, "evil/img:latest", "v2s2")
     ref = fresh_registry.ref("evil/img:latest")
     root = tmp_path / "root"
-    with imgpull.Client(root) as client:
+    # The pull lets the bomb in (it refuses one itself): the export must refuse it too.
+    with imgpull.Client(root, max_ratio=0) as client:
         client.pull(ref)
         before = store_files(root)
         dest = work / "rootfs"

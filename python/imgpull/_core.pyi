@@ -10,6 +10,8 @@ from typing import final
 from typing_extensions import Self
 
 __all__ = [
+    "DEFAULT_MAX_RATIO",
+    "DEFAULT_MAX_UNSIZED",
     "BlobWriter",
     "DigestMismatchError",
     "ExtractError",
@@ -17,6 +19,7 @@ __all__ = [
     "FetchResult",
     "Fetcher",
     "ImgpullError",
+    "LimitExceededError",
     "Schema1Error",
     "SizeMismatchError",
     "Transfer",
@@ -31,6 +34,13 @@ __all__ = [
 ]
 
 __version__: str
+
+# Decompressed : compressed bytes of a layer allowed by default (pulls and
+# rootfs exports), judged past the first 8 MiB; 0 turns the limit off.
+DEFAULT_MAX_RATIO: int
+# Bytes allowed by default for a blob whose descriptor gives no size (schema1
+# layers): 10 GiB, above what registries of the schema1 era took for a layer.
+DEFAULT_MAX_UNSIZED: int
 
 class ImgpullError(Exception):
     """Base of every error imgpull raises (the Python side subclasses it too)."""
@@ -60,6 +70,18 @@ class FetchError(ImgpullError):
     kind: str
     # Whether retrying (resuming from writer.offset) can help.
     retryable: bool
+
+class LimitExceededError(ImgpullError):
+    """A blob went past a limit on what a registry may send; the partial file
+    is removed (those bytes can never be committed).
+
+    `kind`: "ratio" (a layer decompressing to more than `limit` times its
+    compressed size: a decompression bomb) or "unsized" (a blob whose
+    descriptor gives no size sent more than `limit` bytes: an endless body).
+    """
+
+    kind: str
+    limit: int
 
 def sha256_bytes(data: bytes) -> str:
     """'sha256:<hex>' of data."""
@@ -91,12 +113,12 @@ def schema1_payload(raw: bytes) -> bytes:
     `signatures` key: raw itself. Raises Schema1Error.
     """
 
-def diff_id_file(path: str) -> str:
+def diff_id_file(path: str, *, max_ratio: int = ...) -> str:
     """'sha256:<hex>' of a layer blob's uncompressed content (GIL released).
 
     gzip (multi-member), zstd or a plain tar, told by the magic bytes.
     ValueError for an unknown compression or corrupt data; OSError for file
-    errors.
+    errors; LimitExceededError past `max_ratio` (default DEFAULT_MAX_RATIO).
     """
 
 def decompress_to(src: str, dest: str) -> str:
@@ -112,7 +134,11 @@ class ExtractError(ImgpullError):
     `kind`: "unsafe" (an entry that would land outside the root: `..`, an
     absolute path, a symbolic link on its way, a hard link out), "ratio"
     (decompressed/compressed above max_ratio: a bomb), "size" (above
-    max_bytes), "io" (creating an entry failed)."""
+    max_bytes), "header" (a path or link target over PATH_MAX, 4096 bytes; a
+    GNU long name/link entry over that, or PAX extended header records or a
+    GNU sparse map over 1 MiB, refused before they are read), "io" (creating
+    an entry failed). Names in the message are cut at 200 characters and
+    escaped."""
 
     kind: str
 
@@ -136,6 +162,10 @@ class BlobWriter:
     None when unknown. Writing beyond a known size raises SizeMismatchError at
     once (a lying server cannot fill the disk). A partial file already longer
     than a known size can never verify: it is started over (offset 0).
+    Without a size, `max_unsized` bytes (default DEFAULT_MAX_UNSIZED; 0: no
+    limit) are the most it takes: past them a write raises
+    LimitExceededError(kind="unsized"), the writer closed and the partial
+    file removed; a partial already longer is started over.
 
     Errors: ValueError for a malformed digest or a closed writer; OSError
     (FileNotFoundError, PermissionError, ...) for file errors. After commit(),
@@ -146,11 +176,21 @@ class BlobWriter:
     plain tar: told by the magic bytes) into a SHA-256, so commit() yields
     the diffID without reading the file again. Reopening a partial file
     replays its prefix through the decompressor as well (in the same read
-    that re-hashes it).
+    that re-hashes it). Past `max_ratio` (default DEFAULT_MAX_RATIO; 0: no
+    limit) decompressed bytes per compressed byte, the decompressor stops and
+    a write, the replay of a reopened partial file, or commit() raises
+    LimitExceededError(kind="ratio"), the partial file removed.
     """
 
     def __new__(
-        cls, path: str, digest: str, size: int | None = None, *, layer: bool = False
+        cls,
+        path: str,
+        digest: str,
+        size: int | None = None,
+        *,
+        layer: bool = False,
+        max_ratio: int = ...,
+        max_unsized: int = ...,
     ) -> Self: ...
     @property
     def offset(self) -> int:

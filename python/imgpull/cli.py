@@ -24,6 +24,7 @@ import typer  # noqa: E402
 
 from imgpull import bench as bench_mod  # noqa: E402
 from imgpull import hosts  # noqa: E402
+from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED  # noqa: E402
 from imgpull.client import Client  # noqa: E402
 from imgpull.errors import ImgpullError  # noqa: E402
 from imgpull.hosts import Mirror  # noqa: E402
@@ -94,6 +95,15 @@ RequestTimeoutOpt = Annotated[
         "(blob downloads are watched for stalls instead).",
     ),
 ]
+MaxRatioOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-ratio",
+        min=0,
+        help="Refuse a layer that decompresses to more than N times its compressed size "
+        "(past its first 8 MiB): a decompression bomb. 0: no limit.",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,8 @@ def _client(
     tls: _TlsOptions = _TlsOptions(),
     mirrors: Mapping[str, Sequence[Mirror]] | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_ratio: int = DEFAULT_MAX_RATIO,
+    max_unsized_blob: int = DEFAULT_MAX_UNSIZED,
 ) -> Client:
     return Client(
         root,
@@ -147,6 +159,8 @@ def _client(
         allow_foreign=allow_foreign,
         mirrors=mirrors,
         request_timeout=request_timeout,
+        max_ratio=max_ratio,
+        max_unsized_blob=max_unsized_blob,
     )
 
 
@@ -204,6 +218,16 @@ def pull(
             help="Refuse images with foreign (non-distributable) layers fetched from other URLs.",
         ),
     ] = False,
+    max_ratio: MaxRatioOpt = DEFAULT_MAX_RATIO,
+    max_unsized_blob: Annotated[
+        int,
+        typer.Option(
+            "--max-unsized-blob",
+            min=0,
+            help="Bytes a blob whose descriptor gives no size (schema1 layers) may hold: "
+            "an endless body stops there. 0: no limit.",
+        ),
+    ] = DEFAULT_MAX_UNSIZED,
 ) -> None:
     """Pull an image from a registry into the local store."""
     with (
@@ -219,6 +243,8 @@ def pull(
             tls=_TlsOptions(client_cert, client_key, certs_dir),
             mirrors=_mirrors(reference, mirror),
             request_timeout=request_timeout,
+            max_ratio=max_ratio,
+            max_unsized_blob=max_unsized_blob,
         ) as client,
     ):
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
@@ -343,10 +369,7 @@ def export(
         str, typer.Option("--format", "-f", help="oci | docker-archive | rootfs.")
     ] = "oci",
     platform: Annotated[str | None, typer.Option("--platform", help="When pulling.")] = None,
-    max_ratio: Annotated[
-        int,
-        typer.Option("--max-ratio", min=0, help="rootfs: per-layer decompression ratio limit."),
-    ] = 200,
+    max_ratio: MaxRatioOpt = DEFAULT_MAX_RATIO,
     max_size: Annotated[
         int | None,
         typer.Option("--max-size", min=0, help="rootfs: limit of decompressed bytes in all."),
@@ -367,6 +390,8 @@ def export(
             ca_cert,
             mirrors=_mirrors(reference, None),
             request_timeout=request_timeout,
+            # The same limit for the pull of an image not here yet.
+            max_ratio=max_ratio,
         ) as client,
     ):
         client.export(

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from imgpull import hosts
-from imgpull._core import Fetcher
+from imgpull._core import DEFAULT_MAX_UNSIZED, Fetcher
 from imgpull.credentials import CredentialsError, DockerCredentials
 from imgpull.errors import (
     DigestMismatchError,
@@ -30,6 +30,7 @@ from imgpull.errors import (
     ImageNotFoundError,
     ImgpullError,
     InvalidReferenceError,
+    LimitExceededError,
     ManifestVerificationError,
     RegistryError,
     SizeMismatchError,
@@ -96,7 +97,9 @@ class Client:
     download counts as stalled (then it is retried from its offset);
     `request_timeout` bounds each other request (manifest, tag page, ping,
     token) as a whole, in seconds: a timed-out one is retried like a network
-    failure.
+    failure. `max_ratio` and `max_unsized_blob` bound what a pull's layers
+    may decompress to and what a blob of unknown size may hold (PullOptions;
+    LimitExceededError past them).
     """
 
     def __init__(
@@ -117,6 +120,8 @@ class Client:
         allow_foreign: bool = True,
         mirrors: Mapping[str, Sequence[str | Mirror]] | None = None,
         certs_dirs: Sequence[str | os.PathLike[str]] | None = None,
+        max_ratio: int = DEFAULT_MAX_RATIO,
+        max_unsized_blob: int = DEFAULT_MAX_UNSIZED,
     ) -> None:
         if max_concurrent_downloads < 1:
             raise ImgpullError("max concurrent downloads must be at least 1")
@@ -142,6 +147,8 @@ class Client:
         self._refuse_schema1 = refuse_schema1
         # Foreign (non-distributable) layers: fetched from their URLs unless refused.
         self._allow_foreign = allow_foreign
+        self._max_ratio = max_ratio
+        self._max_unsized_blob = max_unsized_blob
         # Fetchers for foreign layer URLs, by proxy: never the registry's
         # client certificate or TLS exceptions.
         self._foreign_fetchers: dict[str | None, Fetcher] = {}
@@ -197,6 +204,8 @@ class Client:
                 stall=self._stall,
                 refuse_schema1=self._refuse_schema1,
                 allow_foreign=self._allow_foreign,
+                max_ratio=self._max_ratio,
+                max_unsized_blob=self._max_unsized_blob,
             )
             puller = Puller(
                 self.store,
@@ -532,7 +541,7 @@ def _endpoint_failure(exc: ImgpullError) -> bool:
     return isinstance(
         exc,
         (RegistryError, FetchError, DigestMismatchError, SizeMismatchError,
-         ManifestVerificationError),
+         ManifestVerificationError, LimitExceededError),
     )  # fmt: skip
 
 

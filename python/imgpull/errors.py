@@ -11,6 +11,7 @@ from imgpull._core import (
     DigestMismatchError,
     FetchError,
     ImgpullError,
+    LimitExceededError,
     SizeMismatchError,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "ImageNotFoundError",
     "ImgpullError",
     "InvalidReferenceError",
+    "LimitExceededError",
     "ManifestError",
     "ManifestUnknownError",
     "ManifestVerificationError",

@@ -15,7 +15,8 @@
 - `rootfs`: the layers applied in order to a directory by the native core
   (whiteouts, opaque directories, links, modes, mtimes, xattrs; owners and
   devices as root). Unsafe entries (`..`, absolute paths, writes through a
-  symbolic link, hard links out) and decompression bombs raise ExtractError.
+  symbolic link, hard links out), decompression bombs, and names or tar
+  headers past their bounds (PATH_MAX, 1 MiB) raise ExtractError.
 
 Every format is built beside DEST and appears there only once complete
 (rootfs: extracted into DEST, which is emptied again on failure). DEST must
@@ -37,7 +38,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from imgpull._core import ExtractError, decompress_to, extract_layers, sha256_bytes
+from imgpull._core import (
+    DEFAULT_MAX_RATIO,
+    ExtractError,
+    decompress_to,
+    extract_layers,
+    sha256_bytes,
+)
 from imgpull.errors import ImgpullError
 from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
 from imgpull.reference import Reference
@@ -54,7 +61,6 @@ __all__ = [
 
 ExportFormat = Literal["oci", "docker-archive", "rootfs"]
 FORMATS: tuple[ExportFormat, ...] = ("oci", "docker-archive", "rootfs")
-DEFAULT_MAX_RATIO = 200
 REF_NAME = "org.opencontainers.image.ref.name"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 

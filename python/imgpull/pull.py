@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from imgpull import schema1
 from imgpull._core import (
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_UNSIZED,
     BlobWriter,
     DigestMismatchError,
     Fetcher,
@@ -87,6 +89,7 @@ from imgpull.registry.client import ManifestHead
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import ImageRecord, LayerRecord, Store
+from imgpull.store.content import BlobLimits
 from imgpull.version import USER_AGENT
 
 
@@ -110,6 +113,16 @@ class PullOptions:
     allow_foreign: bool = True
     # End with docker's `Status:` line (an --all-tags run has one for all tags).
     report_status: bool = True
+    # Bounds on what the registry's bytes may make us take (BlobLimits): a
+    # layer's decompressed : compressed bytes past its first 8 MiB (a
+    # decompression bomb), and the bytes of a blob whose descriptor gives no
+    # size (schema1 layers: an endless body). 0: no limit.
+    max_ratio: int = DEFAULT_MAX_RATIO
+    max_unsized_blob: int = DEFAULT_MAX_UNSIZED
+
+    @property
+    def blob_limits(self) -> BlobLimits:
+        return BlobLimits(self.max_ratio, self.max_unsized_blob)
 
 
 @dataclass(frozen=True)
@@ -496,7 +509,7 @@ class Puller:
             record = meta.layer_diff_id(layer.digest)
             if record is not None:
                 return record.diff_id
-        diff_id = _diff_id(content.path(layer.digest))
+        diff_id = _diff_id(content.path(layer.digest), self.options.max_ratio)
         meta.record_layer(layer.digest, diff_id, None, self.host, self.repo)
         return diff_id
 
@@ -515,7 +528,11 @@ class Puller:
         # A layer's writer also computes its diffID while the bytes arrive.
         layer = label is not None
         with self.store.content.ingest(
-            desc.digest, _known(desc.size), layer=layer, cancelled=self._is_cancelled
+            desc.digest,
+            _known(desc.size),
+            layer=layer,
+            cancelled=self._is_cancelled,
+            limits=self.options.blob_limits,
         ) as writer:
             if writer is not None:
                 self._fetch_into(writer, desc, label, slot)
@@ -572,7 +589,12 @@ class Puller:
                         raise
                     restarted = True
                     writer.close()
-                    writer = content.writer(desc.digest, _known(desc.size), layer=writer.layer)
+                    writer = content.writer(
+                        desc.digest,
+                        _known(desc.size),
+                        layer=writer.layer,
+                        limits=self.options.blob_limits,
+                    )
                 except ImgpullError as exc:
                     delay = self.options.retry.delay(attempt, exc)
                     if delay is None or self._transfers.cancelled:
@@ -885,10 +907,10 @@ class Puller:
         return updated, kept
 
 
-def _diff_id(path: Path) -> str:
+def _diff_id(path: Path, max_ratio: int) -> str:
     """The diffID of a stored layer blob."""
     try:
-        return diff_id_file(str(path))
+        return diff_id_file(str(path), max_ratio=max_ratio)
     except ValueError as exc:
         raise ImgpullError(f"cannot read layer {path.name}: {exc}") from None
 

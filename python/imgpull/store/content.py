@@ -29,9 +29,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from imgpull._core import BlobWriter
+from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED, BlobWriter
 from imgpull.errors import DiskFullError, PullCancelledError, StoreError
 from imgpull.manifest import check_digest
 
@@ -57,6 +58,17 @@ def local_write_error(exc: BaseException) -> StoreError | None:
     if exc.errno in _FULL:
         return disk_full(exc.filename, "run the pull again (what was downloaded is kept)")
     return StoreError(f"cannot write {exc.filename}: {reason}")
+
+
+@dataclass(frozen=True)
+class BlobLimits:
+    """What a registry's bytes may make a writer take (BlobWriter): a layer's
+    decompressed : compressed bytes, and the bytes of a blob whose descriptor
+    gives no size (0: no limit, either). Past them the writer raises
+    LimitExceededError and removes the partial file."""
+
+    max_ratio: int = DEFAULT_MAX_RATIO
+    max_unsized: int = DEFAULT_MAX_UNSIZED
 
 
 class ContentStore:
@@ -104,6 +116,7 @@ class ContentStore:
         *,
         layer: bool = False,
         cancelled: Callable[[], bool] | None = None,
+        limits: BlobLimits = BlobLimits(),
     ) -> Iterator[BlobWriter | None]:
         """Hold the writer's role for `digest`.
 
@@ -114,6 +127,7 @@ class ContentStore:
         keeps the partial file. `layer`: a layer writer, which also computes
         the diffID (BlobWriter(layer=True)). `cancelled`: polled while another
         process writes the blob, so that a Ctrl-C need not wait for it.
+        `limits`: the writer's (see BlobLimits).
         """
         dest = self.path(digest)
         hexpart = dest.name
@@ -122,7 +136,7 @@ class ContentStore:
                 if dest.is_file():
                     yield None
                     return
-                writer = self.writer(digest, size, layer=layer)
+                writer = self.writer(digest, size, layer=layer, limits=limits)
                 try:
                     yield writer
                 finally:
@@ -138,14 +152,28 @@ class ContentStore:
                 raise
             raise error from None
 
-    def writer(self, digest: str, size: int | None, *, layer: bool = False) -> BlobWriter:
+    def writer(
+        self,
+        digest: str,
+        size: int | None,
+        *,
+        layer: bool = False,
+        limits: BlobLimits = BlobLimits(),
+    ) -> BlobWriter:
         """A writer on the ingest file of `digest`, continuing what is there.
 
         Only for the holder of `ingest(digest)`: e.g. to start over after a
         failed commit, which removed the partial file.
         """
         path = str(self.ingest_dir / self.path(digest).name)
-        return BlobWriter(path, digest, size, layer=layer)
+        return BlobWriter(
+            path,
+            digest,
+            size,
+            layer=layer,
+            max_ratio=limits.max_ratio,
+            max_unsized=limits.max_unsized,
+        )
 
     def commit(self, writer: BlobWriter) -> Path:
         dest = self.path(writer.digest)

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{hash_reader, Digest, CHUNK};
+use crate::digest::{Digest, CHUNK};
 use crate::error::{CoreError, Result};
 use crate::gunzip::GzipReader;
 
@@ -22,6 +22,31 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 /// Other compressions docker's DetectCompression knows, named in the error.
 const BZIP2_MAGIC: &[u8] = &[0x42, 0x5a, 0x68];
 const XZ_MAGIC: &[u8] = &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
+
+/// A ratio is only judged past this many decompressed bytes: small layers of
+/// text (or the 1 KiB empty tar) compress far better than big ones.
+pub const RATIO_GRACE: u64 = 8 << 20;
+/// The default limit of decompressed : compressed bytes of one layer. gzip
+/// tops out near 1032:1 (all zeros), zstd far higher; real layers stay well
+/// under 100:1.
+pub const DEFAULT_MAX_RATIO: u64 = 200;
+
+/// Whether `out` decompressed bytes from `consumed` compressed ones break
+/// the limit `max_ratio` (0: no limit), past the grace of RATIO_GRACE.
+pub fn over_ratio(max_ratio: u64, out: u64, consumed: u64) -> bool {
+    max_ratio > 0 && out > RATIO_GRACE && out > max_ratio.saturating_mul(consumed.max(1))
+}
+
+/// How a layer file is named in errors: a store blob (named by its hex
+/// digest) by its digest, anything else by its path.
+pub(crate) fn layer_name(layer: &Path) -> String {
+    match layer.file_name().map(|n| n.to_string_lossy()) {
+        Some(n) if n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            format!("sha256:{n}")
+        }
+        _ => layer.display().to_string(),
+    }
+}
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,16 +165,40 @@ pub fn read_layer<T>(
     }
 }
 
-/// 'sha256:<hex>' of the decompressed content of the layer blob at `path`.
+/// 'sha256:<hex>' of the decompressed content of the layer blob at `path`,
+/// refused once it decompresses past `max_ratio` (see [`over_ratio`]).
 ///
 /// Errors: `CoreError::File` when the file cannot be opened or read;
-/// `CoreError::Invalid` for an unknown compression or corrupt data.
-pub fn diff_id_file(path: &Path) -> Result<Digest> {
-    read_layer(path, |mut reader, _| {
+/// `CoreError::Invalid` for an unknown compression or corrupt data;
+/// `CoreError::RatioExceeded` past the ratio.
+pub fn diff_id_file(path: &Path, max_ratio: u64) -> Result<Digest> {
+    let mut over = false;
+    let result = read_layer(path, |reader, consumed| {
         let mut hasher = Sha256::new();
-        hash_reader(&mut hasher, &mut reader)?;
-        Ok(Digest::from_hasher(hasher))
-    })
+        let mut buf = vec![0u8; CHUNK];
+        let mut out = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return Ok(Digest::from_hasher(hasher)),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            out += n as u64;
+            if over_ratio(max_ratio, out, consumed.get()) {
+                over = true;
+                return Err(io::Error::other("decompression ratio limit"));
+            }
+            hasher.update(&buf[..n]);
+        }
+    });
+    if over {
+        return Err(CoreError::RatioExceeded {
+            digest: layer_name(path),
+            max_ratio,
+        });
+    }
+    result
 }
 
 /// Writes the decompressed content of the layer blob at `src` to `dest`
@@ -195,7 +244,7 @@ pub fn decompress_to(src: &Path, dest: &Path) -> Result<Digest> {
 mod tests {
     use super::*;
     use crate::digest::sha256_bytes;
-    use crate::testutil::{gzip, tar_like};
+    use crate::testutil::{gzip, gzip_best, tar_like};
 
     fn write(dir: &tempfile::TempDir, name: &str, data: &[u8]) -> std::path::PathBuf {
         let path = dir.path().join(name);
@@ -208,11 +257,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = tar_like(3 * CHUNK + 5);
         let path = write(&dir, "t", &data);
-        assert_eq!(diff_id_file(&path).unwrap(), sha256_bytes(&data));
+        assert_eq!(
+            diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap(),
+            sha256_bytes(&data)
+        );
         let empty = write(&dir, "e", b"");
-        assert_eq!(diff_id_file(&empty).unwrap(), sha256_bytes(b""));
+        assert_eq!(
+            diff_id_file(&empty, DEFAULT_MAX_RATIO).unwrap(),
+            sha256_bytes(b"")
+        );
         let zeros = write(&dir, "z", &[0u8; 1024]);
-        assert_eq!(diff_id_file(&zeros).unwrap(), sha256_bytes(&[0u8; 1024]));
+        assert_eq!(
+            diff_id_file(&zeros, DEFAULT_MAX_RATIO).unwrap(),
+            sha256_bytes(&[0u8; 1024])
+        );
     }
 
     #[test]
@@ -223,7 +281,10 @@ mod tests {
         let mut blob = gzip(a);
         blob.extend(gzip(b));
         let path = write(&dir, "g", &blob);
-        assert_eq!(diff_id_file(&path).unwrap(), sha256_bytes(&data));
+        assert_eq!(
+            diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap(),
+            sha256_bytes(&data)
+        );
     }
 
     #[test]
@@ -246,17 +307,43 @@ mod tests {
         let mut blob = zstd::encode_all(a, 3).unwrap();
         blob.extend(zstd::encode_all(b, 3).unwrap());
         let path = write(&dir, "z", &blob);
-        assert_eq!(diff_id_file(&path).unwrap(), sha256_bytes(&data));
+        assert_eq!(
+            diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap(),
+            sha256_bytes(&data)
+        );
+    }
+
+    #[test]
+    fn ratio_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let zeros = vec![0u8; 32 << 20];
+        for (name, blob) in [
+            ("gz", gzip_best(&zeros)),
+            ("zst", zstd::encode_all(&zeros[..], 3).unwrap()),
+        ] {
+            let path = write(&dir, name, &blob);
+            match diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap_err() {
+                e @ CoreError::RatioExceeded { max_ratio: 200, .. } => {
+                    assert!(e.to_string().contains("--max-ratio 200"), "{e}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            assert_eq!(diff_id_file(&path, 0).unwrap(), sha256_bytes(&zeros));
+        }
+        // Under the grace, however well it compresses.
+        let small = vec![0u8; RATIO_GRACE as usize];
+        let path = write(&dir, "small", &gzip(&small));
+        assert_eq!(diff_id_file(&path, 2).unwrap(), sha256_bytes(&small));
     }
 
     #[test]
     fn unknown_and_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(&dir, "u", b"hello, this is not a layer");
-        let e = diff_id_file(&path).unwrap_err();
+        let e = diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap_err();
         assert!(e.to_string().contains("unknown layer compression"), "{e}");
         let path = write(&dir, "b", b"BZh91AY&SY");
-        assert!(diff_id_file(&path)
+        assert!(diff_id_file(&path, DEFAULT_MAX_RATIO)
             .unwrap_err()
             .to_string()
             .contains("bzip2"));
@@ -266,11 +353,11 @@ mod tests {
         blob[n / 2] ^= 0xff;
         blob.truncate(n - 4);
         let path = write(&dir, "c", &blob);
-        match diff_id_file(&path).unwrap_err() {
+        match diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap_err() {
             CoreError::Invalid(m) => assert!(m.contains("corrupt gzip"), "{m}"),
             other => panic!("{other:?}"),
         }
-        match diff_id_file(&dir.path().join("missing")).unwrap_err() {
+        match diff_id_file(&dir.path().join("missing"), 0).unwrap_err() {
             CoreError::File { source, .. } => assert_eq!(source.kind(), io::ErrorKind::NotFound),
             other => panic!("{other:?}"),
         }

@@ -71,6 +71,23 @@ pub enum CoreError {
     #[error("{0}")]
     Invalid(String),
 
+    /// A layer decompressing to more than `max_ratio` times its compressed
+    /// size (see diffid::over_ratio): a decompression bomb, most likely.
+    #[error(
+        "layer {digest}: decompresses to more than {max_ratio} times its compressed size \
+         (a decompression bomb?); refused at --max-ratio {max_ratio}: raise it if the layer \
+         is genuine (0: no limit)"
+    )]
+    RatioExceeded { digest: String, max_ratio: u64 },
+
+    /// A blob whose descriptor gives no size (schema1) sent more than the
+    /// ceiling for such blobs.
+    #[error(
+        "blob {digest}: more than {limit} bytes sent for a blob of unknown size (an endless \
+         body?); refused at --max-unsized-blob {limit}: raise it if the blob is genuine"
+    )]
+    UnsizedTooLarge { digest: String, limit: u64 },
+
     #[error("fetch failed ({kind}): {message}")]
     Fetch {
         kind: FetchKind,

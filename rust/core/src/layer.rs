@@ -5,7 +5,10 @@
 //! every member, zstd with every frame, or a plain tar: told by the first
 //! bytes with `diffid::detect_compression`, as for files) into a SHA-256.
 //! One pass, memory bounded by the decoders' windows, and the file is never
-//! read back.
+//! read back. The decompressed bytes are bounded too: past `max_ratio` times
+//! the compressed bytes fed (diffid::over_ratio) the decoder stops at once,
+//! and the writer refuses the layer (a decompression bomb must not keep a
+//! pull busy for minutes).
 //!
 //! The decoder and the tar hash run on the download thread while the
 //! layers streaming keep the cores busy (measured: a decoder thread per
@@ -13,10 +16,12 @@
 //! their own when cores would idle, see offload.rs.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::diffid::{detect_compression, Compression};
+use crate::diffid::{detect_compression, over_ratio, Compression};
 use crate::digest::Digest;
 use crate::gunzip::GzipWriter;
 use crate::offload::{Feed, Stage};
@@ -28,15 +33,41 @@ pub struct LayerDigest {
     pub uncompressed_size: u64,
 }
 
-type Outcome = std::result::Result<LayerDigest, String>;
+/// Why a layer's stream gave no diffID.
+pub(crate) enum Unpacked {
+    /// It decompressed past the ratio limit.
+    Ratio,
+    /// Unknown compression, corrupt data: why.
+    Corrupt(String),
+}
+
+type Outcome = std::result::Result<LayerDigest, Unpacked>;
 
 /// The decoder + hasher of one layer writer.
 ///
 /// A decode error does not fail the write: the bytes are still written and
 /// hashed, and finish() reports the error (the writer checks the blob
 /// digest first, which explains e.g. a corrupt resumed prefix better).
+/// Going past the ratio does: see [`Unpacker::over_ratio`].
 pub(crate) struct Unpacker {
-    stage: Stage<Inline>,
+    stage: Stage<Decoding>,
+    /// Set by the decoding thread (this one or a stage's) past the ratio.
+    over: Arc<AtomicBool>,
+}
+
+/// The decoder stage: its state, and the ratio its output is held to.
+struct Decoding {
+    state: Inline,
+    ratio: Ratio,
+}
+
+/// The ratio limit, shared by a decoder stage and its sink (same thread).
+#[derive(Clone)]
+struct Ratio {
+    max: u64,
+    /// Compressed bytes fed to the decoder so far.
+    fed: Arc<AtomicU64>,
+    over: Arc<AtomicBool>,
 }
 
 enum Inline {
@@ -47,9 +78,13 @@ enum Inline {
     Failed(String),
 }
 
-/// The SHA-256 of the uncompressed stream, on a core of its own when one
-/// is spare.
-struct HashSink(Stage<Hashing>);
+/// The SHA-256 of the uncompressed stream (on a core of its own when one
+/// is spare), counted against the ratio on the decoder's thread.
+struct HashSink {
+    hash: Stage<Hashing>,
+    out: u64,
+    ratio: Ratio,
+}
 
 struct Hashing {
     hasher: Sha256,
@@ -65,7 +100,14 @@ impl Feed for Hashing {
 
 impl io::Write for HashSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.feed(buf);
+        self.out += buf.len() as u64;
+        let fed = self.ratio.fed.load(Ordering::Relaxed);
+        if over_ratio(self.ratio.max, self.out, fed) {
+            // The decoder stops here (its write fails), mid-chunk.
+            self.ratio.over.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("decompression ratio limit"));
+        }
+        self.hash.feed(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -74,9 +116,20 @@ impl io::Write for HashSink {
 }
 
 impl Unpacker {
-    pub(crate) fn start() -> Unpacker {
+    /// `max_ratio`: decompressed : compressed bytes allowed (0: no limit).
+    pub(crate) fn start(max_ratio: u64) -> Unpacker {
+        let over = Arc::new(AtomicBool::new(false));
+        let ratio = Ratio {
+            max: max_ratio,
+            fed: Arc::new(AtomicU64::new(0)),
+            over: Arc::clone(&over),
+        };
         Unpacker {
-            stage: Stage::new(Inline::Head(Vec::with_capacity(512))),
+            stage: Stage::new(Decoding {
+                state: Inline::Head(Vec::with_capacity(512)),
+                ratio,
+            }),
+            over,
         }
     }
 
@@ -84,11 +137,21 @@ impl Unpacker {
         self.stage.feed(data);
     }
 
+    /// Whether the layer went past its ratio: seen at once when decoding
+    /// runs on this thread, a few batches late from a stage thread (which
+    /// stops decoding at once either way).
+    pub(crate) fn over_ratio(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn finish(self) -> Outcome {
-        let mut state = self.stage.into_inner();
+        let Decoding { mut state, ratio } = self.stage.into_inner();
+        if self.over.load(Ordering::Relaxed) {
+            return Err(Unpacked::Ratio);
+        }
         if let Inline::Head(head) = &mut state {
             let head = std::mem::take(head);
-            state = Inline::detect(head);
+            state = Inline::detect(head, &ratio);
         }
         let sink = match state {
             Inline::Plain(w) => Ok(w),
@@ -96,8 +159,12 @@ impl Unpacker {
             Inline::Zstd(w) => w.finish().map_err(|e| format!("corrupt zstd data: {e}")),
             Inline::Failed(m) => Err(m),
             Inline::Head(_) => unreachable!(),
-        }?;
-        let Hashing { hasher, n } = sink.0.into_inner();
+        };
+        // The end of a stream (ISA-L's held-back output) counts too.
+        if self.over.load(Ordering::Relaxed) {
+            return Err(Unpacked::Ratio);
+        }
+        let Hashing { hasher, n } = sink.map_err(Unpacked::Corrupt)?.hash.into_inner();
         Ok(LayerDigest {
             diff_id: Digest::from_hasher(hasher),
             uncompressed_size: n,
@@ -105,8 +172,17 @@ impl Unpacker {
     }
 }
 
-impl Feed for Inline {
+impl Feed for Decoding {
     fn feed(&mut self, data: &[u8]) {
+        self.ratio
+            .fed
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.state.feed(data, &self.ratio);
+    }
+}
+
+impl Inline {
+    fn feed(&mut self, data: &[u8], ratio: &Ratio) {
         use io::Write as _;
         let mut data = data;
         if let Inline::Head(head) = self {
@@ -117,7 +193,7 @@ impl Feed for Inline {
                 return;
             }
             let head = std::mem::take(head);
-            *self = Inline::detect(head);
+            *self = Inline::detect(head, ratio);
         }
         if data.is_empty() {
             return;
@@ -132,16 +208,18 @@ impl Feed for Inline {
             *self = Inline::Failed(self.corrupt(e));
         }
     }
-}
 
-impl Inline {
     /// Classifies, then feeds the head to the chosen decoder.
-    fn detect(head: Vec<u8>) -> Inline {
+    fn detect(head: Vec<u8>, ratio: &Ratio) -> Inline {
         use io::Write as _;
-        let sink = HashSink(Stage::new(Hashing {
-            hasher: Sha256::new(),
-            n: 0,
-        }));
+        let sink = HashSink {
+            hash: Stage::new(Hashing {
+                hasher: Sha256::new(),
+                n: 0,
+            }),
+            out: 0,
+            ratio: ratio.clone(),
+        };
         let mut state = match detect_compression(&head) {
             Ok(Compression::None) => Inline::Plain(sink),
             Ok(Compression::Gzip) => Inline::Gzip(Box::new(GzipWriter::new(sink))),
@@ -177,8 +255,8 @@ impl Inline {
 mod tests {
     use crate::digest::sha256_bytes;
     use crate::error::CoreError;
-    use crate::testutil::{gzip, tar_like};
-    use crate::writer::BlobWriter;
+    use crate::testutil::{gzip, gzip_best, tar_like};
+    use crate::writer::{BlobWriter, Limits};
 
     /// Writes `blob` in `piece`-byte writes after `prefix` bytes already in
     /// the partial file (a resume), commits, and returns the layer digest.
@@ -329,6 +407,77 @@ mod tests {
         let e = w.commit(&dir.path().join("b")).unwrap_err();
         assert!(matches!(e, CoreError::DigestMismatch { .. }), "{e:?}");
         assert!(!partial.exists());
+    }
+
+    /// Writes `blob` (`prefix` bytes already in the partial file) to a
+    /// layer writer in `piece`-byte writes, then commits. Returns the error
+    /// and the bytes written before it (None: refused at open).
+    fn bomb(blob: &[u8], piece: usize, prefix: usize) -> (CoreError, Option<usize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (partial, dest) = (dir.path().join("partial"), dir.path().join("blob"));
+        std::fs::write(&partial, &blob[..prefix]).unwrap();
+        let digest = sha256_bytes(blob).to_string();
+        let size = Some(blob.len() as u64);
+        let outcome =
+            match BlobWriter::open_limited(&partial, &digest, size, true, Limits::default()) {
+                Err(e) => (e, None),
+                Ok(mut w) => {
+                    let mut at = prefix;
+                    let mut failed = None;
+                    for chunk in blob[prefix..].chunks(piece) {
+                        if let Err(e) = w.write(chunk) {
+                            failed = Some(e);
+                            break;
+                        }
+                        at += chunk.len();
+                    }
+                    let e =
+                        failed.unwrap_or_else(|| w.commit(&dest).expect_err("a bomb committed"));
+                    (e, Some(at))
+                }
+            };
+        // Nothing is left to resume, nothing committed.
+        assert!(!partial.exists() && !dest.exists());
+        outcome
+    }
+
+    #[test]
+    fn a_bomb_is_refused_as_it_is_written() {
+        let zeros = vec![0u8; 32 << 20];
+        let gz = gzip_best(&zeros);
+        let zs = zstd::encode_all(&zeros[..], 3).unwrap();
+        crate::offload::tests::inline(|| {
+            for (name, blob) in [("gzip", &gz), ("zstd", &zs)] {
+                // Refused at the write that passes the ratio, long before the end.
+                let piece = blob.len() / 64;
+                let (e, at) = bomb(blob, piece, 0);
+                assert!(
+                    matches!(e, CoreError::RatioExceeded { .. }),
+                    "{name}: {e:?}"
+                );
+                assert!(
+                    e.to_string()
+                        .contains("decompresses to more than 200 times"),
+                    "{e}"
+                );
+                // Past the grace (8 of 32 MiB), a quarter of the way.
+                let at = at.unwrap();
+                assert!(at < blob.len() / 2, "{name}: refused only at byte {at}");
+                // A resumed partial past the ratio: refused when opened.
+                let (e, at) = bomb(blob, piece, blob.len() / 2);
+                assert!(
+                    matches!(e, CoreError::RatioExceeded { .. }),
+                    "{name}: {e:?}"
+                );
+                assert_eq!(at, None);
+            }
+        });
+        // Decoding on a stage thread (which stops there): seen a few
+        // batches later, at a write or at the commit.
+        crate::offload::tests::forced(|| {
+            let (e, _) = bomb(&gz, 4096, 0);
+            assert!(matches!(e, CoreError::RatioExceeded { .. }), "{e:?}");
+        });
     }
 
     #[test]

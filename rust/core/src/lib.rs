@@ -31,4 +31,4 @@ pub use error::{CoreError, FetchKind, Result};
 pub use fetch::{FetchOptions, FetchResponse, Fetcher, Transfer};
 pub use layer::LayerDigest;
 pub use stall::StallPolicy;
-pub use writer::BlobWriter;
+pub use writer::{BlobWriter, Limits};

@@ -259,16 +259,17 @@ pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use super::{Feed, Stage, BATCH, DEPTH};
+    use super::{Busy, Feed, Stage, BATCH, DEPTH};
 
     /// Every stage moves away at its first feed, whatever the cores: set by
     /// tests that check the threaded form (others that run meanwhile only
     /// take that form too, which must not change their results).
     pub(crate) static FORCE: AtomicBool = AtomicBool::new(false);
 
+    /// One forcing (or inline) test at a time: another's end must not unset ours.
+    static ONE: Mutex<()> = Mutex::new(());
+
     pub(crate) fn forced<R>(f: impl FnOnce() -> R) -> R {
-        // One forcing test at a time: another's end must not unset ours.
-        static ONE: Mutex<()> = Mutex::new(());
         let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
         struct Unset;
         impl Drop for Unset {
@@ -278,6 +279,17 @@ pub(crate) mod tests {
         }
         let _unset = Unset;
         FORCE.store(true, Ordering::Relaxed);
+        f()
+    }
+
+    /// Every stage stays on the thread feeding it meanwhile, as when all
+    /// cores are busy (tests that run meanwhile see that too, which must not
+    /// change their results).
+    pub(crate) fn inline<R>(f: impl FnOnce() -> R) -> R {
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        let _busy: Vec<Busy> = (0..super::limit().unwrap_or(0))
+            .map(|_| Busy::enter())
+            .collect();
         f()
     }
 

@@ -13,7 +13,17 @@ pub fn tar_like(len: usize) -> Vec<u8> {
 
 /// One gzip member holding `data`.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip_at(data, flate2::Compression::fast())
+}
+
+/// One gzip member holding `data` compressed as far as gzip goes: for
+/// decompression bombs (zlib-rs's fast level keeps zeros near 100:1).
+pub fn gzip_best(data: &[u8]) -> Vec<u8> {
+    gzip_at(data, flate2::Compression::best())
+}
+
+fn gzip_at(data: &[u8], level: flate2::Compression) -> Vec<u8> {
+    let mut enc = GzEncoder::new(Vec::new(), level);
     enc.write_all(data).unwrap();
     enc.finish().unwrap()
 }

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::diffid::DEFAULT_MAX_RATIO;
 use crate::digest::{Digest, CHUNK};
 use crate::error::{CoreError, Result};
-use crate::layer::{LayerDigest, Unpacker};
+use crate::layer::{LayerDigest, Unpacked, Unpacker};
 
 /// Coalesces small writes from Python; the fetcher's ~1 MiB chunks bypass it.
 const BUF: usize = 256 * 1024;
@@ -19,10 +20,42 @@ const BUF: usize = 256 * 1024;
 /// waits for the tail (it otherwise waits for the whole blob, ~0.2 s/100 MB).
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
+/// The default ceiling for a blob whose descriptor gives no size (only
+/// schema1 layers): above the 10,000 MiB per layer that registries of the
+/// schema1 era accepted (ECR's cap then), so no genuine one is refused, while
+/// an endless body stops there instead of filling the disk.
+pub const DEFAULT_MAX_UNSIZED: u64 = 10 << 30;
+
+/// What a registry's bytes may make a writer take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A layer's decompressed : compressed bytes (diffid::over_ratio; 0: no limit).
+    pub max_ratio: u64,
+    /// Bytes of a blob of unknown size (0: no limit).
+    pub max_unsized: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_ratio: DEFAULT_MAX_RATIO,
+            max_unsized: DEFAULT_MAX_UNSIZED,
+        }
+    }
+}
+
+impl Limits {
+    /// Whether `len` bytes break the ceiling for a blob of size `size`.
+    fn unsized_over(&self, size: Option<u64>, len: u64) -> bool {
+        size.is_none() && self.max_unsized > 0 && len > self.max_unsized
+    }
+}
+
 pub struct BlobWriter {
     path: PathBuf,
     digest: Digest,
     size: Option<u64>,
+    limits: Limits,
     offset: u64,
     /// None once closed, committed, or poisoned by a failed write.
     open: Option<Open>,
@@ -88,7 +121,7 @@ impl BlobWriter {
     /// be rebuilt from the bytes anyway. Wrong bytes in the prefix fail the digest at commit(),
     /// which removes the file, so the caller starts over.
     pub fn open(path: impl Into<PathBuf>, digest: &str, size: Option<u64>) -> Result<BlobWriter> {
-        BlobWriter::open_with(path.into(), digest, size, false)
+        BlobWriter::open_limited(path, digest, size, false, Limits::default())
     }
 
     /// As [`BlobWriter::open`], for a layer: what is written is also
@@ -100,15 +133,22 @@ impl BlobWriter {
         digest: &str,
         size: Option<u64>,
     ) -> Result<BlobWriter> {
-        BlobWriter::open_with(path.into(), digest, size, true)
+        BlobWriter::open_limited(path, digest, size, true, Limits::default())
     }
 
-    fn open_with(
-        path: PathBuf,
+    /// [`BlobWriter::open`] (`layer` false) or [`BlobWriter::open_layer`]
+    /// with other `limits`. Past a limit, a write (or this open, replaying a
+    /// partial file) fails with `CoreError::RatioExceeded` or
+    /// `UnsizedTooLarge` and the partial file is removed: those bytes could
+    /// never be committed.
+    pub fn open_limited(
+        path: impl Into<PathBuf>,
         digest: &str,
         size: Option<u64>,
         layer: bool,
+        limits: Limits,
     ) -> Result<BlobWriter> {
+        let path = path.into();
         let digest = Digest::parse(digest)?;
         // O_APPEND: every write lands at the end, also right after set_len(0).
         let file = OpenOptions::new()
@@ -122,8 +162,10 @@ impl BlobWriter {
             .map_err(|e| CoreError::file("stat", &path, e))?
             .len();
         let mut hasher = Sha256::new();
-        let mut unpacker = layer.then(Unpacker::start);
-        let offset = if size.is_some_and(|s| len > s) {
+        let mut unpacker = layer.then(|| Unpacker::start(limits.max_ratio));
+        // Longer than the blob (or than allowed for one of unknown size: a
+        // partial from a run with a higher limit) can never verify now.
+        let offset = if size.is_some_and(|s| len > s) || limits.unsized_over(size, len) {
             file.set_len(0)
                 .map_err(|e| CoreError::file("truncate", &path, e))?;
             0
@@ -141,15 +183,22 @@ impl BlobWriter {
             }
             len
         };
-        Ok(BlobWriter {
+        let mut writer = BlobWriter {
             path,
             digest,
             size,
+            limits,
             offset,
-            open: Some(Open::new(file, hasher, offset, unpacker)),
+            open: None,
             layer,
             layer_digest: None,
-        })
+        };
+        if unpacker.as_ref().is_some_and(Unpacker::over_ratio) {
+            writer.discard();
+            return Err(writer.ratio_exceeded());
+        }
+        writer.open = Some(Open::new(file, hasher, offset, unpacker));
+        Ok(writer)
     }
 
     /// Whether this writer computes a diffID (opened with `open_layer`).
@@ -185,6 +234,8 @@ impl BlobWriter {
     }
 
     /// Appends and hashes. Refuses, writing nothing, to go past a known size.
+    /// Past a limit (see [`BlobWriter::open_limited`]) fails, closed, with
+    /// the partial file removed.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
         let open = self.open.as_mut().ok_or(CoreError::Closed)?;
         let end = self.offset + data.len() as u64;
@@ -192,6 +243,13 @@ impl BlobWriter {
             return Err(CoreError::SizeMismatch {
                 expected: size,
                 actual: end,
+            });
+        }
+        if self.limits.unsized_over(self.size, end) {
+            self.abandon();
+            return Err(CoreError::UnsizedTooLarge {
+                digest: self.digest.to_string(),
+                limit: self.limits.max_unsized,
             });
         }
         if let Err(e) = open.file.write_all(data) {
@@ -204,12 +262,34 @@ impl BlobWriter {
             return Err(CoreError::file("write", &self.path, e));
         }
         open.hasher.update(data);
+        let mut over = false;
         if let Some(unpacker) = open.unpacker.as_mut() {
             unpacker.feed(data);
+            over = unpacker.over_ratio();
         }
         open.start_writeback(end);
         self.offset = end;
+        if over {
+            self.abandon();
+            return Err(self.ratio_exceeded());
+        }
         Ok(())
+    }
+
+    fn ratio_exceeded(&self) -> CoreError {
+        CoreError::RatioExceeded {
+            digest: self.digest.to_string(),
+            max_ratio: self.limits.max_ratio,
+        }
+    }
+
+    /// Closes without flushing (and stops the layer's stages) and removes
+    /// the partial file.
+    fn abandon(&mut self) {
+        if let Some(open) = self.open.take() {
+            drop(open.file.into_parts());
+        }
+        self.discard();
     }
 
     /// Drops everything written so far: start over at offset 0.
@@ -220,7 +300,7 @@ impl BlobWriter {
         file.set_len(0)
             .map_err(|e| CoreError::file("truncate", &self.path, e))?;
         self.offset = 0;
-        let unpacker = self.layer.then(Unpacker::start);
+        let unpacker = self.layer.then(|| Unpacker::start(self.limits.max_ratio));
         self.open = Some(Open::new(file, Sha256::new(), 0, unpacker));
         Ok(())
     }
@@ -278,8 +358,12 @@ impl BlobWriter {
         if let Some(unpacker) = open.unpacker {
             match unpacker.finish() {
                 Ok(found) => self.layer_digest = Some(found),
-                Err(why) => {
-                    // Verified bytes, but not a layer we can register.
+                // Verified bytes, but not a layer we can register.
+                Err(Unpacked::Ratio) => {
+                    self.discard();
+                    return Err(self.ratio_exceeded());
+                }
+                Err(Unpacked::Corrupt(why)) => {
                     self.discard();
                     return Err(CoreError::Invalid(format!("layer {}: {why}", self.digest)));
                 }

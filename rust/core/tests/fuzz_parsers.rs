@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use imgpull_core::diffid::{detect_compression, Compression};
+use imgpull_core::diffid::{detect_compression, Compression, DEFAULT_MAX_RATIO};
 use imgpull_core::rootfs::{extract_layers, ExtractError, ExtractOptions};
 use imgpull_core::schema1::{canonical_payload, fix_layers};
 use imgpull_core::writer::BlobWriter;
@@ -405,7 +405,7 @@ fn diff_ids_of_mangled_blobs() {
         };
         mutate(rng, &mut blob);
         fs::write(&path, &blob).unwrap();
-        let read = diff_id_file(&path);
+        let read = diff_id_file(&path, DEFAULT_MAX_RATIO);
         // The same bytes pushed through a layer writer in random pieces
         // (the download path) must agree with the file path.
         let digest = imgpull_core::digest::sha256_bytes(&blob).to_string();

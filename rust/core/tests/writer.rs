@@ -1,7 +1,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use imgpull_core::{sha256_bytes, BlobWriter, CoreError};
+use imgpull_core::{sha256_bytes, BlobWriter, CoreError, Limits};
 
 fn blob(n: usize) -> (Vec<u8>, String) {
     let data: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
@@ -217,5 +217,48 @@ fn bad_digest_and_missing_directory_are_refused_at_open() {
             assert_eq!(source.kind(), std::io::ErrorKind::NotFound)
         }
         other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn unsized_blob_ceiling() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(1500);
+    let limits = Limits {
+        max_unsized: 1000,
+        ..Limits::default()
+    };
+    let mut w = BlobWriter::open_limited(&partial, &digest, None, false, limits).unwrap();
+    w.write(&data[..600]).unwrap();
+    match w.write(&data[600..]) {
+        Err(e @ CoreError::UnsizedTooLarge { limit: 1000, .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("--max-unsized-blob 1000"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // It could never verify: gone, and the writer closed.
+    assert_gone(&partial);
+    assert!(matches!(w.write(b"x"), Err(CoreError::Closed)));
+    assert!(matches!(w.commit(&dest), Err(CoreError::Closed)));
+
+    // A partial past the ceiling (left by a run with a higher one) starts over.
+    fs::write(&partial, &data).unwrap();
+    let w = BlobWriter::open_limited(&partial, &digest, None, false, limits).unwrap();
+    assert_eq!(w.offset(), 0);
+    drop(w);
+
+    // A known size is the bound then; 0 means no ceiling.
+    for (size, max_unsized) in [(Some(1500), 1000), (None, 0)] {
+        fs::remove_file(&partial).unwrap();
+        let limits = Limits {
+            max_unsized,
+            ..Limits::default()
+        };
+        let mut w = BlobWriter::open_limited(&partial, &digest, size, false, limits).unwrap();
+        w.write(&data).unwrap();
+        w.commit(&dest).unwrap();
+        fs::remove_file(&dest).unwrap();
+        fs::write(&partial, b"").unwrap();
     }
 }

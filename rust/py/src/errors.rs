@@ -30,6 +30,13 @@ create_exception!(
     ImgpullError,
     "The native fetcher could not complete a transfer."
 );
+create_exception!(
+    imgpull._core,
+    LimitExceededError,
+    ImgpullError,
+    "A blob went past a limit on what a registry may send: a layer decompressing past \
+     max_ratio, a blob of unknown size past max_unsized."
+);
 
 /// Lets `?` turn a CoreError into a PyErr (orphan rule: neither is ours).
 pub struct Error(CoreError);
@@ -73,6 +80,18 @@ impl From<Error> for PyErr {
                 }
                 None => PyOSError::new_err(message),
             },
+            CoreError::RatioExceeded { max_ratio, .. } => {
+                with_attrs(py, LimitExceededError::new_err(message), |v| {
+                    v.setattr("kind", "ratio")?;
+                    v.setattr("limit", max_ratio)
+                })
+            }
+            CoreError::UnsizedTooLarge { limit, .. } => {
+                with_attrs(py, LimitExceededError::new_err(message), |v| {
+                    v.setattr("kind", "unsized")?;
+                    v.setattr("limit", limit)
+                })
+            }
             CoreError::InvalidDigest(_) | CoreError::Invalid(_) => PyValueError::new_err(message),
             CoreError::Closed => PyValueError::new_err("I/O operation on a closed BlobWriter"),
         })
@@ -117,5 +136,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fetch.setattr("kind", "io")?;
     fetch.setattr("retryable", false)?;
     m.add("FetchError", fetch)?;
+    let limit = py.get_type::<LimitExceededError>();
+    limit.setattr("kind", "ratio")?;
+    limit.setattr("limit", 0)?;
+    m.add("LimitExceededError", limit)?;
     Ok(())
 }

@@ -47,6 +47,7 @@ fn extract_layers(
                 CoreExtractError::Unsafe { .. } => "unsafe",
                 CoreExtractError::Ratio { .. } => "ratio",
                 CoreExtractError::TooLarge { .. } => "size",
+                CoreExtractError::TooLong { .. } => "header",
                 _ => "io",
             };
             let err = ExtractError::new_err(e.to_string());
@@ -60,6 +61,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let extract = m.py().get_type::<ExtractError>();
     extract.setattr("kind", "io")?;
     m.add("ExtractError", extract)?;
+    m.add("DEFAULT_MAX_RATIO", rootfs::DEFAULT_MAX_RATIO)?;
     m.add_function(wrap_pyfunction!(decompress_to, m)?)?;
     m.add_function(wrap_pyfunction!(extract_layers, m)?)?;
     Ok(())

@@ -37,7 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     export::register(m)?;
     m.add_function(wrap_pyfunction!(sha256_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
-    m.add_class::<writer::BlobWriter>()?;
+    writer::register(m)?;
     m.add_class::<fetch::Transfer>()?;
     m.add_class::<fetch::FetchResult>()?;
     m.add_class::<fetch::Fetcher>()?;

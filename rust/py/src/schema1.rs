@@ -40,8 +40,11 @@ fn schema1_payload<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyBy
 
 /// 'sha256:<hex>' of a layer blob's decompressed content (GIL released).
 #[pyfunction]
-fn diff_id_file(py: Python<'_>, path: PathBuf) -> errors::Result<String> {
-    Ok(py.detach(|| imgpull_core::diff_id_file(&path))?.to_string())
+#[pyo3(signature = (path, *, max_ratio=imgpull_core::diffid::DEFAULT_MAX_RATIO))]
+fn diff_id_file(py: Python<'_>, path: PathBuf, max_ratio: u64) -> errors::Result<String> {
+    Ok(py
+        .detach(|| imgpull_core::diff_id_file(&path, max_ratio))?
+        .to_string())
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 
-use imgpull_core::BlobWriter as CoreWriter;
+use imgpull_core::diffid::DEFAULT_MAX_RATIO;
+use imgpull_core::writer::DEFAULT_MAX_UNSIZED;
+use imgpull_core::{BlobWriter as CoreWriter, Limits};
 use pyo3::prelude::*;
 
 use crate::errors::Result;
@@ -44,21 +46,24 @@ impl BlobWriter {
 #[pymethods]
 impl BlobWriter {
     #[new]
-    #[pyo3(signature = (path, digest, size=None, *, layer=false))]
+    #[pyo3(signature = (
+        path, digest, size=None, *, layer=false,
+        max_ratio=DEFAULT_MAX_RATIO, max_unsized=DEFAULT_MAX_UNSIZED,
+    ))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         digest: String,
         size: Option<u64>,
         layer: bool,
+        max_ratio: u64,
+        max_unsized: u64,
     ) -> Result<Self> {
-        let writer = py.detach(|| {
-            if layer {
-                CoreWriter::open_layer(&path, &digest, size)
-            } else {
-                CoreWriter::open(&path, &digest, size)
-            }
-        })?;
+        let limits = Limits {
+            max_ratio,
+            max_unsized,
+        };
+        let writer = py.detach(|| CoreWriter::open_limited(&path, &digest, size, layer, limits))?;
         Ok(BlobWriter {
             offset: AtomicU64::new(writer.offset()),
             inner: Mutex::new(writer),
@@ -137,4 +142,10 @@ impl BlobWriter {
             if self.layer { "True" } else { "False" }
         )
     }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<BlobWriter>()?;
+    m.add("DEFAULT_MAX_UNSIZED", DEFAULT_MAX_UNSIZED)?;
+    Ok(())
 }
