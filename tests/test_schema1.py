@@ -296,29 +296,29 @@ def test_schema1_wrong_digest_and_refusal(
     assert "schema1" in proc.stderr and "--no-schema1" in proc.stderr
 
 
-# -- history entries as moby v25 writes them ------------------------------------
+# -- history entries as the docker engine here (moby 20.10) writes them ----------
 #
-# moby v25 (the last docker that pulls schema1 by default; v26+ behind
-# DOCKER_ENABLE_DEPRECATED_PULL_SCHEMA_1_IMAGE) has image.History =
-# ocispec.History: created (*time.Time, omitempty), created_by, author,
-# comment, empty_layer. (Docker <= 24 had its own struct: created always
-# written, Go's zero time when missing, author before created_by.)
+# moby 20.10's image.History: created (time.Time, no omitempty: Go's zero time
+# when missing), author, created_by, comment, empty_layer (all omitempty).
+# (moby v25 uses ocispec.History instead: created omitted when missing,
+# created_by before author.)
 
+ZERO = "0001-01-01T00:00:00Z"
 HISTORY_JSON = [
-    (HistoryEntry(None, "", "", "", False), "{}"),
+    (HistoryEntry(None, "", "", "", False), f'{{"created":"{ZERO}"}}'),
     (
         HistoryEntry("2020-01-01T00:00:00.5Z", "sh -c make", "Jane <j@x.org>", "a & b", True),
-        '{"created":"2020-01-01T00:00:00.5Z","created_by":"sh -c make",'
-        '"author":"Jane \\u003cj@x.org\\u003e","comment":"a \\u0026 b","empty_layer":true}',
+        '{"created":"2020-01-01T00:00:00.5Z","author":"Jane \\u003cj@x.org\\u003e",'
+        '"created_by":"sh -c make","comment":"a \\u0026 b","empty_layer":true}',
     ),
     (
         HistoryEntry(None, "sh", "Jane", "", False),
-        '{"created_by":"sh","author":"Jane"}',
+        f'{{"created":"{ZERO}","author":"Jane","created_by":"sh"}}',
     ),
-    (HistoryEntry(None, "", "", "", True), '{"empty_layer":true}'),
+    (HistoryEntry(None, "", "", "", True), f'{{"created":"{ZERO}","empty_layer":true}}'),
     (
-        HistoryEntry("0001-01-01T00:00:00Z", "", "me", "", False),
-        '{"created":"0001-01-01T00:00:00Z","author":"me"}',
+        HistoryEntry(ZERO, "", "me", "", False),
+        f'{{"created":"{ZERO}","author":"me"}}',
     ),
 ]
 
@@ -329,8 +329,9 @@ def test_history_entry_json(entry: HistoryEntry, text: str) -> None:
 
 
 def test_history_from_v1_without_created() -> None:
-    """A v1Compatibility without `created` gives a history entry without it
-    (a nil *time.Time), and `created: null` the same."""
+    """A v1Compatibility without `created` gives a history entry with Go's
+    zero time (moby 20.10's History.Created is no pointer), and `created:
+    null` the same."""
     for v1 in ({"id": hexid("a"), "author": "A"}, {"id": hexid("a"), "created": None}):
         body = {
             "schemaVersion": 1,
@@ -341,7 +342,8 @@ def test_history_from_v1_without_created() -> None:
         manifest = parse_manifest(raw, DOCKER_MANIFEST_V1_SIGNED, manifest_digest(raw, None))
         (entry,) = plan(manifest, "x").history  # type: ignore[arg-type]
         assert entry.created is None
-        assert entry.go_json() == ('{"author":"A"}' if "author" in v1 else "{}")
+        author = ',"author":"A"' if "author" in v1 else ""
+        assert entry.go_json() == f'{{"created":"{ZERO}"{author}}}'
 
 
 # -- end to end through the fake registry ---------------------------------------------
@@ -374,7 +376,7 @@ class Schema1Image:
     digest: str  # of the payload
     layers: list[str]  # downloaded, bottom first
     blobs: dict[str, bytes]  # the layers' bytes
-    config: bytes  # what moby v25 makes of it, written out by hand below
+    config: bytes  # what moby 20.10 makes of it, written out by hand below
 
 
 @pytest.fixture(scope="module")
@@ -414,7 +416,7 @@ def s1_image(layout_cache: LayoutCache) -> Schema1Image:
     ]
     payload = _payload([top.digest, EMPTY_LAYER, base.digest], history)
     # MakeConfigFromV1Config: the top v1 config minus id/parent, keys sorted,
-    # HTML-escaped; the history as ocispec.History entries, bottom first.
+    # HTML-escaped; the history as moby 20.10's History entries, bottom first.
     jane = "Jane \\u003cjane@example.com\\u003e"
     config = (
         '{"architecture":"amd64",'
@@ -423,11 +425,11 @@ def s1_image(layout_cache: LayoutCache) -> Schema1Image:
         '"container_config":{"Cmd":["/bin/sh","-c","#(nop) CMD [\\"sh\\"]"]},'
         '"docker_version":"1.13.1",'
         '"history":['
-        '{"created":"2020-01-01T00:00:00.5Z","created_by":"/bin/sh -c #(nop) ADD file:abc in /",'
-        f'"author":"{jane}","comment":"base \\u0026 co"}},'
+        f'{{"created":"2020-01-01T00:00:00.5Z","author":"{jane}",'
+        '"created_by":"/bin/sh -c #(nop) ADD file:abc in /","comment":"base \\u0026 co"},'
         '{"created":"2020-01-01T00:00:01Z","created_by":"/bin/sh -c #(nop)  ENV A=1",'
         '"empty_layer":true},'
-        f'{{"created_by":"/bin/sh -c #(nop) CMD [\\"sh\\"]","author":"{jane}"}}'
+        f'{{"created":"{ZERO}","author":"{jane}","created_by":"/bin/sh -c #(nop) CMD [\\"sh\\"]"}}'
         "],"
         '"os":"linux",'
         f'"rootfs":{{"type":"layers","diff_ids":["{base.diff_id}","{top.diff_id}"]}}}}'
@@ -456,8 +458,8 @@ def _blob_gets(fake: FakeRegistry) -> list[str]:
 def test_schema1_image_id_as_docker(
     s1_image: Schema1Image, s1_fake: FakeRegistry, tmp_path: Path
 ) -> None:
-    """The image ID is the digest of the config moby v25 would build (written
-    out by hand above): author and missing `created` included."""
+    """The image ID is the digest of the config moby 20.10 builds (written out
+    by hand above): author and missing `created` included."""
     fake = s1_fake
     fake.add_manifest(
         "test/s1", "v1", sign(s1_image.payload), DOCKER_MANIFEST_V1_SIGNED, digest=s1_image.digest

@@ -26,6 +26,8 @@ from imgpull.manifest import Descriptor, Schema1Manifest, schema1_canonical_payl
 LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 UNKNOWN_SIZE = -1  # schema1 gives no blob sizes
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}\Z")
+# json.Marshal of a zero time.Time.
+_GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 def deprecation_message(ref: str) -> str:
@@ -430,7 +432,12 @@ def _version_less(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """image.History (the OCI history entry) from one v1Compatibility."""
+    """image.History from one v1Compatibility, as the docker engine on these
+    machines (Debian's docker.io, moby 20.10) writes it: its own struct, where
+    `created` is a time.Time without omitempty (Go's zero time when the v1
+    entry has none) and `author` comes before `created_by`. (moby v25 switched
+    to ocispec.History: created omitted when missing, created_by first; the
+    image ID of such a schema1 image differs between the two engines.)"""
 
     created: str | None
     created_by: str
@@ -441,9 +448,9 @@ class HistoryEntry:
     def go_json(self) -> str:
         return _struct(
             [
-                ("created", self.created, True),
-                ("created_by", self.created_by, True),
+                ("created", self.created or _GO_ZERO_TIME, False),
                 ("author", self.author, True),
+                ("created_by", self.created_by, True),
                 ("comment", self.comment, True),
                 ("empty_layer", self.empty_layer, True),
             ]
