@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 import pytest
 from support.cli import run_cli
-from support.hostile import HostileRegistry, basic
+from support.hostile import HostileRegistry, Kind, basic
 from support.images import ImageInfo, LayoutCache, random_layer
 
 from imgpull import Client
-from imgpull.errors import AuthenticationError, RegistryError, RegistryTimeoutError
-from imgpull.retry import RetryPolicy
+from imgpull.errors import AuthenticationError, FetchError, RegistryError, RegistryTimeoutError
+from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.safetext import printable, redact
 
 USER = "hostile-user"
@@ -188,12 +188,14 @@ MARGIN = 3.0
 
 
 @pytest.mark.parametrize(
-    ("kind", "auth"),
+    ("kind", "auth", "head"),
     [
-        ("manifest", "none"),
-        ("ping", "none"),
-        ("token", "bearer"),
-        ("head", "none"),  # status line and headers a byte at a time
+        ("manifest", "none", False),
+        ("manifest", "none", True),  # status line and headers a byte at a time too
+        ("ping", "none", False),
+        ("ping", "none", True),
+        ("token", "bearer", False),
+        ("token", "bearer", True),
     ],
 )
 def test_a_trickled_answer_ends_at_the_deadline(
@@ -201,13 +203,15 @@ def test_a_trickled_answer_ends_at_the_deadline(
     docker_config: Path,
     tmp_path: Path,
     stack: list[HostileRegistry],
-    kind: str,
+    kind: Kind,
     auth: str,
+    head: bool,
 ) -> None:
     reg = hostile(image, auth=auth)
     stack.append(reg)
     reg.user = ""  # an anonymous token
-    reg.trickle = {kind}  # type: ignore[arg-type]
+    reg.trickle = {kind}
+    reg.trickle_head = {kind} if head else set()
     reg.trickle_interval = 0.2  # far slower than any read timeout would notice
     error, took = failed_pull(
         reg, tmp_path / "store", RegistryTimeoutError, request_timeout=DEADLINE
@@ -264,6 +268,36 @@ def test_a_timed_out_request_is_retried_within_a_bounded_total(
     gets = [s for s in reg.registry.seen() if s.method == "GET" and "/manifests/" in s.target]
     assert len(gets) == 3
     assert 3.0 <= took < 3.3 + MARGIN, took
+
+
+def test_trickled_blob_headers_end_within_the_stall_window(
+    image: ImageInfo, tmp_path: Path, stack: list[HostileRegistry]
+) -> None:
+    """A blob body is watched for stalls; its status line and headers, in all,
+    may take no longer than one read may wait (the stall window here)."""
+    reg = hostile(image)
+    stack.append(reg)
+    reg.trickle_head = {"blob"}
+    reg.trickle_interval = 0.2
+    stall = StallPolicy(min_rate=1024, window=DEADLINE)
+    error, took = failed_pull(reg, tmp_path / "store", FetchError, stall=stall)
+    assert error.kind == "timeout", error
+    assert took < DEADLINE + MARGIN
+
+
+def test_a_trickled_blob_error_body_ends_within_the_stall_window(
+    image: ImageInfo, tmp_path: Path, stack: list[HostileRegistry]
+) -> None:
+    reg = hostile(image)
+    stack.append(reg)
+    reg.error_status = 403
+    reg.error_on = {"blob"}
+    reg.trickle = {"error"}
+    reg.trickle_interval = 0.2
+    stall = StallPolicy(min_rate=1024, window=DEADLINE)
+    error, took = failed_pull(reg, tmp_path / "store", AuthenticationError, stall=stall)
+    assert "denied" in str(error)
+    assert took < DEADLINE + MARGIN
 
 
 # ---------------------------------------------------------------------------

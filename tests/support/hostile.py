@@ -6,11 +6,12 @@ body), so a test can check where a credential went:
 
 * the **registry** (127.0.0.1): serves an image (``add_image``) behind no
   auth, Basic, or Bearer auth, and misbehaves as told: ``redirects`` a path
-  to another URL (307), ``trickle``s a kind of answer one byte every
-  ``trickle_interval`` seconds, answers with an ``error`` body (optionally
-  echoing back the credentials it got);
+  to another URL (307), ``trickle``s a kind of answer (``trickle_head``: its
+  headers too) one byte every ``trickle_interval`` seconds, answers with an
+  error (``error_status``, optionally echoing back the credentials it got);
 * its **realm** (127.0.0.1, another port): the token server the registry
-  itself names, which checks the Basic credentials and hands out tokens;
+  itself names, which checks the Basic credentials or an identity token
+  (OAuth POST) and hands out tokens, or redirects (``realm_redirect``);
 * the **evil** host (127.0.0.2): answers every request 401 with a challenge
   of its own (``Bearer`` with a realm on itself, or ``Basic``), and hands out
   a token at ``/token`` to whoever asks.
@@ -38,9 +39,7 @@ from .fakeregistry import sha256_digest
 from .images import ImageInfo
 from .process import Managed
 
-# "head": every answer of the registry and its realm sends its status line
-# and headers a byte at a time too.
-Kind = Literal["ping", "manifest", "blob", "tags", "token", "error", "head"]
+Kind = Literal["ping", "manifest", "blob", "tags", "token", "error"]
 AuthMode = Literal["none", "basic", "bearer"]
 
 _MANIFEST = re.compile(r"^/v2/(?P<repo>.+)/manifests/(?P<ref>[^/]+)$")
@@ -218,6 +217,17 @@ def _handler(host: Host) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+_KINDS: tuple[tuple[re.Pattern[str], Kind], ...] = (
+    (_MANIFEST, "manifest"),
+    (_BLOB, "blob"),
+    (_TAGS, "tags"),
+)
+
+
+def _kind_of(path: str) -> Kind:
+    return next((kind for pattern, kind in _KINDS if pattern.match(path)), "error")
+
+
 def _json(data: object) -> bytes:
     return json.dumps(data).encode()
 
@@ -257,12 +267,15 @@ class HostileRegistry(Managed):
         self.tags: dict[str, list[str]] = {}
         # Path -> absolute URL: GET/HEAD of that path answered 307 there.
         self.redirects: dict[str, str] = {}
-        # Kinds of answer sent one byte every trickle_interval seconds.
+        # Kinds of answer whose body is sent one byte every trickle_interval
+        # seconds; in trickle_head, status line and headers too.
         self.trickle: set[Kind] = set()
+        self.trickle_head: set[Kind] = set()
         self.trickle_interval = 1.0
-        # When set, manifest, blob and tag requests get this status and an
+        # When set, the requests of `error_on` get this status and an
         # error body with `error_message` (after authentication).
         self.error_status: int | None = None
+        self.error_on: set[Kind] = {"manifest", "blob", "tags"}
         self.error_message = "denied"
         # Extra headers of that error answer.
         self.error_headers: list[tuple[str, str]] = []
@@ -352,7 +365,7 @@ class HostileRegistry(Managed):
             answer = Answer(307, b"", [("Location", self.redirects[req.path])], "")
         elif req.path in ("/v2/", "/v2"):
             answer = Answer(200, b"{}")
-        elif self.error_status is not None:
+        elif self.error_status is not None and _kind_of(req.path) in self.error_on:
             kind = "error"
             message = self.error_message
             if self.error_echo:
@@ -365,9 +378,9 @@ class HostileRegistry(Managed):
         return self._paced(kind, answer)
 
     def _paced(self, kind: Kind, answer: Answer) -> Answer:
-        if kind in self.trickle or "head" in self.trickle:
+        if kind in self.trickle or kind in self.trickle_head:
             answer.trickle = self.trickle_interval
-            answer.trickle_head = "head" in self.trickle
+            answer.trickle_head = kind in self.trickle_head
             if answer.content_type == "application/json":
                 # Trailing white space, so that even `{}` takes a while.
                 answer.body += b" " * 64

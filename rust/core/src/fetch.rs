@@ -83,6 +83,10 @@ pub struct Fetcher {
     /// The stall window is no longer than read_timeout, so a read timeout
     /// mid-body means a window without a byte.
     silence_is_stall: bool,
+    /// The longest wait for a byte: also the limit, in all, of a response's
+    /// headers and of reading a non-2xx body, so that a server trickling
+    /// them cannot hold the fetch.
+    per_read: Duration,
 }
 
 impl Fetcher {
@@ -116,6 +120,7 @@ impl Fetcher {
             .timeout_resolve(Some(opts.connect_timeout))
             .timeout_connect(Some(opts.connect_timeout))
             .timeout_per_read(Some(per_read))
+            .timeout_recv_response(Some(per_read))
             .timeout_per_write(Some(opts.read_timeout))
             // Several layers of one image come from the same host at once.
             .max_idle_connections_per_host(8)
@@ -125,6 +130,7 @@ impl Fetcher {
             agent,
             stall: opts.stall,
             silence_is_stall: opts.stall.is_some_and(|s| s.window <= opts.read_timeout),
+            per_read,
         })
     }
 
@@ -161,7 +167,7 @@ impl Fetcher {
                 let guard = self.stall_guard();
                 (receive(response, writer, transfer, guard)?, Vec::new())
             } else {
-                (0, error_body(response))
+                (0, error_body(response, self.per_read))
             };
             return Ok(FetchResponse {
                 status,
@@ -201,6 +207,17 @@ impl Fetcher {
         }
         request.call().map_err(|e| match e {
             ureq::Error::Http(e) => CoreError::Invalid(format!("bad request header: {e}")),
+            ureq::Error::Timeout(ureq::Timeout::RecvResponse | ureq::Timeout::PerRead) => {
+                CoreError::fetch(
+                    FetchKind::Timeout,
+                    true,
+                    format!(
+                        "{} sent no complete answer (status line and headers) within {} s",
+                        url.host_str().unwrap_or("the server"),
+                        self.per_read.as_secs_f64()
+                    ),
+                )
+            }
             e => classify::ureq_error(e),
         })
     }
@@ -239,14 +256,20 @@ fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
         .collect()
 }
 
-fn error_body(response: Response<Body>) -> Vec<u8> {
+fn error_body(response: Response<Body>, limit: Duration) -> Vec<u8> {
     let mut body = Vec::new();
+    let mut reader = response.into_body().into_reader().take(ERROR_BODY_MAX);
+    let mut buf = [0u8; 4096];
+    let until = Instant::now() + limit;
     // The status is the answer; a body cut short only shortens the message.
-    let _ = response
-        .into_body()
-        .into_reader()
-        .take(ERROR_BODY_MAX)
-        .read_to_end(&mut body);
+    while Instant::now() < until {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
     body
 }
 
