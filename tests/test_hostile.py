@@ -17,7 +17,8 @@ from support.hostile import HostileRegistry, Kind, basic
 from support.images import ImageInfo, LayoutCache, random_layer
 
 from imgpull import Client
-from imgpull.errors import AuthenticationError, FetchError, RegistryError, RegistryTimeoutError
+from imgpull.errors import AuthenticationError, FetchError, RegistryTimeoutError
+from imgpull.registry import RegistryClient, endpoint_for
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.safetext import printable, redact
 
@@ -396,5 +397,16 @@ def test_printable_and_redact() -> None:
     assert redact("pw abc pwd", ["pwd", "pw", ""]) == "<redacted> abc <redacted>"
 
 
-def test_registry_error_is_an_imgpull_error() -> None:
-    assert issubclass(RegistryTimeoutError, RegistryError)
+def test_the_deadline_covers_proxied_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests through an environment proxy keep to the deadline too: every
+    connection pool of the client, the proxies' included, has it (deadline.py
+    reaches into httpx: this fails if a new httpx moves what it wraps)."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    with RegistryClient(endpoint_for("registry.example")) as rc:
+        http = rc._http
+        pools = [http._transport, *(t for t in http._mounts.values() if t is not None)]
+        assert len(pools) == 3  # direct, and a proxy per scheme
+        for transport in pools:
+            backend = transport._pool._network_backend  # type: ignore[attr-defined]
+            assert type(backend).__module__ == "imgpull.registry.deadline", backend
