@@ -7,7 +7,8 @@ tag but not by digest. This server speaks just enough of the distribution
 API for a pull: ``GET /v2/``, ``HEAD``/``GET`` of manifests by tag or digest,
 ``GET`` of blobs (with ``Range``) and ``GET`` of ``tags/list`` (paged with
 ``Link`` when ``tags_page_size`` is set), all answered from in-memory tables
-the test fills. Everything else is a 404.
+the test fills; and blob bodies that never end (``add_endless_blob``).
+Everything else is a 404.
 
     with FakeRegistry() as fake:
         fake.add_image("test/good", "v1", image_info)  # from support.images
@@ -61,6 +62,18 @@ class FakeManifest:
         return self.digest if self.digest is not None else sha256_digest(self.body)
 
 
+@dataclass
+class EndlessBlob:
+    """A blob body that never ends as far as a client can tell: chunked, no
+    Content-Length, ``prefix`` then zeros, whatever the Range. It stops after
+    ``cap`` bytes all the same (the test's own bound: nothing runs forever);
+    ``sent`` counts the bytes written to clients."""
+
+    prefix: bytes = b""
+    cap: int = 1 << 30
+    sent: int = 0
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -73,6 +86,7 @@ class FakeRegistry(Managed):
     def __init__(self) -> None:
         self.manifests: dict[tuple[str, str], FakeManifest] = {}
         self.blobs: dict[str, bytes] = {}
+        self.endless: dict[str, EndlessBlob] = {}
         self.tags: dict[str, list[str]] = {}
         # When set, tags/list answers this many tags a page, with a Link to the next.
         self.tags_page_size: int | None = None
@@ -90,6 +104,12 @@ class FakeRegistry(Managed):
         digest = sha256_digest(data)
         self.blobs[digest] = data
         return digest
+
+    def add_endless_blob(self, digest: str, prefix: bytes = b"", cap: int = 1 << 30) -> EndlessBlob:
+        """Serve ``digest`` as an endless body (see EndlessBlob)."""
+        blob = EndlessBlob(prefix, cap)
+        self.endless[digest] = blob
+        return blob
 
     def add_manifest(
         self,
@@ -226,6 +246,9 @@ def _handler_for(fake: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                     )
                 return
             m = _BLOB_PATH.match(path)
+            if m and m["digest"] in fake.endless:
+                self._endless(fake.endless[m["digest"]], head=head)
+                return
             if m:
                 data = fake.blobs.get(m["digest"])
                 if data is None:
@@ -257,6 +280,28 @@ def _handler_for(fake: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                 self._send(200, listing, "application/json", head=head, extra=extra)
                 return
             self._error(404, "NAME_UNKNOWN", "repository name not known to registry", head=head)
+
+        def _endless(self, blob: EndlessBlob, *, head: bool) -> None:
+            self.send_response(200)
+            self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+            self.send_header("Content-Type", "application/octet-stream")
+            if head:
+                self.end_headers()
+                return
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.close_connection = True
+            zeros = bytes(64 * 1024)
+            pending = blob.prefix
+            left = blob.cap
+            while left > 0:
+                piece = (pending or zeros)[:left]
+                pending = pending[len(piece) :]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                with fake._lock:
+                    blob.sent += len(piece)
+                left -= len(piece)
+            self.wfile.write(b"0\r\n\r\n")
 
         def _error(self, status: int, code: str, message: str, *, head: bool) -> None:
             body = json.dumps({"errors": [{"code": code, "message": message}]}).encode()

@@ -23,7 +23,7 @@ import subprocess
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -152,7 +152,23 @@ class FilesLayer:
         return "files:" + hashlib.sha256(repr(self).encode()).hexdigest()
 
 
-LayerSpec = RandomLayer | FilesLayer
+@dataclass(frozen=True)
+class StreamLayer:
+    """A layer whose tar bytes the test writes itself: ``chunks()`` yields them,
+    compressed as they come. For hostile tars tarfile will not write or that
+    are too big to hold (a 256 MiB GNU long name, a decompression bomb);
+    ``name`` tells layers apart (history, LayoutCache)."""
+
+    name: str
+    chunks: Callable[[], Iterable[bytes]]
+    compresslevel: int = 9
+    compression: Compression = "gzip"
+
+    def key(self) -> str:
+        return f"stream:{self.name}:{self.compresslevel}:{self.compression}"
+
+
+LayerSpec = RandomLayer | FilesLayer | StreamLayer
 
 
 def random_layer(
@@ -288,6 +304,10 @@ def _tarinfo(
 
 
 def _write_tar(spec: LayerSpec, sink: _LayerSink) -> None:
+    if isinstance(spec, StreamLayer):
+        for chunk in spec.chunks():
+            sink.write(chunk)
+        return
     # PAX: long paths and big sizes without GNU extensions, as real images use.
     with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         tar.copybufsize = _CHUNK
