@@ -15,7 +15,7 @@
 //! replaced, never followed (`O_NOFOLLOW | O_EXCL`). A per-layer ratio of
 //! decompressed to compressed bytes and a total size bound stop
 //! decompression bombs; names and tar extension headers are bounded before
-//! they are read (see [`TarGuard`]), and names shown in errors are cut short
+//! they are read (see `TarGuard`), and names shown in errors are cut short
 //! and escaped.
 
 use std::cell::Cell;
@@ -525,7 +525,7 @@ impl<'a, R: Read> TarGuard<'a, R> {
                 what: "a GNU sparse map",
                 size: blocks * 512,
                 limit: MAX_PAX,
-                bound: PAX_BOUND,
+                bound: "as for PAX headers",
             });
         }
         // GnuExtSparseHeader: 21 entries of 24 bytes, then `isextended`.
