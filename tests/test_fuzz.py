@@ -784,7 +784,7 @@ def test_arbitrary_platform_objects(obj: dict[str, Any]) -> None:
 
 _body_parsers: list[Callable[[bytes], object]] = [
     parse_error_body,
-    _token_error_message,
+    lambda body: _token_error_message(body, ("hunter2",)),
     lambda body: _parse_tags(body, "test/x", "registry.example"),
 ]
 
