@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
+import pty
+import struct
+import termios
 
 import pytest
 
@@ -78,3 +83,40 @@ def test_tty_rewrites_line_in_place() -> None:
     text = out.getvalue()
     # aaa is two lines up from the cursor: move up 2, rewrite, move back.
     assert "\x1b[2A\r\x1b[2Kaaa: Download complete\r\x1b[2B" in text
+
+
+def _tty_lines(columns: int, events: list[ProgressEvent]) -> list[str]:
+    """What TtyRenderer writes to a real terminal (a pty) `columns` wide."""
+    master, slave = pty.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST  # no \n -> \r\n translation
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+        with os.fdopen(os.dup(slave), "w") as out:
+            r = TtyRenderer(out)
+            for event in events:
+                r(event)
+        data = b""
+        while True:
+            chunk = os.read(master, 65536)
+            data += chunk
+            if len(chunk) < 65536:
+                break
+    finally:
+        os.close(master)
+        os.close(slave)
+    return [line for line in data.decode().split("\n") if line]
+
+
+def test_tty_bar_only_on_wide_terminals_and_no_line_wraps() -> None:
+    """As docker's jsonmessage: the bar only above 110 columns, the counts
+    alone below; and no line as wide as the terminal (a wrap would break the
+    cursor arithmetic that redraws lines in place)."""
+    events = [ProgressEvent("Downloading", "0123456789ab", 1_500_000, 3_000_000)]
+    (wide,) = _tty_lines(160, events)
+    assert wide == "0123456789ab: Downloading " + progress_bar(1_500_000, 3_000_000)
+    (narrow,) = _tty_lines(80, events)
+    assert narrow == "0123456789ab: Downloading    1.5MB/3MB"
+    (tiny,) = _tty_lines(20, events)
+    assert tiny == "0123456789ab: Downl"

@@ -8,6 +8,7 @@ when piped, or one JSON object a line for machines.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -60,12 +61,20 @@ def human_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-def progress_bar(current: int, total: int | None, width: int = 50) -> str:
-    """`[=====>      ]  12.3MB/45.6MB`, as docker draws it."""
+def progress_bar(current: int, total: int | None, width: int = 50, *, bar: bool = True) -> str:
+    """`[=====>      ]  12.3MB/45.6MB`, as docker draws it (`bar` False: the
+    counts alone, as docker on a terminal of 110 columns or fewer)."""
     if not total:
         return f"{human_size(current):>8}"
+    counts = f"{human_size(current):>8}/{human_size(total)}"
+    if not bar:
+        return counts
     done = min(width, width * current // total)
-    return f"[{'=' * done}>{' ' * (width - done)}] {human_size(current):>8}/{human_size(total)}"
+    return f"[{'=' * done}>{' ' * (width - done)}] {counts}"
+
+
+# Docker draws the bar only on terminals wider than this (jsonmessage).
+_BAR_MIN_COLUMNS = 111
 
 
 class JsonRenderer:
@@ -110,6 +119,13 @@ class TtyRenderer:
         self._order: list[str] = []
         self._text: dict[str, str] = {}
 
+    def _columns(self) -> int:
+        """The terminal's width now (it may be resized), 200 when unknown (docker's default)."""
+        try:
+            return os.get_terminal_size(self._out.fileno()).columns or 200
+        except (OSError, ValueError, AttributeError):
+            return 200
+
     def __call__(self, event: ProgressEvent) -> None:
         with self._lock:
             if event.id is None:
@@ -118,9 +134,13 @@ class TtyRenderer:
                 self._order.clear()
                 self._text.clear()
             else:
+                columns = self._columns()
                 line = f"{event.id}: {event.status}"
                 if event.current is not None:
-                    line += " " + progress_bar(event.current, event.total)
+                    bar = columns >= _BAR_MIN_COLUMNS
+                    line += " " + progress_bar(event.current, event.total, bar=bar)
+                # A line that wraps would throw the cursor arithmetic off.
+                line = line[: max(1, columns - 1)]
                 if event.id not in self._text:
                     self._order.append(event.id)
                     self._text[event.id] = line
