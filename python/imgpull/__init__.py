@@ -1,21 +1,24 @@
 """imgpull: a fast, verifying container-image puller for v2 registries.
 
-The public names are loaded on first use (PEP 562), so that `import imgpull`
-and the command's start-up stay cheap; the errors are always loaded.
+The errors (and `__version__`) are always loaded, so `except imgpull.XError`
+costs nothing. Every other public name is loaded on first use (PEP 562), so
+that `import imgpull` and the command's start-up stay cheap (no httpx). Type
+checkers see all of them through the `TYPE_CHECKING` imports; the module
+`__getattr__` is hidden from them, so a name not exported here is an error
+for mypy as it is at run time.
 """
 
-from __future__ import annotations
+import typing as _typing
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-from imgpull._core import __version__
+from imgpull._core import ExtractError, __version__
 from imgpull.errors import (
     AuthenticationError,
     DigestMismatchError,
     DiskFullError,
     FetchError,
     ForeignLayerError,
+    ImageConflictError,
+    ImageNotFoundError,
     ImgpullError,
     InvalidReferenceError,
     LimitExceededError,
@@ -34,49 +37,80 @@ from imgpull.errors import (
     UnsupportedManifestError,
 )
 
-if TYPE_CHECKING:
-    from imgpull.client import Client, ImageSummary
-    from imgpull.platform import Platform, parse_platform
+if _typing.TYPE_CHECKING:
+    from imgpull.client import Client, ImageSummary, Removal
+    from imgpull.credentials import CredentialsError
+    from imgpull.export import ExportError
+    from imgpull.hosts import ConfigError, Mirror
+    from imgpull.layers import LayerMismatchError
+    from imgpull.platform import InvalidPlatformError, Platform, parse_platform
     from imgpull.progress import ProgressEvent
     from imgpull.pull import Image
     from imgpull.reference import Reference, parse_reference
+    from imgpull.retry import RetryPolicy, StallPolicy
 
+# The lazily loaded names and their modules: keep in step with the imports above.
 _LAZY = {
     "Client": "imgpull.client",
     "ImageSummary": "imgpull.client",
-    "Image": "imgpull.pull",
+    "Removal": "imgpull.client",
+    "CredentialsError": "imgpull.credentials",
+    "ExportError": "imgpull.export",
+    "ConfigError": "imgpull.hosts",
+    "Mirror": "imgpull.hosts",
+    "LayerMismatchError": "imgpull.layers",
+    "InvalidPlatformError": "imgpull.platform",
     "Platform": "imgpull.platform",
     "parse_platform": "imgpull.platform",
     "ProgressEvent": "imgpull.progress",
+    "Image": "imgpull.pull",
     "Reference": "imgpull.reference",
     "parse_reference": "imgpull.reference",
+    "RetryPolicy": "imgpull.retry",
+    "StallPolicy": "imgpull.retry",
 }
 
+# Not seen by type checkers: a module `__getattr__` would make every
+# attribute of `imgpull` exist for mypy (typed as its return type).
+if not _typing.TYPE_CHECKING:
+    import importlib as _importlib
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'imgpull' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    def __getattr__(name):
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'imgpull' has no attribute {name!r}")
+        value = getattr(_importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [
     "AuthenticationError",
     "Client",
+    "ConfigError",
+    "CredentialsError",
     "DigestMismatchError",
     "DiskFullError",
+    "ExportError",
+    "ExtractError",
     "FetchError",
     "ForeignLayerError",
     "Image",
+    "ImageConflictError",
+    "ImageNotFoundError",
     "ImageSummary",
     "ImgpullError",
+    "InvalidPlatformError",
     "InvalidReferenceError",
+    "LayerMismatchError",
     "LimitExceededError",
     "ManifestError",
     "ManifestUnknownError",
     "ManifestVerificationError",
+    "Mirror",
     "NameUnknownError",
     "NoMatchingPlatformError",
     "Platform",
@@ -86,7 +120,10 @@ __all__ = [
     "RegistryError",
     "RegistryTimeoutError",
     "RegistryUnreachableError",
+    "Removal",
+    "RetryPolicy",
     "SizeMismatchError",
+    "StallPolicy",
     "StoreError",
     "TLSVerificationError",
     "UnsupportedManifestError",
