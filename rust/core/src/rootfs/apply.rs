@@ -11,6 +11,7 @@ use tar::EntryType;
 use super::create::{self, Meta};
 use super::guard::{show_name, PATH_MAX};
 use super::resolve::{clean_path, Root};
+use super::sys::Node;
 use super::whiteout::whiteout;
 use super::{EntryError, ExtractError, ExtractOptions, MAX_PATH};
 
@@ -22,24 +23,27 @@ pub(super) enum Stop {
     Unreadable(io::Error),
 }
 
-pub(super) struct Applier<'a> {
-    root: Root<'a>,
+pub(super) struct Applier<'a, 'r> {
+    root: &'a mut Root<'r>,
     layer: &'a str,
     opts: &'a ExtractOptions,
     /// Paths (relative) this layer created: an opaque marker keeps them.
     written: HashSet<PathBuf>,
     /// Directories (resolved, relative) whose mtime is set once the layer is done.
     dir_times: Vec<(PathBuf, u64)>,
+    /// Regular files' content passes through it.
+    buf: Vec<u8>,
 }
 
-impl<'a> Applier<'a> {
-    pub(super) fn new(root: &'a Path, layer: &'a str, opts: &'a ExtractOptions) -> Self {
+impl<'a, 'r> Applier<'a, 'r> {
+    pub(super) fn new(root: &'a mut Root<'r>, layer: &'a str, opts: &'a ExtractOptions) -> Self {
         Applier {
-            root: Root::new(root),
+            root,
             layer,
             opts,
             written: HashSet::new(),
             dir_times: Vec::new(),
+            buf: vec![0; 256 * 1024],
         }
     }
 
@@ -56,7 +60,7 @@ impl<'a> Applier<'a> {
             // all the way: a later entry may have replaced one of them with a
             // symbolic link, which must not be followed out of the root.
             if let Some(path) = self.root.real_dir(rel) {
-                let _ = super::sys::set_mtime(&path, *mtime);
+                let _ = Node::Path(&path).set_mtime(*mtime);
             }
         }
         Ok(())
@@ -108,7 +112,7 @@ impl<'a> Applier<'a> {
         let name = rel.file_name().unwrap_or_default();
         let parent = rel.parent().unwrap_or(Path::new(""));
         if let Some(hidden) = name.as_bytes().strip_prefix(b".wh.") {
-            return whiteout(&mut self.root, &self.written, parent, hidden);
+            return whiteout(self.root, &self.written, parent, hidden);
         }
         let Some(parent) = self.root.dir(parent, Some(&mut self.written))? else {
             unreachable!("parents are created");
@@ -116,13 +120,17 @@ impl<'a> Applier<'a> {
         let dest = parent.join(name);
         let kind = entry.header().entry_type();
         let meta = Meta::of(entry, self.opts.privileged);
+        if kind != EntryType::Directory {
+            self.root.forget(&dest.rel); // whatever is there is replaced
+        }
         match kind {
             EntryType::Directory => {
-                create::directory(&dest.abs, &meta)?;
+                create::directory(&dest.abs, &meta, self.root.knows(&dest.rel))?;
+                self.root.remember(dest.rel.clone());
                 self.dir_times.push((dest.rel.clone(), meta.mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
-                create::regular(&dest.abs, &meta, entry)?;
+                create::regular(&dest.abs, &meta, entry, &mut self.buf)?;
             }
             EntryType::Symlink => {
                 let target = entry.link_name_bytes();
@@ -130,7 +138,7 @@ impl<'a> Applier<'a> {
             }
             EntryType::Link => {
                 let target = entry.link_name_bytes().unwrap_or_default();
-                create::hard_link(&mut self.root, &target, &dest.abs)?;
+                create::hard_link(self.root, &target, &dest.abs)?;
             }
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
                 if kind != EntryType::Fifo && !self.opts.privileged {
@@ -153,7 +161,7 @@ mod tests {
     use tar::EntryType;
 
     use crate::rootfs::extract_layers;
-    use crate::rootfs::sys::set_mtime;
+    use crate::rootfs::sys::Node;
     use crate::rootfs::testutil::*;
 
     #[test]
@@ -161,7 +169,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let outside = tmp.path().join("outside");
         fs::create_dir_all(outside.join("b")).unwrap();
-        set_mtime(&outside.join("b"), 12345).unwrap();
+        Node::Path(&outside.join("b")).set_mtime(12345).unwrap();
         let root = tmp.path().join("root");
         fs::create_dir(&root).unwrap();
         // a/ and a/b/ get their times at the layer's end; by then `a` is a

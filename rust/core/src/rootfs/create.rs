@@ -5,13 +5,13 @@ use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{lchown, symlink as make_symlink, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{symlink as make_symlink, OpenOptionsExt};
 use std::path::Path;
 
 use tar::EntryType;
 
 use super::resolve::{clean_path, Root};
-use super::sys::{mknod, set_mtime, set_xattr};
+use super::sys::{mknod, Node};
 use super::{EntryError, Op};
 
 /// What an entry's header says about the file, besides its content.
@@ -45,18 +45,18 @@ impl Meta {
 
     /// Owner, mode, xattrs (where the filesystem takes them), and the mtime
     /// unless it is set later (directories: once their content is written).
-    fn apply(&self, path: &Path, mtime: bool) -> Result<(), EntryError> {
+    fn apply(&self, node: Node<'_>, mtime: bool) -> Result<(), EntryError> {
         let set = || -> io::Result<()> {
             if self.owners {
                 // Before chmod: chown clears the set-id bits.
-                lchown(path, Some(self.uid as u32), Some(self.gid as u32))?;
+                node.chown(self.uid, self.gid)?;
             }
-            fs::set_permissions(path, fs::Permissions::from_mode(self.mode))?;
+            node.chmod(self.mode)?;
             for (k, v) in &self.xattrs {
-                let _ = set_xattr(path, k, v);
+                let _ = node.set_xattr(k, v);
             }
             if mtime {
-                set_mtime(path, self.mtime)?;
+                node.set_mtime(self.mtime)?;
             }
             Ok(())
         };
@@ -87,29 +87,43 @@ pub(super) fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
-/// A directory: one already there is kept (with its content), its mode set.
-pub(super) fn directory(dest: &Path, meta: &Meta) -> Result<(), EntryError> {
-    let existing = fs::symlink_metadata(dest).ok();
-    if !existing.is_some_and(|m| m.is_dir()) {
+/// A directory: one already there (`known` to be one: not looked at) is
+/// kept with its content, its mode set.
+pub(super) fn directory(dest: &Path, meta: &Meta, known: bool) -> Result<(), EntryError> {
+    if !known && !fs::symlink_metadata(dest).is_ok_and(|m| m.is_dir()) {
         remove_any(dest).op("remove")?;
         fs::create_dir(dest).op("mkdir")?;
     }
-    meta.apply(dest, false)
+    meta.apply(Node::Path(dest), false)
 }
 
-/// A regular file, its content read from `data`.
-pub(super) fn regular(dest: &Path, meta: &Meta, data: &mut dyn Read) -> Result<(), EntryError> {
-    remove_any(dest).op("remove")?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dest)
-        .op("create")?;
-    let mut buf = vec![0u8; 256 * 1024];
+/// A regular file, its content read from `data` through `buf`.
+pub(super) fn regular(
+    dest: &Path,
+    meta: &Meta,
+    data: &mut dyn Read,
+    buf: &mut [u8],
+) -> Result<(), EntryError> {
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+    };
+    // Created first and removed only if something is there: most paths are
+    // new, and O_EXCL never follows a link left at the path.
+    let mut file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            remove_any(dest).op("remove")?;
+            create()
+        }
+        created => created,
+    }
+    .op("create")?;
     loop {
-        let n = match data.read(&mut buf) {
+        let n = match data.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -117,8 +131,8 @@ pub(super) fn regular(dest: &Path, meta: &Meta, data: &mut dyn Read) -> Result<(
         };
         file.write_all(&buf[..n]).op("write")?;
     }
-    drop(file);
-    meta.apply(dest, true)
+    // Through the descriptor: no path walk, and the mtime after the writes.
+    meta.apply(Node::Open(&file), true)
 }
 
 /// A symbolic link to `target`, kept as it is (resolved only when a later
@@ -128,13 +142,14 @@ pub(super) fn symlink(dest: &Path, meta: &Meta, target: Option<&[u8]>) -> Result
     remove_any(dest).op("remove")?;
     make_symlink(OsStr::from_bytes(target), dest).op("symlink")?;
     // Best effort: not every filesystem takes these on a link.
+    let node = Node::Path(dest);
     if meta.owners {
-        let _ = lchown(dest, Some(meta.uid as u32), Some(meta.gid as u32));
+        let _ = node.chown(meta.uid, meta.gid);
     }
     for (k, v) in &meta.xattrs {
-        let _ = set_xattr(dest, k, v);
+        let _ = node.set_xattr(k, v);
     }
-    let _ = set_mtime(dest, meta.mtime);
+    let _ = node.set_mtime(meta.mtime);
     Ok(())
 }
 
@@ -169,5 +184,5 @@ pub(super) fn node(dest: &Path, kind: EntryType, meta: &Meta) -> Result<(), Entr
     };
     remove_any(dest).op("remove")?;
     mknod(dest, file_type | 0o600, meta.device.0, meta.device.1).op("mknod")?;
-    meta.apply(dest, true)
+    meta.apply(Node::Path(dest), true)
 }

@@ -44,6 +44,7 @@ use crate::error::CoreError;
 use apply::{Applier, Stop};
 use guard::TarGuard;
 use pipeline::{decompress_layers, LayerStream, AHEAD};
+use resolve::Root;
 
 /// Bytes of a path or link target, and of a GNU long name or long link
 /// entry (`L`, `K`: the name and its NUL): Linux's PATH_MAX, past which no
@@ -141,16 +142,18 @@ pub fn extract_layers(
         scope.spawn(move || decompress_layers(layers, opts, tx, reuse));
         // Returning (early on an error too) drops `rx`, which stops the producer.
         let mut total = 0;
+        // One for all layers: what a layer's entries created, later layers find.
+        let mut root = Root::new(root);
         for layer in layers {
             let mut stream = LayerStream::new(&rx, &recycle);
-            total += apply_layer(root, &layer_name(layer), opts, &mut stream)?;
+            total += apply_layer(&mut root, &layer_name(layer), opts, &mut stream)?;
         }
         Ok(total)
     })
 }
 
 fn apply_layer(
-    root: &Path,
+    root: &mut Root<'_>,
     name: &str,
     opts: &ExtractOptions,
     stream: &mut LayerStream<'_>,

@@ -1,10 +1,11 @@
 //! Paths inside the root: entry names cleaned, parent directories walked one
 //! component at a time, a symbolic link among them resolved inside the root.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
+use std::ops::Bound;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -47,14 +48,47 @@ impl Resolved {
     }
 }
 
-/// The directory extracted to.
+/// The directory extracted to, and the directories in it this extraction
+/// created or found real (no symbolic link on the way), so that later
+/// entries skip walking them again: most entries share their parents.
 pub(super) struct Root<'a> {
     path: &'a Path,
+    /// Relative, resolved paths. Only this extraction changes the tree, and
+    /// every entry that replaces or removes a path forgets it and what is
+    /// below it first, so a path here is still a real directory.
+    known: BTreeSet<PathBuf>,
 }
 
 impl<'a> Root<'a> {
     pub(super) fn new(path: &'a Path) -> Self {
-        Root { path }
+        Root {
+            path,
+            known: BTreeSet::new(),
+        }
+    }
+
+    /// `rel` (resolved) is known to be a real directory.
+    pub(super) fn knows(&self, rel: &Path) -> bool {
+        self.known.contains(rel)
+    }
+
+    /// `rel` (resolved) was just made or found a real directory.
+    pub(super) fn remember(&mut self, rel: PathBuf) {
+        self.known.insert(rel);
+    }
+
+    /// `rel` (resolved) is about to be replaced or removed: it and every
+    /// path below it (next to it in the set's order) are looked at again.
+    pub(super) fn forget(&mut self, rel: &Path) {
+        let below: Vec<PathBuf> = self
+            .known
+            .range::<Path, _>((Bound::Included(rel), Bound::Unbounded))
+            .take_while(|p| p.starts_with(rel))
+            .cloned()
+            .collect();
+        for p in below {
+            self.known.remove(&p);
+        }
     }
 
     /// The directory `rel` names under the root.
@@ -85,9 +119,14 @@ impl<'a> Root<'a> {
                 }
                 continue;
             }
-            let abs = self.path.join(&done).join(&part);
+            done.push(&part);
+            if self.known.contains(&done) {
+                continue;
+            }
+            let abs = self.path.join(&done);
             match fs::symlink_metadata(&abs) {
                 Ok(m) if m.file_type().is_symlink() => {
+                    done.pop();
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(EntryError::refused("too many levels of symbolic links"));
@@ -102,9 +141,11 @@ impl<'a> Root<'a> {
                         }
                     }
                 }
-                Ok(m) if m.is_dir() => done.push(&part),
+                Ok(m) if m.is_dir() => {
+                    self.known.insert(done.clone());
+                }
                 Ok(_) => {
-                    let what = format!("{} is not a directory", done.join(&part).display());
+                    let what = format!("{} is not a directory", done.display());
                     return Err(io::Error::new(io::ErrorKind::NotADirectory, what))
                         .op("open parent");
                 }
@@ -114,7 +155,7 @@ impl<'a> Root<'a> {
                     };
                     fs::create_dir(&abs).op("mkdir")?;
                     let _ = fs::set_permissions(&abs, fs::Permissions::from_mode(0o755));
-                    done.push(&part);
+                    self.known.insert(done.clone());
                     created.insert(done.clone());
                 }
                 Err(e) => return Err(e).op("stat"),
@@ -128,6 +169,9 @@ impl<'a> Root<'a> {
 
     /// `root/rel` when every component of `rel` is a real directory (no link).
     pub(super) fn real_dir(&self, rel: &Path) -> Option<PathBuf> {
+        if self.knows(rel) {
+            return Some(self.path.join(rel));
+        }
         let mut path = self.path.to_path_buf();
         for part in rel.components() {
             path.push(part);
@@ -223,5 +267,59 @@ mod tests {
             assert!(!tmp.path().join("x").exists());
             assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
         }
+    }
+
+    #[test]
+    fn known_directories_are_forgotten_when_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let root = tmp.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let l1 = layer(tmp.path(), "l1", |b| {
+            for d in ["a/", "a/b/", "w/", "w/sub/", "o/", "o/sub/", "r/", "r/sub/"] {
+                dir(b, d);
+            }
+            file(b, "a/b/f", b"f");
+        });
+        // Each parent below was known as a real directory after layer 1.
+        let l2 = layer(tmp.path(), "l2", |b| {
+            link(b, "a", EntryType::Symlink, outside.to_str().unwrap());
+            file(b, "a/b/g", b"g"); // through the link, inside the root
+            file(b, ".wh.w", b"");
+            file(b, "w/sub/x", b"x"); // made again
+            file(b, "o/.wh..wh..opq", b"");
+            file(b, "o/sub/x", b"x");
+        });
+        extract_layers(&root, &[l1, l2], &opts()).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(fs::read(inside.join("b/g")).unwrap(), b"g");
+        assert_eq!(fs::read(root.join("w/sub/x")).unwrap(), b"x");
+        assert_eq!(fs::read(root.join("o/sub/x")).unwrap(), b"x");
+
+        let l3 = layer(tmp.path(), "l3", |b| {
+            file(b, "r", b"now a file");
+            file(b, "r/sub/x", b"x");
+        });
+        let err = extract_layers(&root, &[l3], &opts()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("open parent: r is not a directory"),
+            "{err}"
+        );
+
+        // A known directory replaced by a link out of the root: refused.
+        let root2 = tmp.path().join("root2");
+        fs::create_dir(&root2).unwrap();
+        let l4 = layer(tmp.path(), "l4", |b| {
+            dir(b, "c/");
+            file(b, "c/x", b"x");
+            link(b, "c", EntryType::Symlink, "../outside");
+            file(b, "c/y", b"pwned");
+        });
+        let err = extract_layers(&root2, &[l4], &opts()).unwrap_err();
+        assert!(matches!(err, ExtractError::Unsafe { .. }), "{err}");
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 }

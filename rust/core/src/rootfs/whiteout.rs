@@ -24,6 +24,7 @@ pub(super) fn whiteout(
         return Ok(()); // nothing below to hide
     };
     if hidden == b".wh..opq" {
+        root.forget(&dir.rel); // some of what is below goes
         return clear_lower(&dir.abs, &dir.rel, written).op("opaque whiteout");
     }
     if hidden.starts_with(b".wh.") {
@@ -32,7 +33,9 @@ pub(super) fn whiteout(
     if hidden.is_empty() || hidden == b"." || hidden == b".." {
         return Err(EntryError::refused("whiteout of no file"));
     }
-    remove_any(&dir.abs.join(OsStr::from_bytes(hidden))).op("whiteout")
+    let hidden = OsStr::from_bytes(hidden);
+    root.forget(&dir.rel.join(hidden));
+    remove_any(&dir.abs.join(hidden)).op("whiteout")
 }
 
 /// An opaque directory: removes what lower layers put in `dir_abs`, i.e.
