@@ -85,7 +85,7 @@ fn is_zstd_skippable(head: &[u8]) -> bool {
 
 /// Remembers whether an error came from the file itself (an OSError) rather
 /// than from the decoder (corrupt data), and counts the compressed bytes the
-/// decoder has taken (for ratio limits, see rootfs.rs).
+/// decoder has taken (for ratio limits, see rootfs/pipeline.rs).
 struct Tracked<R> {
     inner: R,
     failed: bool,

@@ -9,9 +9,11 @@
 //!
 //! Safety: every entry stays inside the root. Entry and hard-link paths with
 //! `..` or a leading `/` are refused; parent directories are walked component
-//! by component with `symlink_metadata`, a symbolic link among them resolved
-//! inside the root as docker does (an absolute target starts at the root; one
-//! whose `..` climbs above the root is refused); the final component is
+//! by component with `symlink_metadata` (once: the directories an extraction
+//! made or found real are remembered until an entry replaces them), a
+//! symbolic link among them resolved inside the root as docker does (an
+//! absolute target starts at the root; one whose `..` climbs above the root
+//! is refused); the final component is
 //! replaced, never followed (`O_NOFOLLOW | O_EXCL`). A per-layer ratio of
 //! decompressed to compressed bytes and a total size bound stop
 //! decompression bombs; names and tar extension headers are bounded before
@@ -21,7 +23,7 @@
 //! Modules by concern: [`pipeline`] (the decompressing thread), [`guard`]
 //! (tar headers bounded before they are read), [`apply`] (one entry after
 //! another), [`resolve`] (paths inside the root), [`create`] (one creator
-//! per entry type), [`whiteout`], [`sys`] (system calls std lacks).
+//! per entry type), [`whiteout`], [`sys`] (the system calls on those files).
 
 mod apply;
 mod create;
