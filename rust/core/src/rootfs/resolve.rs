@@ -78,7 +78,8 @@ impl<'a> Root<'a> {
     }
 
     /// `rel` (resolved) is about to be replaced or removed: it and every
-    /// path below it (next to it in the set's order) are looked at again.
+    /// path below it are looked at again. Paths sort component by component,
+    /// so those below `rel` follow it in the set.
     pub(super) fn forget(&mut self, rel: &Path) {
         let below: Vec<PathBuf> = self
             .known
