@@ -25,6 +25,7 @@ from imgpull.errors import (
     NameUnknownError,
     NoMatchingPlatformError,
     PullCancelledError,
+    PullTimeoutError,
     RegistryError,
     RegistryTimeoutError,
     RegistryUnreachableError,
@@ -40,8 +41,10 @@ if TYPE_CHECKING:
     from imgpull.progress import ProgressEvent
     from imgpull.pull import Image
     from imgpull.reference import Reference, parse_reference
+    from imgpull.transfer import CancelToken
 
 _LAZY = {
+    "CancelToken": "imgpull.transfer",
     "Client": "imgpull.client",
     "ImageSummary": "imgpull.client",
     "Image": "imgpull.pull",
@@ -64,6 +67,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AuthenticationError",
+    "CancelToken",
     "Client",
     "DigestMismatchError",
     "DiskFullError",
@@ -82,6 +86,7 @@ __all__ = [
     "Platform",
     "ProgressEvent",
     "PullCancelledError",
+    "PullTimeoutError",
     "Reference",
     "RegistryError",
     "RegistryTimeoutError",
