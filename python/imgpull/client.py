@@ -421,13 +421,15 @@ class Client:
         domain: str,
         emit: ProgressCallback,
         attempt: Callable[[RegistryClient, Fetcher, RetryPolicy], _T],
-        token: CancelToken,
+        token: CancelToken | None = None,
     ) -> _T:
         """`attempt` on each endpoint of `domain` in turn (its mirrors, then
         itself) until one succeeds (pull-semantics §2). A mirror's failure
         passes to the next endpoint at once (no retries there: the next one is
         the better bet); what was stored meanwhile stays, and partial blobs
-        resume. The last endpoint's error is raised as it is."""
+        resume. The last endpoint's error is raised as it is. Once `token` is
+        cancelled, no further endpoint is tried."""
+        token = token or CancelToken()
         origin = self._endpoint(domain, self._plain_http, self._insecure)
         mirrors = self._mirrors.get(registry_key(domain), ())
         names = [*(m.host for m in mirrors), origin.name]
