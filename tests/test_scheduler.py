@@ -103,15 +103,26 @@ def _run(target: object, *args: object) -> threading.Thread:
     return thread
 
 
-def test_one_download_slot_across_concurrent_pulls(images: Images, tmp_path: Path) -> None:
-    """Four pulls in threads of one Client with max_concurrent_downloads=1:
-    the registry (behind the proxy) never serves two layers at once."""
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_concurrent_downloads": 1},
+        {"max_concurrent_downloads": 3, "max_concurrent_per_host": 1},
+    ],
+    ids=["per-client", "per-host"],
+)
+def test_one_download_slot_across_concurrent_pulls(
+    images: Images, tmp_path: Path, limits: dict[str, int]
+) -> None:
+    """Four pulls in threads of one Client with one download slot (for the
+    Client, or for the one registry host): the registry (behind the proxy)
+    never serves two layers at once."""
     layers = [image.layer_digests[0] for image in images.four]
     with FaultProxy(images.registry.host) as proxy:
         # ~0.4 s a layer: four pulls at once would overlap for sure.
         proxy.add("trickle", path="|".join(layers), count=None, rate=1_000_000)
         errors: list[BaseException] = []
-        with imgpull.Client(tmp_path, max_concurrent_downloads=1) as client:
+        with imgpull.Client(tmp_path, **limits) as client:
 
             def pull(i: int) -> None:
                 try:

@@ -210,8 +210,10 @@ class Client:
                 )
             )
         with self._pulls:
-            self._pulls.wait_for(lambda: not self._live, timeout=_CLOSE_WAIT)
-        self._transfers.close()
+            stopped = self._pulls.wait_for(lambda: not self._live, timeout=_CLOSE_WAIT)
+        # A transfer stuck past the wait (a silent server, until its stall
+        # window) is not waited for: it has been cancelled, nothing wants it.
+        self._transfers.close(wait=stopped)
         with self._lock:
             for registry, _ in self._registries.values():
                 registry.close()

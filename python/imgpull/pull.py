@@ -1,9 +1,11 @@
 """Orchestration of one pull: resolve → select → fetch → verify → record.
 
-The steps follow docker's puller (pull-semantics.md §3 to §9). Python decides
-which blob, from where, when to retry and from which offset; the bytes
-themselves move socket → hash → file inside the native Fetcher, on a thread
-pool whose threads run with the GIL released.
+The steps follow docker's puller (pull-semantics.md §3 to §9). A Puller
+resolves the reference to the blobs it needs and records the result; the
+blobs come from the Client's TransferService (transfer.py), which decides
+when and from which offset, shared with the Client's other pulls. The bytes
+themselves move socket → hash → file inside the native Fetcher, on threads
+that run with the GIL released.
 """
 
 from __future__ import annotations

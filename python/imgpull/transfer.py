@@ -353,10 +353,10 @@ class TransferService:
         self._layers = ThreadPoolExecutor(2 * self.limit, thread_name_prefix="imgpull-layer")
         self._small = ThreadPoolExecutor(2, thread_name_prefix="imgpull-config")
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         """Stop the worker threads (once no pull uses the service)."""
-        self._layers.shutdown(wait=True, cancel_futures=True)
-        self._small.shutdown(wait=True, cancel_futures=True)
+        self._layers.shutdown(wait=wait, cancel_futures=True)
+        self._small.shutdown(wait=wait, cancel_futures=True)
 
     def pull(self, token: CancelToken, emit: ProgressCallback) -> PullTransfers:
         return PullTransfers(self, token, emit)
