@@ -13,9 +13,10 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.faultproxy import FaultProxy
@@ -24,7 +25,7 @@ from support.registry import RegistryServer
 from support.throttle import ThrottledRelay
 
 import imgpull
-from imgpull.progress import DOWNLOADING, ProgressEvent
+from imgpull.progress import DOWNLOADING, VERIFYING, ProgressEvent
 
 # Four images of one layer each (pulled at once with one download slot).
 FOUR = tuple((random_layer(400_000, seed=700 + i),) for i in range(4))
@@ -234,9 +235,11 @@ def test_close_from_another_thread_cancels_the_pull(log: Images, tmp_path: Path)
     _assert_resumes(log, tmp_path, _partials(tmp_path))
 
 
-def test_cancelled_pull_leaves_shared_transfers_to_the_other(log: Images, tmp_path: Path) -> None:
-    """Two pulls of one image in one Client: cancelling one does not stop the
-    transfers the other still waits for (each blob still fetched once)."""
+def _two_pulls(log: Images, root: Path, first: dict[str, Any], then: Callable[[], None]) -> Any:
+    """Pull the slow image twice at once in one Client, the first pull with
+    `first` (keyword arguments); `then()` once the second waits on every
+    layer. Returns what the first pull raised; asserts the second succeeded
+    and that each layer was fetched once, whole."""
     labels = {layer[7:19] for layer in log.slow.layer_digests}
     seen: set[str] = set()
     attached = threading.Event()
@@ -248,25 +251,44 @@ def test_cancelled_pull_leaves_shared_transfers_to_the_other(log: Images, tmp_pa
             if seen >= labels:
                 attached.set()
 
-    token = imgpull.CancelToken()
     outcome: dict[str, object] = {}
 
-    def pull(name: str, **kwargs: object) -> None:
+    def pull(name: str, **kwargs: Any) -> None:
         try:
-            outcome[name] = client.pull(log.slow_ref(), **kwargs)  # type: ignore[arg-type]
-        except imgpull.ImgpullError as exc:
+            outcome[name] = client.pull(log.slow_ref(), **kwargs)
+        except Exception as exc:  # asserted by the test thread
             outcome[name] = exc
 
-    with imgpull.Client(tmp_path) as client:
-        first = _run(lambda: pull("first", cancel=token))
-        second = _run(lambda: pull("second", progress=second_progress))
+    with imgpull.Client(root) as client:
+        threads = [_run(lambda: pull("first", **first))]
+        threads.append(_run(lambda: pull("second", progress=second_progress)))
         assert attached.wait(TIMEOUT)
-        token.cancel()
-        first.join(TIMEOUT)
-        second.join(TIMEOUT)
-    assert isinstance(outcome["first"], imgpull.PullCancelledError)
+        then()
+        for t in threads:
+            t.join(TIMEOUT)
     image = outcome["second"]
     assert isinstance(image, imgpull.Image) and image.id == log.slow.config_digest
     gets = log.blob_gets()
     for digest in log.slow.layer_digests:
         assert [s for d, s in gets if d == digest] == [200], digest
+    return outcome["first"]
+
+
+def test_cancelled_pull_leaves_shared_transfers_to_the_other(log: Images, tmp_path: Path) -> None:
+    """Two pulls of one image in one Client: cancelling one does not stop the
+    transfers the other still waits for (each blob still fetched once)."""
+    token = imgpull.CancelToken()
+    error = _two_pulls(log, tmp_path, {"cancel": token}, token.cancel)
+    assert isinstance(error, imgpull.PullCancelledError)
+
+
+def test_failing_progress_callback_stops_only_its_own_pull(log: Images, tmp_path: Path) -> None:
+    """A callback that raises on an event of a shared transfer (which runs on
+    a transfer thread) ends its own pull with that error, not the other's."""
+
+    def fussy(event: ProgressEvent) -> None:
+        if event.status == VERIFYING:
+            raise RuntimeError("callback failed")
+
+    error = _two_pulls(log, tmp_path, {"progress": fussy}, lambda: None)
+    assert isinstance(error, RuntimeError)

@@ -418,6 +418,7 @@ class Puller:
                 # Stop the others at their next chunk (their partial files stay
                 # for the next run) and report the error that started it.
                 self._stop()
+                self._transfers.raise_callback_error()
                 failed[0].result()
         except BaseException:
             self._stop()

@@ -144,6 +144,7 @@ class PullTransfers:
         self._jobs: dict[str, _Job] = {}
         self._stopping: list[_Job] = []
         self.received = 0
+        self.callback_error: Exception | None = None
 
     def fetch(
         self, source: BlobSource, desc: Descriptor, *, layer: bool, small: bool = False
@@ -154,8 +155,23 @@ class PullTransfers:
         return self.service.fetch(self, source, desc, layer=layer, small=small)
 
     def download(self, source: BlobSource, desc: Descriptor, *, layer: bool) -> None:
-        """fetch(), waited for."""
-        self.fetch(source, desc, layer=layer).result()
+        """fetch(), waited for (a config, not a layer, takes no slot)."""
+        self.fetch(source, desc, layer=layer, small=not layer).result()
+
+    def notify(self, event: ProgressEvent) -> None:
+        """The pull's callback, from a transfer thread: should it raise, only
+        this pull stops (with that error: raise_callback_error), not the
+        transfer other pulls share."""
+        try:
+            self.emit(event)
+        except Exception as exc:
+            with self._lock:
+                self.callback_error = self.callback_error or exc
+            self.token.cancel()
+
+    def raise_callback_error(self) -> None:
+        if self.callback_error is not None:
+            raise self.callback_error
 
     def snapshot(self) -> list[tuple[str, int, int]]:
         """(label, bytes so far, total) of this pull's live layer transfers."""
@@ -286,7 +302,7 @@ class _Job:
 
     def emit(self, event: ProgressEvent) -> None:
         for pull in self.wanting():
-            pull.emit(event)
+            pull.notify(event)
 
     @contextmanager
     def track(self, start: int) -> Iterator[Transfer]:
