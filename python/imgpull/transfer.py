@@ -233,14 +233,16 @@ class _Job:
         self._wanted: dict[PullTransfers, Callable[[], None]] = {}
         self.owner: PullTransfers | None = None
         self._cancelled = threading.Event()
+        self._finished = False
         self._live: tuple[Transfer, int, int] | None = None
 
     # Who wants it ----------------------------------------------------------
 
     def want(self, pull: PullTransfers) -> bool:
-        """Add a pull; False when the job is already stopping (start another)."""
+        """Add a pull; False when the job is stopping or ending (then start
+        another, which finds the blob stored or resumes its partial file)."""
         with self._lock:
-            if self._cancelled.is_set():
+            if self._cancelled.is_set() or self._finished:
                 return False
             if pull in self._wanted:
                 return True
@@ -280,6 +282,7 @@ class _Job:
 
     def finish(self) -> None:
         with self._lock:
+            self._finished = True
             wanted = dict(self._wanted)
             self._wanted.clear()
         for pull, unwatch in wanted.items():
@@ -335,8 +338,8 @@ class TransferService:
 
     `max_concurrent_downloads`: blob bodies downloading at once over all
     pulls; `max_per_host`: of those, at once from one registry host (default
-    the same). `foreign_fetcher(url)`: the Fetcher for a foreign layer URL.
-    `sleep`: how a retry waits (tests); the countdown still stops on cancel.
+    the same). `foreign_fetcher(url)`: the Fetcher for a foreign layer URL
+    (default: a plain one, without the registry's client certificate).
     """
 
     def __init__(
@@ -420,7 +423,7 @@ class TransferService:
             assert job is not None
             if job.want(pull):
                 break
-            # Stopping (its pulls were cancelled): wait it out, start anew.
+            # Stopping (its pulls were cancelled) or ending: wait it out, start anew.
             try:
                 job.future.exception()
             finally:
