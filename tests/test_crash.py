@@ -81,27 +81,15 @@ class BlobGet:
     size: int  # body bytes the registry wrote
 
 
-def _blob_gets(registry: RegistryServer) -> list[BlobGet]:
+def _settled_log(registry: RegistryServer) -> list[BlobGet]:
+    """The blob GETs once the access log stops growing (a request the client
+    abandoned is logged when the registry notices, a moment later)."""
     prefix = f"/v2/{REPO}/blobs/"
     return [
         BlobGet(e.path[len(prefix) :], e.status, e.size)
-        for e in registry.request_log()
+        for e in registry.settled_request_log()
         if e.method == "GET" and e.path.startswith(prefix)
     ]
-
-
-def _settled_log(registry: RegistryServer) -> list[BlobGet]:
-    """The blob GETs once the access log stops growing: a request the client
-    abandoned is logged when the registry notices, a moment later."""
-    deadline = time.monotonic() + 5
-    last = -1
-    while time.monotonic() < deadline:
-        size = registry.access_log_path.stat().st_size
-        if size == last:
-            break
-        last = size
-        time.sleep(0.2)
-    return _blob_gets(registry)
 
 
 def _clear_log(registry: RegistryServer) -> None:

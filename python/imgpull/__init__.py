@@ -28,6 +28,7 @@ from imgpull.errors import (
     NameUnknownError,
     NoMatchingPlatformError,
     PullCancelledError,
+    PullTimeoutError,
     RegistryError,
     RegistryTimeoutError,
     RegistryUnreachableError,
@@ -48,9 +49,11 @@ if _typing.TYPE_CHECKING:
     from imgpull.pull import Image
     from imgpull.reference import Reference, parse_reference
     from imgpull.retry import RetryPolicy, StallPolicy
+    from imgpull.transfer import CancelToken
 
 # The lazily loaded names and their modules: keep in step with the imports above.
 _LAZY = {
+    "CancelToken": "imgpull.transfer",
     "Client": "imgpull.client",
     "ImageSummary": "imgpull.client",
     "Removal": "imgpull.client",
@@ -89,6 +92,7 @@ if not _typing.TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "CancelToken",
     "Client",
     "ConfigError",
     "CredentialsError",
@@ -116,6 +120,7 @@ __all__ = [
     "Platform",
     "ProgressEvent",
     "PullCancelledError",
+    "PullTimeoutError",
     "Reference",
     "RegistryError",
     "RegistryTimeoutError",

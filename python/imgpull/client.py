@@ -12,7 +12,8 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,8 @@ from imgpull.errors import (
     InvalidReferenceError,
     LimitExceededError,
     ManifestVerificationError,
+    PullCancelledError,
+    PullTimeoutError,
     RegistryError,
     SizeMismatchError,
 )
@@ -47,10 +50,17 @@ from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import LayerRecord, ReferenceRecord, Store
+from imgpull.transfer import CancelToken, TransferService
 from imgpull.version import USER_AGENT
 
 CredentialLookup = Callable[[str], "Credentials | None"]
 _T = TypeVar("_T")
+# Pulls of one pull_many() resolving at once: enough that the next images'
+# manifests and configs come while earlier layers download; the transfers
+# themselves stay within the Client's download slots.
+_PULL_WORKERS = 4
+# How long close() waits for the pulls it cancelled to stop.
+_CLOSE_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,21 @@ class Client:
     failure. `max_ratio` and `max_unsized_blob` bound what a pull's layers
     may decompress to and what a blob of unknown size may hold (PullOptions;
     LimitExceededError past them).
+
+    Transfers: every pull of a Client shares one TransferService: at most
+    `max_concurrent_downloads` blob bodies download at once over all of
+    them (as docker's daemon-wide setting), at most
+    `max_concurrent_per_host` (default the same) from one registry host, and
+    a blob several pulls want is fetched once. Image configs take no slot.
+
+    Threads: a Client may be used from several threads at once (pull,
+    pull_many, pull_all_tags and the local queries); close() may be called
+    from any thread, and cancels the pulls in progress (PullCancelledError)
+    and waits for them to stop before closing the store. A CancelToken may
+    be cancelled from any thread. Progress callbacks run on the pull's own
+    thread, on the Client's transfer threads and on a progress thread per
+    pull, so they must be thread-safe (the renderers of imgpull.progress are);
+    a callback must not block for long, as a transfer thread waits for it.
     """
 
     def __init__(
@@ -122,8 +147,11 @@ class Client:
         certs_dirs: Sequence[str | os.PathLike[str]] | None = None,
         max_ratio: int = DEFAULT_MAX_RATIO,
         max_unsized_blob: int = DEFAULT_MAX_UNSIZED,
+        max_concurrent_per_host: int | None = None,
     ) -> None:
-        if max_concurrent_downloads < 1:
+        if max_concurrent_downloads < 1 or (
+            max_concurrent_per_host is not None and max_concurrent_per_host < 1
+        ):
             raise ImgpullError("max concurrent downloads must be at least 1")
         if not request_timeout > 0:
             raise ImgpullError("the request timeout must be a positive number of seconds")
@@ -154,10 +182,38 @@ class Client:
         self._foreign_fetchers: dict[str | None, Fetcher] = {}
         self._lock = threading.Lock()
         self._registries: dict[Endpoint, tuple[RegistryClient, Fetcher]] = {}
+        self._transfers = TransferService(
+            self.store,
+            max_concurrent_downloads=max_concurrent_downloads,
+            max_per_host=max_concurrent_per_host,
+            stall=self._stall,
+            foreign_fetcher=self._foreign_fetcher,
+        )
+        # The tokens of the pulls in progress, which close() cancels.
+        self._pulls = threading.Condition()
+        self._live: set[CancelToken] = set()
+        self._closed = False
 
     # Lifecycle --------------------------------------------------------------
 
     def close(self) -> None:
+        """Cancel the pulls in progress, wait (a bounded time) for them to
+        stop, then close the connections and the store."""
+        with self._pulls:
+            self._closed = True
+            live = list(self._live)
+        for token in live:
+            token.cancel(
+                PullCancelledError(
+                    "pull cancelled: the Client was closed; partial downloads are kept, "
+                    "pull again with a new Client to resume"
+                )
+            )
+        with self._pulls:
+            stopped = self._pulls.wait_for(lambda: not self._live, timeout=_CLOSE_WAIT)
+        # A transfer stuck past the wait (a silent server, until its stall
+        # window) is not waited for: it has been cancelled, nothing wants it.
+        self._transfers.close(wait=stopped)
         with self._lock:
             for registry, _ in self._registries.values():
                 registry.close()
@@ -184,13 +240,126 @@ class Client:
         *,
         platform: str | Platform | None = None,
         progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        cancel: CancelToken | None = None,
     ) -> Image:
+        """Pull one image. `timeout` (seconds): past it the pull stops with
+        PullTimeoutError; `cancel`: a token whose cancel() (from any thread)
+        stops it with PullCancelledError. Either way partial downloads are
+        kept and the next pull resumes them."""
         ref = parse_reference(reference) if isinstance(reference, str) else reference
         want = parse_platform(platform) if isinstance(platform, str) else platform
-        return self._pull(ref, want, progress or _ignore)
+        with self._running(cancel, timeout) as token:
+            return self._pull(ref, want, progress or _ignore, token)
+
+    def pull_many(
+        self,
+        references: Iterable[str | Reference],
+        *,
+        platform: str | Platform | None = None,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Image | ImgpullError]:
+        """Pull several images at once, sharing the Client's transfers (each
+        blob fetched once). Returns one result per reference, in order: its
+        Image, or the error that stopped it (one failure does not stop the
+        others). A few pulls run at a time, so that the next images resolve
+        while earlier layers download. `timeout` and `cancel` apply to the
+        whole run: a pull they stop gets PullTimeoutError/PullCancelledError."""
+        refs = list(references)
+        want = parse_platform(platform) if isinstance(platform, str) else platform
+        emit = progress or _ignore
+        results: list[Image | ImgpullError | None] = [None] * len(refs)
+        todo = iter(enumerate(refs))
+        todo_lock = threading.Lock()
+        with self._running(cancel, timeout) as token:
+
+            def work() -> None:
+                while True:
+                    with todo_lock:
+                        item = next(todo, None)
+                    if item is None:
+                        return
+                    i, reference = item
+                    results[i] = self._pull_one(reference, want, emit, token)
+
+            threads = [
+                threading.Thread(target=work, name=f"imgpull-pull-{n}", daemon=True)
+                for n in range(min(len(refs), _PULL_WORKERS))
+            ]
+            for t in threads:
+                t.start()
+            try:
+                for t in threads:
+                    t.join()
+            except BaseException:  # Ctrl-C: stop them all, then go
+                token.cancel()
+                for t in threads:
+                    t.join()
+                raise
+        return [r if r is not None else PullCancelledError("pull cancelled") for r in results]
+
+    def _pull_one(
+        self,
+        reference: str | Reference,
+        want: Platform | None,
+        emit: ProgressCallback,
+        token: CancelToken,
+    ) -> Image | ImgpullError:
+        """One pull of pull_many: its Image or its error."""
+        own, detach = token.child()
+        try:
+            ref = parse_reference(reference) if isinstance(reference, str) else reference
+            return self._pull(ref, want, emit, own)
+        except ImgpullError as exc:
+            return own.error if own.cancelled and own.error is not None else exc
+        finally:
+            detach()
+
+    @contextmanager
+    def _running(self, cancel: CancelToken | None, timeout: float | None) -> Iterator[CancelToken]:
+        """A token for pulls, cancelled with `cancel`, after `timeout` seconds
+        and by close(); a failure once it is cancelled raises its error."""
+        if timeout is not None and not timeout > 0:
+            raise ImgpullError("the pull timeout must be a positive number of seconds")
+        token, detach = cancel.child() if cancel is not None else (CancelToken(), lambda: None)
+        with self._pulls:
+            if self._closed:
+                detach()
+                raise PullCancelledError("this Client is closed: pull with a new Client")
+            self._live.add(token)
+        timer = None
+        if timeout is not None:
+            error = PullTimeoutError(
+                f"the pull did not finish within {timeout:g} seconds; pull again to resume "
+                "(partial downloads are kept), or give it more time"
+            )
+            timer = threading.Timer(timeout, token.cancel, args=(error,))
+            timer.daemon = True
+            timer.start()
+        try:
+            yield token
+        except ImgpullError:
+            # Whatever the cancel broke (a transfer, a wait) says less than why.
+            if token.cancelled and token.error is not None:
+                raise token.error from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            detach()
+            with self._pulls:
+                self._live.discard(token)
+                self._pulls.notify_all()
 
     def _pull(
-        self, ref: Reference, want: Platform | None, emit: ProgressCallback, status: bool = True
+        self,
+        ref: Reference,
+        want: Platform | None,
+        emit: ProgressCallback,
+        token: CancelToken,
+        status: bool = True,
     ) -> Image:
         """One pull; `status`: end with docker's Status line."""
 
@@ -207,18 +376,16 @@ class Client:
                 max_ratio=self._max_ratio,
                 max_unsized_blob=self._max_unsized_blob,
             )
-            puller = Puller(
-                self.store,
-                registry,
-                fetcher,
-                options,
-                emit,
-                ref,
-                foreign_fetcher=self._foreign_fetcher,
-            )
-            return puller.pull()
+            # A token of this attempt's own: its first failed blob cancels
+            # the attempt's other transfers, not the caller's next attempt.
+            own, detach = token.child()
+            try:
+                transfers = self._transfers.pull(own, emit)
+                return Puller(self.store, registry, fetcher, options, emit, ref, transfers).pull()
+            finally:
+                detach()
 
-        return self._with_fallback(ref.domain, emit, attempt)
+        return self._with_fallback(ref.domain, emit, attempt, token)
 
     def pull_all_tags(
         self,
@@ -235,14 +402,18 @@ class Client:
                 f"tag can't be used with --all-tags/-a: {ref.familiar()} (give the name only)"
             )
         want = parse_platform(platform) if isinstance(platform, str) else platform
-        tags = self._with_fallback(
-            ref.domain,
-            progress or _ignore,
-            lambda registry, _fetcher, _retry: registry.list_tags(ref.repository),
-        )
         emit = progress or _ignore
-        # As docker: one Status line for the whole repository, at the end.
-        pulled = [self._pull(ref.with_tag(tag), want, emit, status=False) for tag in tags]
+        with self._running(None, None) as token:
+            tags = self._with_fallback(
+                ref.domain,
+                emit,
+                lambda registry, _fetcher, _retry: registry.list_tags(ref.repository),
+                token,
+            )
+            # As docker: one Status line for the whole repository, at the end.
+            pulled = [
+                self._pull(ref.with_tag(tag), want, emit, token, status=False) for tag in tags
+            ]
         updated = any(i.updated for i in pulled)
         emit(ProgressEvent(f"Status: {pull_status(ref.familiar(), updated)}"))
         return pulled
@@ -252,12 +423,15 @@ class Client:
         domain: str,
         emit: ProgressCallback,
         attempt: Callable[[RegistryClient, Fetcher, RetryPolicy], _T],
+        token: CancelToken | None = None,
     ) -> _T:
         """`attempt` on each endpoint of `domain` in turn (its mirrors, then
         itself) until one succeeds (pull-semantics §2). A mirror's failure
         passes to the next endpoint at once (no retries there: the next one is
         the better bet); what was stored meanwhile stays, and partial blobs
-        resume. The last endpoint's error is raised as it is."""
+        resume. The last endpoint's error is raised as it is. Once `token` is
+        cancelled, no further endpoint is tried."""
+        token = token or CancelToken()
         origin = self._endpoint(domain, self._plain_http, self._insecure)
         mirrors = self._mirrors.get(registry_key(domain), ())
         names = [*(m.host for m in mirrors), origin.name]
@@ -268,10 +442,12 @@ class Client:
                 registry, fetcher = self._connect(self._mirror_endpoint(mirror))
                 return attempt(registry, fetcher, replace(self._retry, attempts=1))
             except ImgpullError as exc:
+                token.check()  # a cancelled pull goes to no other endpoint
                 if not (_endpoint_failure(exc) or isinstance(exc, (ConfigError, CredentialsError))):
                     raise
                 warning = f"Warning: mirror {mirror.host} failed: {exc}; trying {following}"
                 emit(ProgressEvent(warning))
+        token.check()
         registry, fetcher = self._connect(origin)
         return attempt(registry, fetcher, self._retry)
 

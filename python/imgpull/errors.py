@@ -32,6 +32,7 @@ __all__ = [
     "NameUnknownError",
     "NoMatchingPlatformError",
     "PullCancelledError",
+    "PullTimeoutError",
     "RegistryError",
     "RegistryTimeoutError",
     "RegistryUnreachableError",
@@ -115,7 +116,12 @@ class NoMatchingPlatformError(ImgpullError):
 
 
 class PullCancelledError(ImgpullError):
-    """The pull was stopped (Ctrl-C or another blob's failure)."""
+    """The pull was stopped (Ctrl-C, its CancelToken, Client.close(), or
+    another blob's failure). Partial downloads are kept for the next pull."""
+
+
+class PullTimeoutError(PullCancelledError):
+    """The pull did not finish within its `timeout` (Client.pull)."""
 
 
 class StoreError(ImgpullError):

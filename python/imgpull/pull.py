@@ -1,9 +1,11 @@
 """Orchestration of one pull: resolve → select → fetch → verify → record.
 
-The steps follow docker's puller (pull-semantics.md §3 to §9). Python decides
-which blob, from where, when to retry and from which offset; the bytes
-themselves move socket → hash → file inside the native Fetcher, on a thread
-pool whose threads run with the GIL released.
+The steps follow docker's puller (pull-semantics.md §3 to §9). A Puller
+resolves the reference to the blobs it needs and records the result; the
+blobs come from the Client's TransferService (transfer.py), which decides
+when and from which offset, shared with the Client's other pulls. The bytes
+themselves move socket → hash → file inside the native Fetcher, on threads
+that run with the GIL released.
 """
 
 from __future__ import annotations
@@ -12,27 +14,21 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from imgpull import schema1
 from imgpull._core import (
     DEFAULT_MAX_RATIO,
     DEFAULT_MAX_UNSIZED,
-    BlobWriter,
-    DigestMismatchError,
     Fetcher,
-    Transfer,
     diff_id_file,
     sha256_bytes,
 )
 from imgpull.errors import (
-    FetchError,
     ForeignLayerError,
     ImageConflictError,
     ImgpullError,
@@ -40,8 +36,6 @@ from imgpull.errors import (
     ManifestUnknownError,
     ManifestVerificationError,
     NoMatchingPlatformError,
-    PullCancelledError,
-    RegistryError,
     StoreError,
     UnsupportedManifestError,
 )
@@ -73,12 +67,10 @@ from imgpull.platform import (
 )
 from imgpull.progress import (
     ALREADY_EXISTS,
-    DOWNLOAD_COMPLETE,
     DOWNLOADING,
     EXTRACTING,
     PULL_COMPLETE,
     PULLING_FS_LAYER,
-    VERIFYING,
     WAITING,
     ProgressCallback,
     ProgressEvent,
@@ -90,7 +82,7 @@ from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import ImageRecord, LayerRecord, Store
 from imgpull.store.content import BlobLimits
-from imgpull.version import USER_AGENT
+from imgpull.transfer import BlobSource, PullTransfers
 
 
 @dataclass(frozen=True)
@@ -158,45 +150,12 @@ def pull_status(name: str, updated: bool) -> str:
     return f"Image is up to date for {name}"
 
 
+# How long a stopped pull waits for its transfers to end (at their next chunk).
+_SETTLE = 5.0
+
+
 class _ImageGone(Exception):
     """The stored image a pull meant to reuse was removed meanwhile (an rmi)."""
-
-
-class _Transfers:
-    """Live transfers, read by the progress thread, cancelled on Ctrl-C."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[str, tuple[Transfer, int, int]] = {}
-        self.received = 0
-        self.cancelled = False
-
-    @contextmanager
-    def track(self, label: str, start: int, total: int) -> Iterator[Transfer]:
-        transfer = Transfer()
-        with self._lock:
-            if self.cancelled:
-                transfer.cancel()
-            self._live[label] = (transfer, start, total)
-        try:
-            yield transfer
-        finally:
-            with self._lock:
-                self._live.pop(label, None)
-                self.received += transfer.received
-
-    def snapshot(self) -> list[tuple[str, int, int]]:
-        with self._lock:
-            return [
-                (label, min(start + t.received, total), total)
-                for label, (t, start, total) in self._live.items()
-            ]
-
-    def cancel_all(self) -> None:
-        with self._lock:
-            self.cancelled = True
-            for transfer, _, _ in self._live.values():
-                transfer.cancel()
 
 
 class Puller:
@@ -210,11 +169,10 @@ class Puller:
         options: PullOptions,
         emit: ProgressCallback,
         ref: Reference,
-        sleep: Callable[[float], None] = time.sleep,
-        foreign_fetcher: Callable[[str], Fetcher] | None = None,
+        transfers: PullTransfers,
     ) -> None:
-        """`foreign_fetcher(url)` gives the Fetcher for a foreign layer URL: one
-        without the registry's client certificate (default: a plain one)."""
+        """`transfers`: this pull's part of the Client's TransferService, with
+        its cancel token."""
         self.ref = ref
         self.repo = ref.repository
         self.host = ref.domain
@@ -223,11 +181,11 @@ class Puller:
         self.fetcher = fetcher
         self.options = options
         self.emit = emit
-        self._sleep = sleep
-        self._transfers = _Transfers()
-        self._foreign_fetcher = foreign_fetcher
-        self._plain_fetcher: Fetcher | None = None
-        self._fetcher_lock = threading.Lock()
+        self._transfers = transfers
+        self._token = transfers.token
+        self._source = BlobSource(
+            registry, fetcher, ref.domain, ref.repository, options.retry, options.blob_limits
+        )
         self._manifests_read = 1  # the top one; bounded by MAX_MANIFESTS_PER_PULL
         self._chosen_by_platform = False  # an index entry's platform matched
 
@@ -235,6 +193,7 @@ class Puller:
 
     def pull(self) -> Image:
         ref = self.ref
+        self._token.check()
         top = self._resolve(ref)
         # As docker: named once the manifest is found (an unknown tag gets the
         # error alone); by digest, by the whole canonical reference, tag dropped.
@@ -446,12 +405,11 @@ class Puller:
         # The config has its own thread so that it never queues behind layers.
         # Layer threads outnumber the download slots, so that one blob's
         # commit (verify, fsync, rename) overlaps the next one's download.
-        slots = threading.BoundedSemaphore(limit)
-        config_pool = ThreadPoolExecutor(1, thread_name_prefix="imgpull-config")
-        layer_pool = ThreadPoolExecutor(2 * limit, thread_name_prefix="imgpull-layer")
+        # The Client's service schedules them: its slots, each digest once.
+        fetch = self._transfers.fetch
         futures: list[Future[None]] = [
-            *([config_pool.submit(self._download, config, None, nullcontext())] if config else []),
-            *(layer_pool.submit(self._download, d, short_id(d.digest), slots) for d in todo),
+            *([fetch(self._source, config, layer=False, small=True)] if config else []),
+            *(fetch(self._source, d, layer=True) for d in todo),
         ]
         try:
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
@@ -459,17 +417,22 @@ class Puller:
             if failed:
                 # Stop the others at their next chunk (their partial files stay
                 # for the next run) and report the error that started it.
-                self._transfers.cancel_all()
+                self._stop()
+                self._transfers.raise_callback_error()
                 failed[0].result()
         except BaseException:
-            self._transfers.cancel_all()
+            self._stop()
             raise
         finally:
-            config_pool.shutdown(wait=True, cancel_futures=True)
-            layer_pool.shutdown(wait=True, cancel_futures=True)
             done.set()
             reporter.join()
         return todo
+
+    def _stop(self) -> None:
+        """Cancel this pull's transfers (those no other pull wants) and wait
+        a little for them to end, so that their partial files are complete."""
+        self._token.cancel()
+        self._transfers.settle(_SETTLE)
 
     def _registered(self, downloaded: Iterable[Descriptor]) -> None:
         """Docker's last two statuses of a downloaded layer, once its diffID
@@ -505,7 +468,7 @@ class Puller:
         content, meta = self.store.content, self.store.meta
         if not content.exists(layer.digest):
             # Removed meanwhile (an `rmi`): fetch it again, which records it.
-            self._download(layer, short_id(layer.digest), nullcontext())
+            self._transfers.download(self._source, layer, layer=True)
             record = meta.layer_diff_id(layer.digest)
             if record is not None:
                 return record.diff_id
@@ -518,173 +481,18 @@ class Puller:
             for label, current, total in self._transfers.snapshot():
                 self.emit(ProgressEvent(DOWNLOADING, label, current, total))
 
-    def _download(
-        self, desc: Descriptor, label: str | None, slot: AbstractContextManager[Any]
-    ) -> None:
-        """Fetch one blob into the content store, unless someone else did.
-
-        `slot` is held while bytes come over the network.
-        """
-        # A layer's writer also computes its diffID while the bytes arrive.
-        layer = label is not None
-        with self.store.content.ingest(
-            desc.digest,
-            _known(desc.size),
-            layer=layer,
-            cancelled=self._is_cancelled,
-            limits=self.options.blob_limits,
-        ) as writer:
-            if writer is not None:
-                self._fetch_into(writer, desc, label, slot)
-        if label:
-            self.emit(ProgressEvent(DOWNLOAD_COMPLETE, label))
-
-    def _is_cancelled(self) -> bool:
-        return self._transfers.cancelled
-
-    def _fetch_into(
-        self,
-        writer: BlobWriter,
-        desc: Descriptor,
-        label: str | None,
-        slot: AbstractContextManager[Any],
-    ) -> None:
-        """Fill `writer` with the blob and commit it, resuming and retrying."""
-        content = self.store.content
-        key = label or f"config {short_id(desc.digest)}"
-        restarted = False
-        attempt = 0
-        try:
-            while True:
-                attempt += 1
-                resumed = writer.offset > 0
-                try:
-                    with slot, self._transfers.track(key, writer.offset, desc.size) as transfer:
-                        if transfer.cancelled:
-                            raise PullCancelledError("pull cancelled")
-                        # A partial as long as the blob (a run stopped before
-                        # its commit) only needs verifying: a Range from its
-                        # end would get a 416 and a whole new download.
-                        if not (resumed and writer.offset == desc.size):
-                            self._fetch_blob(desc, writer, transfer)
-                    if label:
-                        self.emit(ProgressEvent(VERIFYING, label))
-                    try:
-                        content.commit(writer)
-                    except ValueError as exc:  # verified, but does not decompress
-                        raise ImgpullError(f"failed to register layer: {exc}") from None
-                    if writer.diff_id is not None:
-                        self.store.meta.record_layer(
-                            desc.digest,
-                            writer.diff_id,
-                            writer.uncompressed_size,
-                            self.host,
-                            self.repo,
-                        )
-                    return
-                except DigestMismatchError:
-                    # The joined bytes of a resume may be at fault: start over,
-                    # once (the failed commit removed the partial file).
-                    if not resumed or restarted:
-                        raise
-                    restarted = True
-                    writer.close()
-                    writer = content.writer(
-                        desc.digest,
-                        _known(desc.size),
-                        layer=writer.layer,
-                        limits=self.options.blob_limits,
-                    )
-                except ImgpullError as exc:
-                    delay = self.options.retry.delay(attempt, exc)
-                    if delay is None or self._transfers.cancelled:
-                        raise
-                    if label:
-                        self._countdown(label, delay)
-                    else:
-                        self._sleep(delay)
-        finally:
-            writer.close()
-
-    def _fetch_blob(self, desc: Descriptor, writer: BlobWriter, transfer: Transfer) -> None:
-        """Stream one blob into `writer`: from the registry, or for a foreign
-        layer from its URLs in order, then from the registry if none served it
-        (docker on Windows asks the registry too; we ask it last, so that a
-        non-distributable layer is never requested from it needlessly)."""
-        if not desc.urls:
-            self.registry.fetch_blob(self.repo, desc.digest, writer, self.fetcher, transfer)
-            return
-        failures: list[str] = []
-        for url in desc.urls:
-            shown = one_line(url, 200)
-            if not _is_http_url(url):
-                failures.append(f"{shown}: not an http(s) URL, skipped")
-                continue
-            try:
-                self._fetch_foreign(url, writer, transfer)
-                return
-            except (FetchError, RegistryError) as exc:
-                if transfer.cancelled:
-                    raise
-                failures.append(f"{shown}: {exc}")
-        try:
-            self.registry.fetch_blob(self.repo, desc.digest, writer, self.fetcher, transfer)
-        except RegistryError as exc:
-            raise ForeignLayerError(
-                f"cannot fetch foreign layer {desc.digest}: {'; '.join(failures)}; "
-                f"and from the registry: {exc}",
-                status=exc.status,
-                retry_after=exc.retry_after,
-            ) from None
-
-    def _fetch_foreign(self, url: str, writer: BlobWriter, transfer: Transfer) -> None:
-        """GET a foreign layer URL: no Authorization, no registry headers,
-        and a Fetcher without the registry's client certificate."""
-        fetcher = self._fetcher_for(url)
-        restarted = False
-        while True:
-            headers = [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity")]
-            if writer.offset > 0:
-                headers.append(("Range", f"bytes={writer.offset}-"))
-            result = fetcher.fetch_blob(url, headers, writer, transfer)
-            status = result.status
-            if 200 <= status < 300:
-                return
-            if status == 416 and writer.offset > 0 and not restarted:
-                restarted = True
-                writer.truncate()
-                continue
-            raise RegistryError(f"answered HTTP {status}", status=status)
-
-    def _fetcher_for(self, url: str) -> Fetcher:
-        if self._foreign_fetcher is not None:
-            return self._foreign_fetcher(url)
-        with self._fetcher_lock:
-            if self._plain_fetcher is None:
-                stall = self.options.stall
-                self._plain_fetcher = Fetcher(
-                    user_agent=USER_AGENT, stall_rate=stall.min_rate, stall_window=stall.window
-                )
-            return self._plain_fetcher
-
-    def _countdown(self, label: str, delay: float) -> None:
-        whole = int(delay)
-        for left in range(whole, 0, -1):
-            self.emit(ProgressEvent(f"Retrying in {left} second{'s' if left > 1 else ''}", label))
-            self._sleep(1.0)
-        self._sleep(delay - whole)
-
     def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
         attempt = 0
         while True:
             attempt += 1
+            self._token.check()
             try:
                 return call()
             except ImgpullError as exc:
                 delay = self.options.retry.delay(attempt, exc)
                 if delay is None:
                     raise
-                self._sleep(delay)
+                self._token.sleep(delay)
 
     def _pull_schema1(self, ref: Reference, top: Manifest, manifest: Schema1Manifest) -> Image:
         """Docker's pullSchema1: the plan and the config come from schema1.py."""
@@ -814,8 +622,7 @@ class Puller:
                     )
                     pinned = True
                 for d in gone:
-                    label = None if d is manifest.config else short_id(d.digest)
-                    self._download(d, label, nullcontext())
+                    self._transfers.download(self._source, d, layer=d is not manifest.config)
             else:
                 raise StoreError(
                     f"blobs of {ref.familiar()} keep disappearing from the store as they are "
@@ -913,20 +720,6 @@ def _diff_id(path: Path, max_ratio: int) -> str:
         return diff_id_file(str(path), max_ratio=max_ratio)
     except ValueError as exc:
         raise ImgpullError(f"cannot read layer {path.name}: {exc}") from None
-
-
-def _is_http_url(url: str) -> bool:
-    """An absolute http(s) URL with a host: the only foreign URLs fetched."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _known(size: int) -> int | None:
-    """A descriptor's size, None when unknown (schema1 gives none)."""
-    return size if size >= 0 else None
 
 
 def _text(obj: dict[str, Any], key: str) -> str | None:

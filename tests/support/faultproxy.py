@@ -151,6 +151,9 @@ class LogEntry:
     status: int | None  # as sent to the client (None: nothing was)
     fault: str | None  # the label of the rule that fired
     sent: int = 0  # body bytes sent to the client
+    # time.monotonic() when the last body byte was written (None: none was):
+    # with `t`, when the request held the connection (concurrency tests).
+    last: float | None = None
 
 
 class _Closed(Exception):
@@ -392,6 +395,7 @@ class _Body:
             await self.writer.drain()
             self.offset += len(data)
             self.entry.sent += len(data)
+            self.entry.last = time.monotonic()
 
     async def _client_gone(self, timeout: float) -> bool:
         """Waits up to `timeout` s for the client to close; True if it did."""

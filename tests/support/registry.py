@@ -373,6 +373,20 @@ class RegistryServer(Managed):
                 )
         return entries
 
+    def settled_request_log(self, quiet: float = 0.2, limit: float = 5.0) -> list[RequestLogEntry]:
+        """request_log() once the access log stops growing (for `quiet` s, at
+        most `limit` s): a request the client abandoned is logged when the
+        registry notices, a moment later."""
+        deadline = time.monotonic() + limit
+        last = -1
+        while time.monotonic() < deadline:
+            size = self.access_log_path.stat().st_size if self.access_log_path.exists() else 0
+            if size == last:
+                break
+            last = size
+            time.sleep(quiet)
+        return self.request_log()
+
     def blob_gets(self) -> list[str]:
         """The paths of the blob GETs answered so far (layers and configs)."""
         return [e.path for e in self.request_log() if e.method == "GET" and "/blobs/" in e.path]
