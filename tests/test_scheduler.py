@@ -91,11 +91,17 @@ def log(images: Images) -> Images:
 def _partials(root: Path) -> dict[str, int]:
     """Hex digest -> size of the non-empty partial downloads in the ingest area."""
     ingest = root / "ingest" / "sha256"
-    return {
-        p.name: p.stat().st_size
-        for p in ingest.iterdir()
-        if not p.name.endswith(".lock") and p.stat().st_size > 0
-    }
+    sizes: dict[str, int] = {}
+    for p in ingest.iterdir():
+        if p.name.endswith(".lock"):
+            continue
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:  # committed (moved into blobs/) meanwhile
+            continue
+        if size > 0:
+            sizes[p.name] = size
+    return sizes
 
 
 def _run(target: object, *args: object) -> threading.Thread:
@@ -200,19 +206,34 @@ def test_timeout_stops_the_pull_keeps_partials_and_the_rerun_resumes(
     with imgpull.Client(tmp_path) as client:
         start = time.monotonic()
         with pytest.raises(imgpull.PullTimeoutError) as info:
-            client.pull(log.slow_ref(), timeout=0.5)
+            # Half the ~3 s the pull takes: mid-blob even on a slow machine.
+            client.pull(log.slow_ref(), timeout=1.5)
         elapsed = time.monotonic() - start
     assert isinstance(info.value, imgpull.PullCancelledError)
-    assert "0.5 seconds" in str(info.value)
-    # ~0.5 s and a chunk; generous for a loaded machine (a full pull takes ~3 s).
-    assert elapsed < 2.5
+    assert "1.5 seconds" in str(info.value)
+    # 1.5 s and a chunk; generous for a loaded machine.
+    assert elapsed < 4.0
     _assert_resumes(log, tmp_path, _assert_stopped(tmp_path))
+
+
+def _once_bytes_arrive(root: Path, action: Callable[[], None]) -> threading.Thread:
+    """Run `action` on a thread of its own once a partial download in `root`
+    holds bytes: the pull is then surely in the middle of a blob."""
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if (root / "ingest" / "sha256").is_dir() and _partials(root):
+                break
+            time.sleep(0.01)
+        action()
+
+    return _run(wait_then_act)
 
 
 def test_cancel_token_from_another_thread(log: Images, tmp_path: Path) -> None:
     token = imgpull.CancelToken()
-    timer = threading.Timer(0.5, token.cancel)
-    timer.start()
+    timer = _once_bytes_arrive(tmp_path, token.cancel)
     with imgpull.Client(tmp_path) as client, pytest.raises(imgpull.PullCancelledError) as info:
         client.pull(log.slow_ref(), cancel=token)
     timer.join()
@@ -222,8 +243,7 @@ def test_cancel_token_from_another_thread(log: Images, tmp_path: Path) -> None:
 
 def test_close_from_another_thread_cancels_the_pull(log: Images, tmp_path: Path) -> None:
     client = imgpull.Client(tmp_path)
-    closer = threading.Timer(0.5, client.close)
-    closer.start()
+    closer = _once_bytes_arrive(tmp_path, client.close)
     with pytest.raises(imgpull.PullCancelledError) as info:
         client.pull(log.slow_ref())
     assert "Client was closed" in str(info.value)
