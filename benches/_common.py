@@ -10,9 +10,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 HERE = Path(__file__).resolve().parent
 # tests/support (RegistryServer, image builders, push) is importable as `support`.
@@ -38,15 +40,27 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(cmd: Sequence[str], *, shell: bool = False) -> tuple[float, float, int]:
-    """Wall seconds, CPU seconds and peak RSS of a command and its children."""
+def timed(
+    cmd: Sequence[str], *, shell: bool = False, stderr: Path | None = None
+) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and peak RSS of a command and its children.
+
+    `stderr`: a file for the command's stderr (warnings of many runs would
+    bury the report), shown if the command fails.
+    """
     start = time.perf_counter()
+    err = stderr.open("wb") if stderr else None
     # stdout dropped: only the report goes there (`--json` must stay parseable).
-    proc = subprocess.Popen(cmd if not shell else cmd[0], shell=shell, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd if not shell else cmd[0], shell=shell, stdout=subprocess.DEVNULL, stderr=err
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
+    if err:
+        err.close()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {cmd}")
+        tail = stderr.read_text(errors="replace")[-2000:] if stderr else ""
+        raise SystemExit(f"command failed: {cmd}\n{tail}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
@@ -127,3 +141,47 @@ def table(med: dict[str, dict[str, float]], width: int = 20) -> list[str]:
             f"{m['peak_rss_mb']:>7.1f} {m['time_vs_imgpull']:>10.2f} {m['cpu_vs_imgpull']:>6.2f}"
         )
     return lines
+
+
+_T = TypeVar("_T")
+
+
+def in_child(fn: Callable[..., _T], *args: Any) -> _T:
+    """fn(*args) in a forked child, its result sent back (picklable).
+
+    For set-up work (building and pushing images): its memory never raises
+    this process's peak RSS, the floor of every timed child's (rss_floor).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue: Any = ctx.Queue()
+
+    def run() -> None:
+        try:
+            queue.put((True, fn(*args)))
+        except BaseException as exc:
+            queue.put((False, repr(exc)))
+            raise
+
+    proc = ctx.Process(target=run)
+    proc.start()
+    ok, result = queue.get()
+    proc.join()
+    if not ok or proc.exitcode != 0:
+        raise SystemExit(f"{getattr(fn, '__name__', fn)} failed in its child: {result}")
+    return result  # type: ignore[no-any-return]
+
+
+def blob_get_counts(entries: Sequence[Any]) -> Counter[str]:
+    """Successful blob GETs per digest, from RegistryServer.request_log() entries."""
+    return Counter(
+        e.path.rsplit("/", 1)[1]
+        for e in entries
+        if e.method == "GET" and "/blobs/" in e.path and e.status in (200, 206)
+    )
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

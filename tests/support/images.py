@@ -382,6 +382,9 @@ class BlobStore:
     def __init__(self, layout_dir: Path) -> None:
         self.dir = layout_dir / "blobs" / "sha256"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Layers written by this store, by spec key: images sharing a base
+        # layer (built with store=) write it once.
+        self._layers: dict[str, LayerInfo] = {}
 
     def path(self, digest: str) -> Path:
         return self.dir / digest.removeprefix("sha256:")
@@ -396,6 +399,9 @@ class BlobStore:
         return digest, len(data)
 
     def put_layer(self, spec: LayerSpec) -> LayerInfo:
+        done = self._layers.get(spec.key())
+        if done is not None and self.path(done.digest).exists():
+            return done
         fd, tmp_name = tempfile.mkstemp(dir=self.dir, prefix=".layer-")
         tmp = Path(tmp_name)
         try:
@@ -408,7 +414,9 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
             raise
         media_type = _LAYER_MEDIA_TYPES[spec.compression]
-        return LayerInfo(digest, size, diff_id, tar_size, media_type, spec)
+        info = LayerInfo(digest, size, diff_id, tar_size, media_type, spec)
+        self._layers[spec.key()] = info
+        return info
 
 
 # ---------------------------------------------------------------------------
@@ -558,15 +566,18 @@ def build_oci_layout(
     config: Mapping[str, Any] | None = None,
     config_extra: Mapping[str, Any] | None = None,
     annotations: Mapping[str, str] | None = None,
+    store: BlobStore | None = None,
 ) -> ImageInfo:
     """Write a one-image OCI layout into ``layout_dir`` (created; replaces its index.json).
 
     ``config`` is merged into the image config's ``config`` (Env, Cmd,
     Labels...); ``config_extra`` into the top level of the image config.
+    ``store``: the layout's BlobStore, kept between calls so that layers
+    shared by several images are written once.
     """
     layout_dir = Path(layout_dir)
     layout_dir.mkdir(parents=True, exist_ok=True)
-    store = BlobStore(layout_dir)
+    store = store or BlobStore(layout_dir)
     image = _write_image(
         store,
         layout_dir,
@@ -642,14 +653,15 @@ def build_oci_index_layout(
     *,
     ref: str = "latest",
     created: str = FIXED_CREATED,
+    store: BlobStore | None = None,
 ) -> IndexInfo:
     """Write an OCI layout whose ``ref`` names an image index of several platforms.
 
-    Push it with ``push(..., all_images=True)``.
+    Push it with ``push(..., all_images=True)``. ``store``: as for build_oci_layout.
     """
     layout_dir = Path(layout_dir)
     layout_dir.mkdir(parents=True, exist_ok=True)
-    store = BlobStore(layout_dir)
+    store = store or BlobStore(layout_dir)
     images = tuple(
         _write_image(
             store,
