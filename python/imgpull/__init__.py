@@ -39,6 +39,7 @@ from imgpull.errors import (
 )
 
 if _typing.TYPE_CHECKING:
+    from imgpull.aio import AsyncClient
     from imgpull.client import Client, ImageSummary, Removal
     from imgpull.credentials import CredentialsError
     from imgpull.export import ExportError
@@ -53,6 +54,7 @@ if _typing.TYPE_CHECKING:
 
 # The lazily loaded names and their modules: keep in step with the imports above.
 _LAZY = {
+    "AsyncClient": "imgpull.aio",
     "CancelToken": "imgpull.transfer",
     "Client": "imgpull.client",
     "ImageSummary": "imgpull.client",
@@ -91,6 +93,7 @@ if not _typing.TYPE_CHECKING:
 
 
 __all__ = [
+    "AsyncClient",
     "AuthenticationError",
     "CancelToken",
     "Client",
