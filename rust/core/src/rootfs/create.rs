@@ -1,6 +1,6 @@
 //! One creator per entry type. Each replaces whatever is at its path (but a
-//! directory already there is kept), never
-//! following a symbolic link there (`O_NOFOLLOW | O_EXCL`).
+//! directory already there is kept), never following a symbolic link there
+//! (`O_NOFOLLOW | O_EXCL`).
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
