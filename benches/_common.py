@@ -41,13 +41,18 @@ def process_cpu(pid: int) -> float:
 
 
 def timed(
-    cmd: Sequence[str], *, shell: bool = False, stderr: Path | None = None
+    cmd: Sequence[str], *, shell: bool = False, stderr: Path | None = None, exact_rss: bool = False
 ) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds and peak RSS of a command and its children.
 
     `stderr`: a file for the command's stderr (warnings of many runs would
-    bury the report), shown if the command fails.
+    bury the report), shown if the command fails. `exact_rss`: the peak RSS
+    as GNU time (a small process) sees its child's, not floored by this
+    process's own peak (rss_floor); needs /usr/bin/time, a `stderr` file, no shell.
     """
+    rss_file = stderr.with_suffix(".rss") if exact_rss and stderr and not shell else None
+    if rss_file is not None:
+        cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd]
     start = time.perf_counter()
     err = stderr.open("wb") if stderr else None
     # stdout dropped: only the report goes there (`--json` must stay parseable).
@@ -61,7 +66,8 @@ def timed(
     if os.waitstatus_to_exitcode(status) != 0:
         tail = stderr.read_text(errors="replace")[-2000:] if stderr else ""
         raise SystemExit(f"command failed: {cmd}\n{tail}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+    rss = int(rss_file.read_text().split()[-1]) if rss_file else usage.ru_maxrss
+    return wall, usage.ru_utime + usage.ru_stime, rss * 1024
 
 
 def timed_steps(tool: str, steps: Sequence[tuple[str, Sequence[str]]]) -> Run:

@@ -18,7 +18,8 @@ them). Then, alternating and each going first in turn:
 
 The registry's access log gives each row's blob GETs. MB/s is of the distinct
 blobs the 15 pulls need (host platform), the same bytes for every row; peak
-RSS is the largest single process (Linux ru_maxrss over a process tree).
+RSS is the largest single process (GNU time's %M: ru_maxrss over a process
+tree, measured from a small parent).
 
 `--many N` (default 1000) then pushes N small distinct images through the
 registry API and pulls them all in one imgpull process: its peak RSS is the
@@ -49,7 +50,6 @@ from _common import (
     blob_get_counts,
     in_child,
     markdown_table,
-    rss_floor,
     settle,
     skopeo_copy_cmd,
     timed,
@@ -182,7 +182,7 @@ class Runner:
         try:
             (work / "refs").write_text("".join(f"{r}\n" for r in self.refs))
             self.registry.clear_request_log()
-            run = Run(tool, *timed(make(work), stderr=work / "stderr"))
+            run = Run(tool, *timed(make(work), stderr=work / "stderr", exact_rss=True))
             self.gets.setdefault(tool, []).append(
                 dict(blob_get_counts(self.registry.settled_request_log()))
             )
@@ -232,7 +232,8 @@ def many_row(registry: RegistryServer, runner: Runner, scratch: Path, count: int
     try:
         settle()
         registry.clear_request_log()
-        wall, cpu, rss = timed(runner.bulk_cmd(work / "store", refs), stderr=work / "stderr")
+        cmd = runner.bulk_cmd(work / "store", refs)
+        wall, cpu, rss = timed(cmd, stderr=work / "stderr", exact_rss=True)
         gets = sum(blob_get_counts(registry.settled_request_log()).values())
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -261,7 +262,6 @@ def main() -> None:
             shutil.rmtree(work / "layout")
             runner = Runner(registry, refs, work)
             tools = [runner.bulk, runner.xargs_imgpull, runner.xargs_skopeo]
-            floor = rss_floor()
             results: list[Run] = []
             for i in range(runs):
                 for run in tools[i % 3 :] + tools[: i % 3]:  # each goes first in turn
@@ -269,7 +269,7 @@ def main() -> None:
                     results.append(run())
             result_many = many_row(registry, runner, work, many) if many else None
         load_after = os.getloadavg()
-        report(results, runner, needed, result_many, size_mb, runs, built, floor)
+        report(results, runner, needed, result_many, runs, built)
         print(
             f"\nload average (1, 5, 15 min): before {load_before[0]:.2f} {load_before[1]:.2f} "
             f"{load_before[2]:.2f}, after {load_after[0]:.2f} {load_after[1]:.2f} "
@@ -284,17 +284,15 @@ def report(
     runner: Runner,
     needed: dict[str, int],
     many: ManyResult | None,
-    size_mb: int,
     runs: int,
     built: float,
-    floor: int,
 ) -> None:
     total = sum(needed.values())
     form = "imgpull pull REF..." if runner.many_cli else "python -c Client.pull_many (no CLI form)"
     print(
         f"{len(runner.refs)} references, {len(needed)} distinct blobs, {total / 1e6:.0f} MB "
         f"(set built and pushed in {built:.0f} s); {runs} runs each, alternating, medians; "
-        f"imgpull bulk = {form}; RSS floor (this script) {floor / 1e6:.0f} MB\n"
+        f"imgpull bulk = {form}\n"
     )
     med = {
         tool: [
