@@ -108,6 +108,11 @@ def test_pull_returns_the_image_and_calls_back_on_the_loop(log: Images, tmp_path
             assert await client.resolve(ref) == image.config_digest
             [row] = await client.images()
             assert row.image_id == image.config_digest
+            # The other local queries, in a thread as well.
+            await client.tag(ref, "local/copy:1")
+            assert (await client.inspect("local/copy:1"))["Id"] == image.config_digest
+            removed = await client.remove("local/copy:1")
+            assert [str(r) for r in removed] == ["Untagged: local/copy:1"]
         assert {thread for thread, _ in seen} == {loop_thread}
 
     _run(main())

@@ -179,7 +179,7 @@ def _nil() -> None:
     pass
 
 
-def _on_loop(progress: ProgressCallback | None) -> ProgressCallback | None:
+def _plain_callback(progress: ProgressCallback | None) -> ProgressCallback | None:
     if progress is not None and inspect.iscoroutinefunction(progress):
         raise ImgpullError(
             "progress= takes a plain function (it runs on the event loop); to await "
@@ -319,7 +319,7 @@ class AsyncClient:
         cancel: CancelToken | None = None,
     ) -> Image:
         """Client.pull, awaited; `progress` is called on the event loop."""
-        run = _Run(self._pulling(reference, platform, timeout), _on_loop(progress), cancel)
+        run = _Run(self._pulling(reference, platform, timeout), _plain_callback(progress), cancel)
         return await run.wait()
 
     def stream_pull(
@@ -357,7 +357,7 @@ class AsyncClient:
                 refs, platform=platform, progress=emit, timeout=timeout, cancel=token
             )
 
-        return await _Run(call, _on_loop(progress), cancel).wait()
+        return await _Run(call, _plain_callback(progress), cancel).wait()
 
     def _pulling(
         self, reference: str | Reference, platform: str | Platform | None, timeout: float | None
