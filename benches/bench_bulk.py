@@ -318,6 +318,10 @@ def report(
         )
     header = ["tool", "wall s", "MB/s", "CPU s", "peak RSS MB", "vs skopeo", "blob GETs (last run)"]
     print("\n".join(markdown_table(header, rows)))
+    walls = "; ".join(
+        f"{tool} " + " ".join(f"{r.wall:.2f}" for r in results if r.tool == tool) for tool in med
+    )
+    print(f"\nwall s per run, in run order: {walls}")
     once = all(set(g) == set(needed) and max(g.values()) == 1 for g in runner.gets[BULK])
     print(
         f"\nimgpull bulk, every shared blob fetched once (each of the {len(needed)} needed "
