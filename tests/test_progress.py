@@ -11,15 +11,20 @@ import struct
 import termios
 
 import pytest
+from support.terminal import check_screen, pty_of
 
+from imgpull.manifest import Descriptor
 from imgpull.progress import (
+    BulkTtyRenderer,
     JsonRenderer,
     PlainRenderer,
     ProgressEvent,
     TtyRenderer,
+    bulk_renderer_for,
     human_size,
     progress_bar,
 )
+from imgpull.transfer import CancelToken, PullTransfers, _Job
 
 
 @pytest.mark.parametrize(
@@ -120,3 +125,85 @@ def test_tty_bar_only_on_wide_terminals_and_no_line_wraps() -> None:
     assert narrow == "0123456789ab: Downloading    1.5MB/3MB"
     (tiny,) = _tty_lines(20, events)
     assert tiny == "0123456789ab: Downl"
+
+
+# -- many pulls ---------------------------------------------------------------
+
+
+def _bulk_events(pulls: int, layers: int) -> list[ProgressEvent]:
+    """Each pull's layers queued, half of them downloading, then all done."""
+    events = []
+    for p in range(pulls):
+        ref = f"registry.example.com:5000/some/long/repository-{p}:tag-{p}"
+        for i in range(layers):
+            digest = f"sha256:{p:02d}{i:02d}" + "ab" * 30
+            events.append(
+                ProgressEvent("Pulling fs layer", digest[7:19], None, 1000, digest, (ref,))
+            )
+            if i % 2:
+                events.append(ProgressEvent("Downloading", digest[7:19], 500, 1000, digest, (ref,)))
+    for p in range(pulls):
+        events.append(ProgressEvent(f"Status: Downloaded newer image for repository-{p}"))
+    return events
+
+
+def test_bulk_block_fits_the_terminal() -> None:
+    """40 layers on a 60x30 terminal: the block is cut to the rows above the
+    cursor's (with a line saying how many more), no line wraps."""
+    class Terminal(io.StringIO):
+        """Kept in memory (a pty's buffer would fill up), sized by a pty."""
+
+        def fileno(self) -> int:
+            return slave
+
+    with pty_of(60, 30) as (_, slave):
+        out = Terminal()
+        r = BulkTtyRenderer(out, 4, interval=0)
+        for event in _bulk_events(4, 10):
+            r(event)
+        r.finish()
+        text = out.getvalue()
+    check_screen(text, 60, 30)
+    assert "... and 13 more" in text  # 1 + 40 lines, 29 shown: 28 and this one
+    assert "Images 4/4, layers 10kB/40kB" in text
+    # Downloading ones first, each with its reference and counts.
+    first = text.split("Images 0/4")[-1].split("\n")[1]
+    assert first == "\x1b[2K...pository-0:tag-0 0001abababab: Downloading 500B/1kB"
+
+
+def test_bulk_renderer_on_a_dumb_terminal_is_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "dumb")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    render, live = bulk_renderer_for(out, 4)
+    for event in _bulk_events(1, 2):
+        render(event)
+    assert live is None and "\x1b" not in out.getvalue()
+    assert out.getvalue().splitlines()[0] == (
+        "registry.example.com:5000/some/long/repository-0:tag-0 0000abababab: Pulling fs layer"
+    )
+
+
+def test_shared_transfer_events_name_every_waiting_pull() -> None:
+    """A layer two pulls wait on: its events reach both, naming both, with
+    the full digest and the size."""
+    digest = "sha256:" + "cd" * 32
+    desc = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", digest, 1234)
+    job = _Job(None, desc, layer=True, small=False, wake=lambda: None)  # type: ignore[arg-type]
+    seen: dict[str, list[ProgressEvent]] = {"a": [], "b": []}
+    for name in seen:
+        pull = PullTransfers(None, CancelToken(), seen[name].append, (name,))  # type: ignore[arg-type]
+        assert job.want(pull)
+    job.emit(ProgressEvent("Verifying Checksum", digest[7:19]))
+    expected = ProgressEvent("Verifying Checksum", digest[7:19], None, 1234, digest, ("a", "b"))
+    assert seen == {"a": [expected], "b": [expected]}
+    assert json.loads(expected.to_json()) == {
+        "status": "Verifying Checksum",
+        "id": digest[7:19],
+        "digest": digest,
+        "refs": ["a", "b"],
+    }

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,8 +29,15 @@ from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED  # noqa: E402
 from imgpull.client import Client  # noqa: E402
 from imgpull.errors import ImgpullError  # noqa: E402
 from imgpull.hosts import Mirror  # noqa: E402
-from imgpull.progress import human_size, renderer_for  # noqa: E402
-from imgpull.reference import DEFAULT_TAG, parse_reference  # noqa: E402
+from imgpull.progress import (  # noqa: E402
+    BulkTtyRenderer,
+    ProgressCallback,
+    ProgressEvent,
+    bulk_renderer_for,
+    human_size,
+    renderer_for,
+)
+from imgpull.reference import DEFAULT_TAG, Reference, parse_reference  # noqa: E402
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
 from imgpull.safetext import printable  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
@@ -126,10 +134,11 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _print_error(exc: ImgpullError) -> None:
+def _print_error(exc: ImgpullError, reference: str | None = None) -> None:
     # Messages quote what servers said: no raw control character (ESC, BEL,
     # CR, bidi override) reaches the terminal.
-    typer.echo(f"Error: {printable(str(exc))}", err=True)
+    where = "" if reference is None else f"{printable(reference)}: "
+    typer.echo(f"Error: {where}{printable(str(exc))}", err=True)
 
 
 def _client(
@@ -164,18 +173,47 @@ def _client(
     )
 
 
-def _mirrors(reference: str, given: list[str] | None) -> dict[str, tuple[Mirror, ...]]:
-    """The configured mirrors; `--mirror` replaces those of the pulled registry."""
+def _mirrors(references: Sequence[str], given: list[str] | None) -> dict[str, tuple[Mirror, ...]]:
+    """The configured mirrors; `--mirror` replaces those of the pulled
+    registries (a reference that does not parse fails in its own pull)."""
     mirrors = dict(hosts.load_config().mirrors)
     if given:
-        domain = parse_reference(reference, default_tag=None).domain
-        mirrors[hosts.registry_key(domain)] = tuple(hosts.parse_mirror(m) for m in given)
+        chosen = tuple(hosts.parse_mirror(m) for m in given)
+        for reference in references:
+            try:
+                domain = parse_reference(reference, default_tag=None).domain
+            except ImgpullError:
+                continue
+            mirrors[hosts.registry_key(domain)] = chosen
     return mirrors
+
+
+def _read_references(source: str) -> list[str]:
+    """References from a file (`-`: stdin), one a line; `#` starts a comment."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ImgpullError(f"cannot read references from {source}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ImgpullError(f"cannot read references from {source}: not UTF-8 text") from None
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
 
 
 @app.command()
 def pull(
-    reference: Annotated[str, typer.Argument(help="NAME[:TAG|@DIGEST], e.g. alpine:3.20")],
+    references: Annotated[
+        list[str] | None,
+        typer.Argument(help="NAME[:TAG|@DIGEST] ..., e.g. alpine:3.20", show_default=False),
+    ] = None,
+    from_file: Annotated[
+        str | None,
+        typer.Option(
+            "--from-file",
+            help="Also pull the references in FILE (- for stdin), one a line; "
+            "# comments and blank lines are ignored.",
+        ),
+    ] = None,
     platform: Annotated[
         str | None,
         typer.Option(
@@ -229,7 +267,19 @@ def pull(
         ),
     ] = DEFAULT_MAX_UNSIZED,
 ) -> None:
-    """Pull an image from a registry into the local store."""
+    """Pull images from registries into the local store. With several
+    references (or --from-file), all are pulled at once, sharing the download
+    slots; a failed one is reported and the others go on; a summary ends."""
+    with _user_errors():
+        refs = list(references or [])
+        if from_file is not None:
+            refs += _read_references(from_file)
+        if not refs:
+            raise ImgpullError("give a reference to pull (NAME[:TAG|@DIGEST]) or --from-file FILE")
+        if all_tags and len(refs) > 1:
+            raise ImgpullError("--all-tags/-a takes one repository NAME")
+    bulk = len(refs) > 1 or from_file is not None
+    reference = refs[0]
     with (
         _user_errors(),
         _client(
@@ -241,27 +291,120 @@ def pull(
             no_schema1,
             allow_foreign=not no_foreign_layers,
             tls=_TlsOptions(client_cert, client_key, certs_dir),
-            mirrors=_mirrors(reference, mirror),
+            mirrors=_mirrors(refs, mirror),
             request_timeout=request_timeout,
             max_ratio=max_ratio,
             max_unsized_blob=max_unsized_blob,
         ) as client,
     ):
+        if bulk:
+            failed = _pull_many(client, refs, platform, quiet=quiet, json_lines=json_lines)
+            if failed:
+                raise typer.Exit(1)
+            return
         progress = None if quiet else renderer_for(sys.stdout, json_lines=json_lines)
         # docker's CLI lines around the pull's own: the default tag when none
         # was given, and at the end the full reference (alone with -q).
         text = not json_lines
         given = parse_reference(reference, default_tag=None)
         if all_tags:
-            client.pull_all_tags(given, platform=platform, progress=progress)
-            if text:
+            failures: list[str] = []
+
+            def tag_failed(tagged: Reference, exc: ImgpullError) -> None:
+                # As a bulk pull: the tag's error, and on to the next tag.
+                failures.append(tagged.familiar())
+                _print_error(exc, tagged.familiar())
+
+            client.pull_all_tags(given, platform=platform, progress=progress, on_error=tag_failed)
+            if text and not failures:
                 typer.echo(str(given))
+            if failures:
+                raise ImgpullError(
+                    f"{len(failures)} tag(s) of {given.familiar()} failed: {', '.join(failures)}"
+                )
             return
         if given.is_name_only and text and not quiet:
             typer.echo(f"Using default tag: {DEFAULT_TAG}")
         image = client.pull(reference, platform=platform, progress=progress)
         if text:
             typer.echo(str(image.reference))
+
+
+def _pull_many(
+    client: Client, refs: list[str], platform: str | None, *, quiet: bool, json_lines: bool
+) -> int:
+    """A bulk pull: every reference through one pull_many; each failure on a
+    line of its own, the successes' references, and a summary. Returns how
+    many failed."""
+    live: BulkTtyRenderer | None = None
+    render: ProgressCallback | None = None
+    if not quiet:
+        render, live = bulk_renderer_for(sys.stdout, len(refs), json_lines=json_lines)
+    start = time.monotonic()
+    # When each reference's last event came: its result's seconds.
+    ended: dict[str, float] = {}
+
+    def progress(event: ProgressEvent) -> None:
+        now = time.monotonic()
+        for r in event.refs:
+            ended[r] = now
+        if render is not None:
+            render(event)
+
+    try:
+        results = client.pull_many(refs, platform=platform, progress=progress)
+    finally:
+        if live is not None:
+            live.finish()
+    seconds = time.monotonic() - start
+    counts = {"pulled": 0, "up_to_date": 0, "failed": 0}
+    downloaded = 0
+    for given, result in zip(refs, results, strict=True):
+        if isinstance(result, ImgpullError):
+            counts["failed"] += 1
+            _print_error(result, given)
+            if json_lines:
+                message = printable(str(result))
+                _json_line({"errorDetail": {"message": message}, "error": message, "ref": given})
+            continue
+        counts["pulled" if result.updated else "up_to_date"] += 1
+        downloaded += result.downloaded_bytes
+        if json_lines:
+            done = ended.get(result.reference.familiar(), time.monotonic())
+            _json_line(
+                {
+                    "result": {
+                        "reference": str(result.reference),
+                        "id": result.id,
+                        "digest": result.digest,
+                        "downloaded_bytes": result.downloaded_bytes,
+                        "seconds": round(done - start, 3),
+                    }
+                }
+            )
+        else:
+            typer.echo(str(result.reference))  # as docker: the full reference, last
+    rate = downloaded / seconds / 1e6 if seconds > 0 else 0.0
+    if json_lines:
+        summary = {**counts, "downloaded_bytes": downloaded, "seconds": round(seconds, 3)}
+        _json_line({"summary": {**summary, "mb_per_s": round(rate, 1)}})
+    elif not quiet:
+        typer.echo(
+            f"Pulled {counts['pulled']}, up to date {counts['up_to_date']}, failed "
+            f"{counts['failed']}: {_spaced(human_size(downloaded))} in {seconds:.1f} s "
+            f"({rate:.1f} MB/s)"
+        )
+    return counts["failed"]
+
+
+def _json_line(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _spaced(size: str) -> str:
+    """`1.02 GB` for human_size's `1.02GB`."""
+    return re.sub(r"([0-9.]+)(\D+)$", r"\1 \2", size)
 
 
 @app.command()
@@ -388,7 +531,7 @@ def export(
             plain_http,
             insecure,
             ca_cert,
-            mirrors=_mirrors(reference, None),
+            mirrors=_mirrors([reference], None),
             request_timeout=request_timeout,
             # The same limit for the pull of an image not here yet.
             max_ratio=max_ratio,

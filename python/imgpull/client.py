@@ -42,7 +42,7 @@ from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, ExportError, export_image
 from imgpull.hosts import ConfigError, Mirror, parse_mirror, registry_key
 from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
-from imgpull.progress import ProgressCallback, ProgressEvent
+from imgpull.progress import ProgressCallback, ProgressEvent, with_refs
 from imgpull.pull import Image, Puller, PullOptions, pull_status
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
 from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for, is_loopback
@@ -362,6 +362,8 @@ class Client:
         status: bool = True,
     ) -> Image:
         """One pull; `status`: end with docker's Status line."""
+        refs = (ref.familiar(),)
+        emit = with_refs(emit, refs)  # so a bulk run's events say which pull
 
         def attempt(registry: RegistryClient, fetcher: Fetcher, retry: RetryPolicy) -> Image:
             options = PullOptions(
@@ -380,7 +382,7 @@ class Client:
             # the attempt's other transfers, not the caller's next attempt.
             own, detach = token.child()
             try:
-                transfers = self._transfers.pull(own, emit)
+                transfers = self._transfers.pull(own, emit, refs)
                 return Puller(self.store, registry, fetcher, options, emit, ref, transfers).pull()
             finally:
                 detach()
@@ -393,9 +395,12 @@ class Client:
         *,
         platform: str | Platform | None = None,
         progress: ProgressCallback | None = None,
+        on_error: Callable[[Reference, ImgpullError], None] | None = None,
     ) -> list[Image]:
         """Pull every tag of a repository (`docker pull --all-tags`), in the
-        order the registry lists them; the first failure stops the run."""
+        order the registry lists them; the first failure stops the run, unless
+        `on_error(tag reference, error)` is given: then a failed tag is passed
+        to it and the others are pulled (only the successes are returned)."""
         ref = parse_reference(name, default_tag=None) if isinstance(name, str) else name
         if not ref.is_name_only:
             raise InvalidReferenceError(
@@ -411,11 +416,18 @@ class Client:
                 token,
             )
             # As docker: one Status line for the whole repository, at the end.
-            pulled = [
-                self._pull(ref.with_tag(tag), want, emit, token, status=False) for tag in tags
-            ]
-        updated = any(i.updated for i in pulled)
-        emit(ProgressEvent(f"Status: {pull_status(ref.familiar(), updated)}"))
+            pulled = []
+            for tag in tags:
+                tagged = ref.with_tag(tag)
+                try:
+                    pulled.append(self._pull(tagged, want, emit, token, status=False))
+                except ImgpullError as exc:
+                    if on_error is None or token.cancelled:
+                        raise
+                    on_error(tagged, exc)
+        if pulled or on_error is None:  # no Status when every tag failed
+            updated = any(i.updated for i in pulled)
+            emit(ProgressEvent(f"Status: {pull_status(ref.familiar(), updated)}"))
         return pulled
 
     def _with_fallback(

@@ -67,7 +67,6 @@ from imgpull.platform import (
 )
 from imgpull.progress import (
     ALREADY_EXISTS,
-    DOWNLOADING,
     EXTRACTING,
     PULL_COMPLETE,
     PULLING_FS_LAYER,
@@ -389,15 +388,14 @@ class Puller:
         seen: set[str] = set()
         todo: list[Descriptor] = []
         for layer in layers:
-            label = short_id(layer.digest)
             if self.store.content.exists(layer.digest):
-                self.emit(ProgressEvent(ALREADY_EXISTS, label))
+                self.emit(_layer_event(ALREADY_EXISTS, layer))
             elif layer.digest not in seen:
                 seen.add(layer.digest)
                 todo.append(layer)
-                self.emit(ProgressEvent(PULLING_FS_LAYER, label))
+                self.emit(_layer_event(PULLING_FS_LAYER, layer))
         for layer in todo[limit:]:
-            self.emit(ProgressEvent(WAITING, short_id(layer.digest)))
+            self.emit(_layer_event(WAITING, layer))
 
         done = threading.Event()
         reporter = threading.Thread(target=self._report, args=(done,), daemon=True)
@@ -438,11 +436,10 @@ class Puller:
         """Docker's last two statuses of a downloaded layer, once its diffID
         (computed while it downloaded) has been checked against the config."""
         for layer in downloaded:
-            label = short_id(layer.digest)
             # With its byte count, as docker's (so no plain line shows it).
             size = layer.size if layer.size >= 0 else self.store.content.size(layer.digest)
-            self.emit(ProgressEvent(EXTRACTING, label, size, size))
-            self.emit(ProgressEvent(PULL_COMPLETE, label))
+            self.emit(_layer_event(EXTRACTING, layer, size, size))
+            self.emit(_layer_event(PULL_COMPLETE, layer, total=size))
 
     def _diff_ids(self, layers: Sequence[Descriptor]) -> list[str]:
         """Each layer's diffID: as recorded when it was downloaded, else (a blob
@@ -478,8 +475,8 @@ class Puller:
 
     def _report(self, done: threading.Event) -> None:
         while not done.wait(self.options.progress_interval):
-            for label, current, total in self._transfers.snapshot():
-                self.emit(ProgressEvent(DOWNLOADING, label, current, total))
+            for event in self._transfers.downloading():
+                self.emit(event)
 
     def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
         attempt = 0
@@ -712,6 +709,14 @@ class Puller:
             updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
         kept = current if ref.digest is not None and current not in (None, image_id) else None
         return updated, kept
+
+
+def _layer_event(
+    status: str, layer: Descriptor, current: int | None = None, total: int | None = None
+) -> ProgressEvent:
+    """A layer's event: its short id and full digest, its size when known."""
+    size = total if total is not None else (layer.size if layer.size >= 0 else None)
+    return ProgressEvent(status, short_id(layer.digest), current, size, digest=layer.digest)
 
 
 def _diff_id(path: Path, max_ratio: int) -> str:

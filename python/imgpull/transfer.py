@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from imgpull._core import BlobWriter, DigestMismatchError, Fetcher, Transfer
@@ -34,7 +34,13 @@ from imgpull.errors import (
     RegistryError,
 )
 from imgpull.manifest import Descriptor, short_id
-from imgpull.progress import DOWNLOAD_COMPLETE, VERIFYING, ProgressCallback, ProgressEvent
+from imgpull.progress import (
+    DOWNLOAD_COMPLETE,
+    DOWNLOADING,
+    VERIFYING,
+    ProgressCallback,
+    ProgressEvent,
+)
 from imgpull.registry import RegistryClient
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy, StallPolicy
@@ -136,10 +142,18 @@ class PullTransfers:
     """One pull's view of the service: the blobs it waits for (for its
     progress lines), its byte count, its events and its token."""
 
-    def __init__(self, service: TransferService, token: CancelToken, emit: ProgressCallback):
+    def __init__(
+        self,
+        service: TransferService,
+        token: CancelToken,
+        emit: ProgressCallback,
+        refs: tuple[str, ...] = (),
+    ):
         self.service = service
         self.token = token
         self.emit = emit
+        # The reference(s) this pull serves: named on the events of its jobs.
+        self.refs = refs
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._stopping: list[_Job] = []
@@ -178,6 +192,18 @@ class PullTransfers:
         with self._lock:
             jobs = list(self._jobs.values())
         return [s for s in (j.progress() for j in jobs if j.layer) if s is not None]
+
+    def downloading(self) -> list[ProgressEvent]:
+        """A Downloading event for each of this pull's live layer transfers,
+        naming every pull that waits on it."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.layer]
+        events = []
+        for job in jobs:
+            live = job.progress()
+            if live is not None:
+                events.append(job.event(ProgressEvent(DOWNLOADING, live[0], live[1], live[2])))
+        return events
 
     def _add(self, job: _Job) -> None:
         with self._lock:
@@ -304,8 +330,20 @@ class _Job:
             self.check()
 
     def emit(self, event: ProgressEvent) -> None:
-        for pull in self.wanting():
+        wanting = self.wanting()
+        event = self.event(event, wanting)
+        for pull in wanting:
             pull.notify(event)
+
+    def event(
+        self, event: ProgressEvent, wanting: list[PullTransfers] | None = None
+    ) -> ProgressEvent:
+        """`event` with this blob's digest and size and the references of
+        every pull waiting on it."""
+        pulls = self.wanting() if wanting is None else wanting
+        refs = tuple(dict.fromkeys(r for p in pulls for r in p.refs))
+        total = event.total if event.total is not None else _known(self.desc.size)
+        return replace(event, digest=self.digest, total=total, refs=refs or event.refs)
 
     @contextmanager
     def track(self, start: int) -> Iterator[Transfer]:
@@ -377,8 +415,10 @@ class TransferService:
         self._layers.shutdown(wait=wait, cancel_futures=True)
         self._small.shutdown(wait=wait, cancel_futures=True)
 
-    def pull(self, token: CancelToken, emit: ProgressCallback) -> PullTransfers:
-        return PullTransfers(self, token, emit)
+    def pull(
+        self, token: CancelToken, emit: ProgressCallback, refs: tuple[str, ...] = ()
+    ) -> PullTransfers:
+        return PullTransfers(self, token, emit, refs)
 
     # Scheduling ------------------------------------------------------------
 
