@@ -162,3 +162,17 @@ def test_dumb_terminal_gets_plain_lines(bulk: Bulk, tmp_path: Path) -> None:
     assert code == 0, data
     assert b"\x1b" not in data
     assert _summary(data.decode()).startswith("Pulled 2, up to date 0, failed 0")
+
+
+def test_bench_of_many_references(bulk: Bulk, tmp_path: Path) -> None:
+    """`imgpull bench REF REF`: each run one bulk pull of both into a fresh
+    store, measured as a pull of one is."""
+    a, b, _ = bulk.good
+    proc = run_cli("bench", "--runs", "1", "--json", a, b, timeout=TIMEOUT)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stdout
+    (run,) = json.loads(proc.stdout)["runs"]
+    pulled = run_cli("pull", "-q", "--root", str(tmp_path), a, b, timeout=TIMEOUT)
+    assert pulled.returncode == 0, pulled.stderr
+    stored = sum(p.stat().st_size for p in (tmp_path / "blobs" / "sha256").iterdir())
+    assert run["bytes"] == stored
+    assert run["wall_seconds"] > 0 and run["cpu_seconds"] > 0

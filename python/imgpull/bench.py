@@ -1,4 +1,5 @@
-"""`imgpull bench`: pull into a fresh store N times and measure each pull.
+"""`imgpull bench`: pull into a fresh store N times and measure each pull
+(of one image, or of several at once: one `imgpull pull REF...`, one scheduler).
 
 Each pull runs as its own process so that its CPU time and peak RSS are its
 own (os.wait4 gives both), and so that nothing is cached between runs but
@@ -39,10 +40,12 @@ def _store_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in blobs.iterdir()) if blobs.is_dir() else 0
 
 
-def run_once(reference: str, pull_args: Sequence[str]) -> RunResult:
+def run_once(references: str | Sequence[str], pull_args: Sequence[str]) -> RunResult:
+    """One pull of `references` (one or several) into a fresh store."""
+    refs = [references] if isinstance(references, str) else list(references)
     root = Path(tempfile.mkdtemp(prefix="imgpull-bench-"))
     try:
-        cmd = [sys.executable, "-m", "imgpull", "pull", reference, "--root", str(root), "--quiet"]
+        cmd = [sys.executable, "-m", "imgpull", "pull", *refs, "--root", str(root), "--quiet"]
         start = time.perf_counter()
         proc = subprocess.Popen(
             [*cmd, *pull_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -65,12 +68,12 @@ def run_once(reference: str, pull_args: Sequence[str]) -> RunResult:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run(reference: str, runs: int, pull_args: Sequence[str]) -> list[RunResult]:
+def run(references: str | Sequence[str], runs: int, pull_args: Sequence[str]) -> list[RunResult]:
     results = []
     for _ in range(runs):
         # The writeback of the previous run's (deleted) store must not slow this one.
         os.sync()
-        results.append(run_once(reference, pull_args))
+        results.append(run_once(references, pull_args))
     return results
 
 

@@ -480,7 +480,9 @@ def rmi(
 
 @app.command()
 def bench(
-    reference: Annotated[str, typer.Argument(help="The image to pull.")],
+    references: Annotated[
+        list[str], typer.Argument(help="The image(s) to pull: several are pulled at once.")
+    ],
     runs: Annotated[int, typer.Option("--runs", min=1, help="How many pulls.")] = 3,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
     platform: Annotated[str | None, typer.Option("--platform")] = None,
@@ -489,7 +491,8 @@ def bench(
     insecure: InsecureOpt = False,
     ca_cert: CaCertOpt = None,
 ) -> None:
-    """Pull into a fresh temporary store N times; report throughput."""
+    """Pull into a fresh temporary store N times (several references: all in
+    one pull, as `imgpull pull REF...`); report throughput."""
     args = ["--max-concurrent-downloads", str(max_concurrent_downloads)]
     if platform:
         args += ["--platform", platform]
@@ -500,7 +503,7 @@ def bench(
     if ca_cert:
         args += ["--ca-cert", str(ca_cert)]
     with _user_errors():
-        results = bench_mod.run(reference, runs, args)
+        results = bench_mod.run(references, runs, args)
         typer.echo(bench_mod.render(results, json_out=json_out))
 
 
