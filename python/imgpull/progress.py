@@ -282,8 +282,10 @@ class BulkTtyRenderer:
             return  # the block shows as much; a line each would flood the screen
         if event.refs and not text.startswith("Status: "):
             text = f"{event.refs[0]}: {text}"
-        columns, _ = self._size()
-        self._out.write(self._up() + "\r\x1b[J" + text[: max(1, columns - 1)] + "\n")
+        width = max(4, self._size()[0] - 1)
+        if len(text) > width:  # the end names the image: keep it
+            text = "..." + text[-(width - 3) :]
+        self._out.write(self._up() + "\r\x1b[J" + text + "\n")
         self._drawn = 0
         self._draw(time.monotonic())
 
