@@ -150,6 +150,7 @@ def _bulk_events(pulls: int, layers: int) -> list[ProgressEvent]:
 def test_bulk_block_fits_the_terminal() -> None:
     """40 layers on a 60x30 terminal: the block is cut to the rows above the
     cursor's (with a line saying how many more), no line wraps."""
+
     class Terminal(io.StringIO):
         """Kept in memory (a pty's buffer would fill up), sized by a pty."""
 
