@@ -25,7 +25,7 @@ from support.registry import RegistryServer
 from support.throttle import ThrottledRelay
 
 import imgpull
-from imgpull.progress import DOWNLOADING, VERIFYING, ProgressEvent
+from imgpull.progress import DOWNLOAD_COMPLETE, DOWNLOADING, VERIFYING, ProgressEvent
 
 # Four images of one layer each (pulled at once with one download slot).
 FOUR = tuple((random_layer(400_000, seed=700 + i),) for i in range(4))
@@ -35,8 +35,9 @@ SHARED = {
     "a": (*BASE, random_layer(300_000, seed=713)),
     "b": (*BASE, random_layer(300_000, seed=714)),
 }
-# ~6 MB: at RATE through the relay, ~3 s to pull; stopped long before that.
-SLOW = tuple(random_layer(2_000_000, seed=seed) for seed in (721, 722, 723))
+# ~12 MB: at RATE through the relay, ~6 s to pull; stopped long before that
+# (seconds of margin for a cancel that waits for the first bytes on a loaded machine).
+SLOW = tuple(random_layer(4_000_000, seed=seed) for seed in (721, 722, 723))
 RATE = 2_000_000
 # No test should come near it; a bound so that a broken one fails, not hangs.
 TIMEOUT = 30
@@ -168,6 +169,11 @@ def test_pull_many_fetches_shared_blobs_once_in_order(log: Images, tmp_path: Pat
     for digest in a.blob_digests | b.blob_digests:
         assert [s for d, s in gets if d == digest] == [200], digest
     assert len(gets) == len(a.blob_digests | b.blob_digests)
+    # One callback for the run: a base layer both pulls wait on is told
+    # complete once, naming the pulls it served (not once a pull).
+    for digest in a.blob_digests & b.blob_digests - {a.config_digest}:
+        done = [e for e in events if e.digest == digest and e.status == DOWNLOAD_COMPLETE]
+        assert len(done) == 1, done
     # Both images are whole in the store.
     with imgpull.Client(tmp_path) as client:
         assert {client.resolve(refs[0]), client.resolve(refs[2])} == {
@@ -206,7 +212,7 @@ def test_timeout_stops_the_pull_keeps_partials_and_the_rerun_resumes(
     with imgpull.Client(tmp_path) as client:
         start = time.monotonic()
         with pytest.raises(imgpull.PullTimeoutError) as info:
-            # Half the ~3 s the pull takes: mid-blob even on a slow machine.
+            # A quarter of the ~6 s the pull takes: mid-blob even on a slow machine.
             client.pull(log.slow_ref(), timeout=1.5)
         elapsed = time.monotonic() - start
     assert isinstance(info.value, imgpull.PullCancelledError)

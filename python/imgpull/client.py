@@ -363,6 +363,7 @@ class Client:
     ) -> Image:
         """One pull; `status`: end with docker's Status line."""
         refs = (ref.familiar(),)
+        sink = emit
         emit = with_refs(emit, refs)  # so a bulk run's events say which pull
 
         def attempt(registry: RegistryClient, fetcher: Fetcher, retry: RetryPolicy) -> Image:
@@ -382,7 +383,7 @@ class Client:
             # the attempt's other transfers, not the caller's next attempt.
             own, detach = token.child()
             try:
-                transfers = self._transfers.pull(own, emit, refs)
+                transfers = self._transfers.pull(own, emit, refs, sink)
                 return Puller(self.store, registry, fetcher, options, emit, ref, transfers).pull()
             finally:
                 detach()

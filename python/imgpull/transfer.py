@@ -148,10 +148,14 @@ class PullTransfers:
         token: CancelToken,
         emit: ProgressCallback,
         refs: tuple[str, ...] = (),
+        sink: object = None,
     ):
         self.service = service
         self.token = token
         self.emit = emit
+        # Where `emit` ends (the caller's own callback): pulls that share one
+        # (a pull_many) hear a shared blob's event once, not once each.
+        self.sink = emit if sink is None else sink
         # The reference(s) this pull serves: named on the events of its jobs.
         self.refs = refs
         self._lock = threading.Lock()
@@ -332,8 +336,11 @@ class _Job:
     def emit(self, event: ProgressEvent) -> None:
         wanting = self.wanting()
         event = self.event(event, wanting)
+        told: set[int] = set()
         for pull in wanting:
-            pull.notify(event)
+            if id(pull.sink) not in told:
+                told.add(id(pull.sink))
+                pull.notify(event)
 
     def event(
         self, event: ProgressEvent, wanting: list[PullTransfers] | None = None
@@ -416,9 +423,15 @@ class TransferService:
         self._small.shutdown(wait=wait, cancel_futures=True)
 
     def pull(
-        self, token: CancelToken, emit: ProgressCallback, refs: tuple[str, ...] = ()
+        self,
+        token: CancelToken,
+        emit: ProgressCallback,
+        refs: tuple[str, ...] = (),
+        sink: object = None,
     ) -> PullTransfers:
-        return PullTransfers(self, token, emit, refs)
+        """A pull's view of the service; `sink`: the callback `emit` ends at,
+        when `emit` wraps one that other pulls share."""
+        return PullTransfers(self, token, emit, refs, sink)
 
     # Scheduling ------------------------------------------------------------
 
