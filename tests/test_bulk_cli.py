@@ -128,6 +128,21 @@ def test_json_objects(bulk: Bulk, tmp_path: Path) -> None:
     assert sorted(tuple(o["refs"]) for o in statuses) == [(a,), (b,), (c,)]
 
 
+def test_json_result_of_one_reference(bulk: Bulk, tmp_path: Path) -> None:
+    """One reference: its events, then the same result object (no summary)."""
+    a = bulk.good[0]
+    proc = run_cli("pull", "--json", "--root", str(tmp_path), a, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    *events, last = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events and all("status" in o for o in events)
+    result = last["result"]
+    assert list(result) == ["reference", "id", "digest", "downloaded_bytes", "seconds"]
+    assert result["reference"] == a and result["digest"].startswith("sha256:")
+    assert result["downloaded_bytes"] > 0 and result["seconds"] >= 0
+    with imgpull.Client(tmp_path) as client:
+        assert client.resolve(a) == result["id"]
+
+
 def _run_in_pty(
     args: list[str], columns: int, rows: int, env: Mapping[str, str]
 ) -> tuple[int, bytes]:

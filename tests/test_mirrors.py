@@ -25,7 +25,8 @@ import imgpull
 from imgpull.errors import RegistryError
 from imgpull.hosts import ConfigError, Mirror, load_config, parse_mirror, registry_key
 from imgpull.progress import ProgressEvent
-from imgpull.registry import Endpoint, RegistryClient
+from imgpull.registry import Endpoint
+from imgpull.transport import Transport
 
 REPO_TAG = "mirror/small:v1"
 
@@ -258,8 +259,8 @@ def test_endpoint_order_and_settings(tmp_path: Path) -> None:
     with imgpull.Client(tmp_path, mirrors=mirrors, certs_dirs=[]) as client:
         tried: list[Endpoint] = []
 
-        def attempt(registry: RegistryClient, fetcher: object, retry: object) -> None:
-            tried.append(registry.endpoint)
+        def attempt(transport: Transport, retry: object) -> None:
+            tried.append(transport.registry.endpoint)
             raise RegistryError("unavailable", status=503)
 
         with pytest.raises(RegistryError):

@@ -23,9 +23,9 @@ from support.images import ImageInfo, push
 from support.registry import RegistryServer
 
 import imgpull
-from imgpull.client import _proxy_for
 from imgpull.hosts import ConfigError
 from imgpull.registry import Endpoint, RegistryClient
+from imgpull.transport import _proxy_for
 
 NAME = "registry.imgpull.test"
 REPO_TAG = "proxied/small:v1"

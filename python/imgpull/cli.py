@@ -37,6 +37,7 @@ from imgpull.progress import (  # noqa: E402
     human_size,
     renderer_for,
 )
+from imgpull.pull import Image  # noqa: E402
 from imgpull.reference import DEFAULT_TAG, Reference, parse_reference  # noqa: E402
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
 from imgpull.safetext import printable  # noqa: E402
@@ -325,9 +326,12 @@ def pull(
             return
         if given.is_name_only and text and not quiet:
             typer.echo(f"Using default tag: {DEFAULT_TAG}")
+        start = time.monotonic()
         image = client.pull(reference, platform=platform, progress=progress)
         if text:
             typer.echo(str(image.reference))
+        else:
+            _json_result(image, time.monotonic() - start)
 
 
 def _pull_many(
@@ -370,18 +374,7 @@ def _pull_many(
         counts["pulled" if result.updated else "up_to_date"] += 1
         downloaded += result.downloaded_bytes
         if json_lines:
-            done = ended.get(result.reference.familiar(), time.monotonic())
-            _json_line(
-                {
-                    "result": {
-                        "reference": str(result.reference),
-                        "id": result.id,
-                        "digest": result.digest,
-                        "downloaded_bytes": result.downloaded_bytes,
-                        "seconds": round(done - start, 3),
-                    }
-                }
-            )
+            _json_result(result, ended.get(result.reference.familiar(), time.monotonic()) - start)
         else:
             typer.echo(str(result.reference))  # as docker: the full reference, last
     rate = downloaded / seconds / 1e6 if seconds > 0 else 0.0
@@ -395,6 +388,21 @@ def _pull_many(
             f"({rate:.1f} MB/s)"
         )
     return counts["failed"]
+
+
+def _json_result(image: Image, seconds: float) -> None:
+    """--json: a pulled reference's object, after its events (one pull or a bulk one)."""
+    _json_line(
+        {
+            "result": {
+                "reference": str(image.reference),
+                "id": image.id,
+                "digest": image.digest,
+                "downloaded_bytes": image.downloaded_bytes,
+                "seconds": round(seconds, 3),
+            }
+        }
+    )
 
 
 def _json_line(obj: dict[str, object]) -> None:

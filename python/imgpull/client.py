@@ -19,10 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from imgpull import hosts
-from imgpull._core import DEFAULT_MAX_UNSIZED, Fetcher
+from imgpull._core import DEFAULT_MAX_UNSIZED
 from imgpull.credentials import CredentialsError, DockerCredentials
 from imgpull.errors import (
     DigestMismatchError,
@@ -45,13 +44,12 @@ from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent, with_refs
 from imgpull.pull import Image, Puller, PullOptions, pull_status
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
-from imgpull.registry import Credentials, Endpoint, RegistryClient, endpoint_for, is_loopback
+from imgpull.registry import Credentials, Endpoint, endpoint_for
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
-from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.transfer import CancelToken, TransferService
-from imgpull.version import USER_AGENT
+from imgpull.transport import Transport, Transports
 
 CredentialLookup = Callable[[str], "Credentials | None"]
 _T = TypeVar("_T")
@@ -155,7 +153,6 @@ class Client:
             raise ImgpullError("max concurrent downloads must be at least 1")
         if not request_timeout > 0:
             raise ImgpullError("the request timeout must be a positive number of seconds")
-        self._request_timeout = request_timeout
         self._tls = hosts.TLSFiles(
             ca_file=ca_file, client_cert=client_cert, client_key=client_key, dirs=certs_dirs
         )
@@ -166,28 +163,25 @@ class Client:
         self.store = Store(root)
         self._insecure = insecure
         self._plain_http = plain_http
-        # Docker's config file (credsStore, credHelpers, auths) unless given.
-        self._credentials: CredentialLookup = credentials or DockerCredentials()
         self._max_concurrent = max_concurrent_downloads
         self._retry = retry or RetryPolicy()
-        self._stall = stall or StallPolicy()
         # Docker schema1 manifests (deprecated): pulled with a warning unless refused.
         self._refuse_schema1 = refuse_schema1
         # Foreign (non-distributable) layers: fetched from their URLs unless refused.
         self._allow_foreign = allow_foreign
         self._max_ratio = max_ratio
         self._max_unsized_blob = max_unsized_blob
-        # Fetchers for foreign layer URLs, by proxy: never the registry's
-        # client certificate or TLS exceptions.
-        self._foreign_fetchers: dict[str | None, Fetcher] = {}
-        self._lock = threading.Lock()
-        self._registries: dict[Endpoint, tuple[RegistryClient, Fetcher]] = {}
+        self._transports = Transports(
+            # Docker's config file (credsStore, credHelpers, auths) unless given.
+            credentials or DockerCredentials(),
+            request_timeout=request_timeout,
+            stall=stall or StallPolicy(),
+        )
         self._transfers = TransferService(
             self.store,
             max_concurrent_downloads=max_concurrent_downloads,
             max_per_host=max_concurrent_per_host,
-            stall=self._stall,
-            foreign_fetcher=self._foreign_fetcher,
+            foreign_fetcher=self._transports.foreign,
         )
         # The tokens of the pulls in progress, which close() cancels.
         self._pulls = threading.Condition()
@@ -214,10 +208,7 @@ class Client:
         # A transfer stuck past the wait (a silent server, until its stall
         # window) is not waited for: it has been cancelled, nothing wants it.
         self._transfers.close(wait=stopped)
-        with self._lock:
-            for registry, _ in self._registries.values():
-                registry.close()
-            self._registries.clear()
+        self._transports.close()
         self._tls.close()
         self.store.close()
 
@@ -366,14 +357,13 @@ class Client:
         sink = emit
         emit = with_refs(emit, refs)  # so a bulk run's events say which pull
 
-        def attempt(registry: RegistryClient, fetcher: Fetcher, retry: RetryPolicy) -> Image:
+        def attempt(transport: Transport, retry: RetryPolicy) -> Image:
             options = PullOptions(
                 platform=want or host_platform(),
                 explicit_platform=want is not None,
                 report_status=status,
                 max_concurrent_downloads=self._max_concurrent,
                 retry=retry,
-                stall=self._stall,
                 refuse_schema1=self._refuse_schema1,
                 allow_foreign=self._allow_foreign,
                 max_ratio=self._max_ratio,
@@ -384,7 +374,7 @@ class Client:
             own, detach = token.child()
             try:
                 transfers = self._transfers.pull(own, emit, refs, sink)
-                return Puller(self.store, registry, fetcher, options, emit, ref, transfers).pull()
+                return Puller(self.store, transport, options, emit, ref, transfers).pull()
             finally:
                 detach()
 
@@ -413,7 +403,7 @@ class Client:
             tags = self._with_fallback(
                 ref.domain,
                 emit,
-                lambda registry, _fetcher, _retry: registry.list_tags(ref.repository),
+                lambda transport, _retry: transport.registry.list_tags(ref.repository),
                 token,
             )
             # As docker: one Status line for the whole repository, at the end.
@@ -435,7 +425,7 @@ class Client:
         self,
         domain: str,
         emit: ProgressCallback,
-        attempt: Callable[[RegistryClient, Fetcher, RetryPolicy], _T],
+        attempt: Callable[[Transport, RetryPolicy], _T],
         token: CancelToken | None = None,
     ) -> _T:
         """`attempt` on each endpoint of `domain` in turn (its mirrors, then
@@ -452,8 +442,8 @@ class Client:
             try:
                 # The mirror's own TLS files, credentials and connection: a
                 # problem with any of them is the mirror's; the next one is tried.
-                registry, fetcher = self._connect(self._mirror_endpoint(mirror))
-                return attempt(registry, fetcher, replace(self._retry, attempts=1))
+                transport = self._transports.get(self._mirror_endpoint(mirror))
+                return attempt(transport, replace(self._retry, attempts=1))
             except ImgpullError as exc:
                 token.check()  # a cancelled pull goes to no other endpoint
                 if not (_endpoint_failure(exc) or isinstance(exc, (ConfigError, CredentialsError))):
@@ -461,8 +451,7 @@ class Client:
                 warning = f"Warning: mirror {mirror.host} failed: {exc}; trying {following}"
                 emit(ProgressEvent(warning))
         token.check()
-        registry, fetcher = self._connect(origin)
-        return attempt(registry, fetcher, self._retry)
+        return attempt(self._transports.get(origin), self._retry)
 
     def _mirror_endpoint(self, m: Mirror) -> Endpoint:
         return self._endpoint(
@@ -482,64 +471,6 @@ class Client:
         if http_fallback and endpoint.scheme == "https":
             endpoint = replace(endpoint, http_fallback=True)
         return self._tls.apply(endpoint)
-
-    def _connect(self, endpoint: Endpoint) -> tuple[RegistryClient, Fetcher]:
-        with self._lock:
-            found = self._registries.get(endpoint)
-        if found is not None:
-            return found
-        # Built outside the lock: the credential lookup may run a helper
-        # (docker-credential-*) for a while, and other endpoints need not wait.
-        creds = self._credentials(endpoint.name)
-        proxy = _proxy_for(endpoint)
-        try:
-            registry = RegistryClient(
-                endpoint, credentials=creds, request_timeout=self._request_timeout
-            )
-        except (ImportError, ValueError) as e:  # httpx, on the environment's proxies
-            raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
-        try:
-            fetcher = Fetcher(
-                user_agent=USER_AGENT,
-                ca_file=endpoint.ca_file,
-                client_cert=endpoint.client_cert,
-                client_key=endpoint.client_key,
-                insecure=endpoint.insecure,
-                proxy=proxy,
-                stall_rate=self._stall.min_rate,
-                stall_window=self._stall.window,
-            )
-        except (OSError, ValueError) as e:
-            registry.close()
-            if proxy is not None:
-                raise ConfigError(_proxy_problem(endpoint, proxy, e)) from None
-            # The native side reads the TLS files itself, and may refuse one
-            # Python's ssl module took.
-            raise ConfigError(
-                f"cannot use the TLS files for {endpoint.host} (CA {endpoint.ca_file}, "
-                f"client certificate {endpoint.client_cert}): {one_line(str(e), 200)}"
-            ) from None
-        with self._lock:
-            found = self._registries.setdefault(endpoint, (registry, fetcher))
-        if found[0] is not registry:  # another thread got there first
-            registry.close()
-        return found
-
-    def _foreign_fetcher(self, url: str) -> Fetcher:
-        """The Fetcher for a foreign layer URL: system roots, no client
-        certificate, the proxy for that URL's host."""
-        parts = urlsplit(url)
-        proxy = _proxy_for_host(parts.scheme, parts.hostname or "")
-        with self._lock:
-            found = self._foreign_fetchers.get(proxy)
-            if found is None:
-                found = self._foreign_fetchers[proxy] = Fetcher(
-                    user_agent=USER_AGENT,
-                    proxy=proxy,
-                    stall_rate=self._stall.min_rate,
-                    stall_window=self._stall.window,
-                )
-            return found
 
     # Local queries ----------------------------------------------------------
 
@@ -781,39 +712,6 @@ def _timestamp(created: str | None) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.timestamp()
-
-
-def _proxy_for(endpoint: Endpoint) -> str | None:
-    """The proxy httpx would use for this host (HTTPS_PROXY / NO_PROXY)."""
-    return _proxy_for_host(endpoint.scheme, urlsplit(endpoint.base_url).hostname or "")
-
-
-def _proxy_problem(endpoint: Endpoint, proxy: str | None, error: Exception) -> str:
-    text = (
-        f"cannot use the proxy {proxy or 'of the environment'} for {endpoint.host}: "
-        f"{one_line(str(error), 160)} (HTTPS_PROXY, HTTP_PROXY and ALL_PROXY take "
-        "http://host:port)"
-    )
-    # A proxy URL may carry a user and password: never shown.
-    return _USERINFO.sub(r"\1", text)
-
-
-_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
-
-
-def _proxy_for_host(scheme: str, host: str) -> str | None:
-    import urllib.request
-
-    proxies = urllib.request.getproxies()
-    host = host.strip("[]")
-    # Loopback is never proxied, as in Go (and RegistryClient's httpx side).
-    if not host or is_loopback(host) or urllib.request.proxy_bypass(host):
-        return None
-    # As httpx reads them: ALL_PROXY as the fallback, "host:port" meaning http://.
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if proxy and "://" not in proxy:
-        proxy = f"http://{proxy}"
-    return proxy
 
 
 __all__ = ["Client", "Image", "ImageSummary", "Platform", "Removal"]

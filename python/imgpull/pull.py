@@ -24,7 +24,6 @@ from imgpull import schema1
 from imgpull._core import (
     DEFAULT_MAX_RATIO,
     DEFAULT_MAX_UNSIZED,
-    Fetcher,
     diff_id_file,
     sha256_bytes,
 )
@@ -75,13 +74,13 @@ from imgpull.progress import (
     ProgressEvent,
 )
 from imgpull.reference import Reference
-from imgpull.registry import RegistryClient
 from imgpull.registry.client import ManifestHead
 from imgpull.registry.errors import one_line
-from imgpull.retry import RetryPolicy, StallPolicy
+from imgpull.retry import RetryPolicy
 from imgpull.store import ImageRecord, LayerRecord, Store
 from imgpull.store.content import BlobLimits
 from imgpull.transfer import BlobSource, PullTransfers
+from imgpull.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -89,9 +88,6 @@ class PullOptions:
     platform: Platform
     max_concurrent_downloads: int = 3
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # When a blob download counts as stalled (for the fetchers made here;
-    # the Client builds its own with the same policy).
-    stall: StallPolicy = field(default_factory=StallPolicy)
     # How often live byte counts are reported while blobs stream.
     progress_interval: float = 0.2
     # Refuse Docker schema1 manifests (deprecated) instead of pulling them.
@@ -163,8 +159,7 @@ class Puller:
     def __init__(
         self,
         store: Store,
-        registry: RegistryClient,
-        fetcher: Fetcher,
+        transport: Transport,
         options: PullOptions,
         emit: ProgressCallback,
         ref: Reference,
@@ -176,14 +171,13 @@ class Puller:
         self.repo = ref.repository
         self.host = ref.domain
         self.store = store
-        self.registry = registry
-        self.fetcher = fetcher
+        self.registry = transport.registry
         self.options = options
         self.emit = emit
         self._transfers = transfers
         self._token = transfers.token
         self._source = BlobSource(
-            registry, fetcher, ref.domain, ref.repository, options.retry, options.blob_limits
+            transport, ref.domain, ref.repository, options.retry, options.blob_limits
         )
         self._manifests_read = 1  # the top one; bounded by MAX_MANIFESTS_PER_PULL
         self._chosen_by_platform = False  # an index entry's platform matched

@@ -41,11 +41,11 @@ from imgpull.progress import (
     ProgressCallback,
     ProgressEvent,
 )
-from imgpull.registry import RegistryClient
 from imgpull.registry.errors import one_line
-from imgpull.retry import RetryPolicy, StallPolicy
+from imgpull.retry import RetryPolicy
 from imgpull.store import Store
 from imgpull.store.content import BlobLimits
+from imgpull.transport import Transport
 from imgpull.version import USER_AGENT
 
 # How often a wait for a slot looks at its job's cancellation (a cancel also
@@ -130,8 +130,7 @@ class BlobSource:
     """Where a pull gets its blobs: an endpoint (mirror or registry) of the
     reference's `domain` and `repository`, and how often to try it."""
 
-    registry: RegistryClient
-    fetcher: Fetcher
+    transport: Transport
     domain: str
     repository: str
     retry: RetryPolicy
@@ -384,7 +383,7 @@ class TransferService:
     `max_concurrent_downloads`: blob bodies downloading at once over all
     pulls; `max_per_host`: of those, at once from one registry host (default
     the same). `foreign_fetcher(url)`: the Fetcher for a foreign layer URL
-    (default: a plain one, without the registry's client certificate).
+    (the Client's Transports.foreign).
     """
 
     def __init__(
@@ -393,17 +392,14 @@ class TransferService:
         *,
         max_concurrent_downloads: int = 3,
         max_per_host: int | None = None,
-        stall: StallPolicy | None = None,
-        foreign_fetcher: Callable[[str], Fetcher] | None = None,
+        foreign_fetcher: Callable[[str], Fetcher],
     ) -> None:
         if max_concurrent_downloads < 1 or (max_per_host is not None and max_per_host < 1):
             raise ImgpullError("max concurrent downloads must be at least 1")
         self.store = store
         self.limit = max_concurrent_downloads
         self.per_host = max_per_host or max_concurrent_downloads
-        self._stall = stall or StallPolicy()
         self._foreign_fetcher = foreign_fetcher
-        self._plain_fetcher: Fetcher | None = None
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._slots = threading.Condition()
@@ -533,7 +529,7 @@ class TransferService:
         if job.small:
             yield
             return
-        host = job.source.registry.base_url
+        host = job.source.transport.registry.base_url
         with self._slots:
             while self._busy >= self.limit or self._busy_hosts.get(host, 0) >= self.per_host:
                 job.check()
@@ -635,9 +631,10 @@ class TransferService:
         layer from its URLs in order, then from the registry if none served it
         (docker on Windows asks the registry too; we ask it last, so that a
         non-distributable layer is never requested from it needlessly)."""
-        registry, repo = source.registry, source.repository
+        registry, fetcher = source.transport.registry, source.transport.fetcher
+        repo = source.repository
         if not desc.urls:
-            registry.fetch_blob(repo, desc.digest, writer, source.fetcher, transfer)
+            registry.fetch_blob(repo, desc.digest, writer, fetcher, transfer)
             return
         failures: list[str] = []
         for url in desc.urls:
@@ -653,7 +650,7 @@ class TransferService:
                     raise
                 failures.append(f"{shown}: {exc}")
         try:
-            registry.fetch_blob(repo, desc.digest, writer, source.fetcher, transfer)
+            registry.fetch_blob(repo, desc.digest, writer, fetcher, transfer)
         except RegistryError as exc:
             raise ForeignLayerError(
                 f"cannot fetch foreign layer {desc.digest}: {'; '.join(failures)}; "
@@ -665,7 +662,7 @@ class TransferService:
     def _fetch_foreign(self, url: str, writer: BlobWriter, transfer: Transfer) -> None:
         """GET a foreign layer URL: no Authorization, no registry headers,
         and a Fetcher without the registry's client certificate."""
-        fetcher = self._fetcher_for(url)
+        fetcher = self._foreign_fetcher(url)
         restarted = False
         while True:
             headers = [("User-Agent", USER_AGENT), ("Accept-Encoding", "identity")]
@@ -680,17 +677,6 @@ class TransferService:
                 writer.truncate()
                 continue
             raise RegistryError(f"answered HTTP {status}", status=status)
-
-    def _fetcher_for(self, url: str) -> Fetcher:
-        if self._foreign_fetcher is not None:
-            return self._foreign_fetcher(url)
-        with self._lock:
-            if self._plain_fetcher is None:
-                stall = self._stall
-                self._plain_fetcher = Fetcher(
-                    user_agent=USER_AGENT, stall_rate=stall.min_rate, stall_window=stall.window
-                )
-            return self._plain_fetcher
 
 
 def _resolve(future: Future[None], error: BaseException | None) -> None:

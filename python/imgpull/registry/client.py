@@ -270,7 +270,7 @@ class RegistryClient:
                 http2=False,
                 trust_env=True,
                 # Proxies from the environment, except for loopback, as in Go
-                # and as the native Fetcher is given (client._proxy_for).
+                # and as the native Fetcher is given (transport._proxy_for).
                 mounts=_direct_if_loopback(endpoint.host),
                 follow_redirects=True,
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
