@@ -1,69 +1,37 @@
 """Orchestration of one pull: resolve → select → fetch → verify → record.
 
 The steps follow docker's puller (pull-semantics.md §3 to §9). A Puller
-resolves the reference to the blobs it needs and records the result; the
-blobs come from the Client's TransferService (transfer.py), which decides
-when and from which offset, shared with the Client's other pulls. The bytes
+runs them: its Resolver (resolve.py) finds the manifest and the platform's
+entry, the blobs come from the Client's TransferService (transfer.py), which
+decides when and from which offset, shared with the Client's other pulls,
+and its Recorder (record.py) stores the result in one transaction. The bytes
 themselves move socket → hash → file inside the native Fetcher, on threads
 that run with the GIL released.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from imgpull import schema1
-from imgpull._core import (
-    DEFAULT_MAX_RATIO,
-    DEFAULT_MAX_UNSIZED,
-    diff_id_file,
-    sha256_bytes,
-)
-from imgpull.errors import (
-    ForeignLayerError,
-    ImageConflictError,
-    ImgpullError,
-    ManifestError,
-    ManifestUnknownError,
-    ManifestVerificationError,
-    NoMatchingPlatformError,
-    StoreError,
-    UnsupportedManifestError,
-)
-from imgpull.layers import chain_ids, check_diff_ids
+from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED, diff_id_file, sha256_bytes
+from imgpull.errors import ForeignLayerError, ImgpullError, StoreError, UnsupportedManifestError
+from imgpull.layers import check_diff_ids
 from imgpull.manifest import (
-    ACCEPT,
     DOCKER_CONFIG,
-    IMAGE_MANIFEST_TYPES,
-    INDEX_TYPES,
-    MAX_INDEX_DEPTH,
-    MAX_MANIFEST_BYTES,
-    MAX_MANIFESTS_PER_PULL,
-    SCHEMA1_TYPES,
     Descriptor,
     ImageManifest,
     Manifest,
     ManifestIndex,
     Schema1Manifest,
-    parse_manifest,
     short_id,
-    verify_manifest_digest,
 )
-from imgpull.platform import (
-    Platform,
-    format_all,
-    format_platform,
-    platform_matches_image,
-    rank_manifests,
-)
+from imgpull.platform import Platform, format_platform, platform_matches_image
 from imgpull.progress import (
     ALREADY_EXISTS,
     EXTRACTING,
@@ -73,11 +41,12 @@ from imgpull.progress import (
     ProgressCallback,
     ProgressEvent,
 )
+from imgpull.record import Recorder, _ImageGone, image_size, load_config
 from imgpull.reference import Reference
-from imgpull.registry.client import ManifestHead
 from imgpull.registry.errors import one_line
+from imgpull.resolve import Resolver
 from imgpull.retry import RetryPolicy
-from imgpull.store import ImageRecord, LayerRecord, Store
+from imgpull.store import Store
 from imgpull.store.content import BlobLimits
 from imgpull.transfer import BlobSource, PullTransfers
 from imgpull.transport import Transport
@@ -149,10 +118,6 @@ def pull_status(name: str, updated: bool) -> str:
 _SETTLE = 5.0
 
 
-class _ImageGone(Exception):
-    """The stored image a pull meant to reuse was removed meanwhile (an rmi)."""
-
-
 class Puller:
     """Pulls one reference from one registry into one store."""
 
@@ -179,20 +144,26 @@ class Puller:
         self._source = BlobSource(
             transport, ref.domain, ref.repository, options.retry, options.blob_limits
         )
-        self._manifests_read = 1  # the top one; bounded by MAX_MANIFESTS_PER_PULL
-        self._chosen_by_platform = False  # an index entry's platform matched
-
-    # Resolve --------------------------------------------------------------
+        self._resolver = Resolver(
+            transport.registry, store, options.platform, options.retry, emit, transfers.token
+        )
+        self._recorder = Recorder(
+            store,
+            ref.domain,
+            ref.repository,
+            emit,
+            lambda desc, layer: transfers.download(self._source, desc, layer=layer),
+        )
 
     def pull(self) -> Image:
         ref = self.ref
         self._token.check()
-        top = self._resolve(ref)
+        top = self._resolver.resolve(ref)
         # As docker: named once the manifest is found (an unknown tag gets the
         # error alone); by digest, by the whole canonical reference, tag dropped.
         label = ref.tag if ref.digest is None else f"{ref.name}@{ref.digest}"
         self.emit(ProgressEvent(f"{label}: Pulling from {ref.repository}"))
-        manifest = self._select(top) if isinstance(top, ManifestIndex) else top
+        manifest = self._resolver.select(ref, top) if isinstance(top, ManifestIndex) else top
         if isinstance(manifest, Schema1Manifest):
             image = self._pull_schema1(ref, top, manifest)
         else:
@@ -203,117 +174,6 @@ class Puller:
         self._warn_platform_mismatch(image)
         return image
 
-    def _resolve(self, ref: Reference) -> Manifest:
-        repo = ref.repository
-        if ref.digest is not None:
-            return self._manifest_by_digest(repo, ref.digest)
-        assert ref.tag is not None
-        tag = ref.tag
-        head: ManifestHead | None = self._retrying(
-            f"manifest {tag}", lambda: self.registry.head_manifest(repo, tag, ACCEPT)
-        )
-        if head is None or head.digest is None:
-            return self._fetch_manifest(repo, ref.tag, expected=None)
-        if self.store.content.exists(head.digest):
-            # The registry just said this repository serves that digest, and
-            # we hold the bytes: no need to fetch them again (unless an `rmi`
-            # deletes them right now).
-            try:
-                raw = self.store.content.read(head.digest)
-                return parse_manifest(raw, head.media_type or "", head.digest)
-            except StoreError:
-                pass
-        try:
-            return self._fetch_manifest(repo, head.digest, expected=head.digest)
-        except ManifestUnknownError:
-            self.emit(
-                ProgressEvent(
-                    f"Warning: the registry serves {ref.familiar()} by tag but not by its "
-                    f"digest {head.digest}; it is not conforming, falling back to the tag"
-                )
-            )
-            return self._fetch_manifest(repo, ref.tag, expected=None)
-
-    def _manifest_by_digest(self, repo: str, digest: str) -> Manifest:
-        """The manifest `digest` of `repo`: from the local store when the registry
-        confirms (HEAD) that the repository has it, as docker does; else fetched."""
-        if self.store.content.exists(digest):
-            head: ManifestHead | None = self._retrying(
-                f"manifest {digest}", lambda: self.registry.head_manifest(repo, digest, ACCEPT)
-            )
-            if head is not None and head.digest == digest:
-                try:
-                    raw = self.store.content.read(digest)
-                    return parse_manifest(raw, head.media_type or "", digest)
-                except StoreError:
-                    pass  # removed meanwhile (an `rmi`): fetch it
-        return self._fetch_manifest(repo, digest, expected=digest)
-
-    def _fetch_manifest(self, repo: str, reference: str, *, expected: str | None) -> Manifest:
-        resp = self._retrying(
-            f"manifest {reference}",
-            lambda: self.registry.get_manifest(
-                repo, reference, ACCEPT, max_bytes=MAX_MANIFEST_BYTES
-            ),
-        )
-        raw = resp.body
-        if resp.media_type in SCHEMA1_TYPES:
-            # Over the canonical payload (signatures stripped), checked first.
-            digest = schema1.manifest_digest(raw, expected)
-            if resp.digest and resp.digest != digest:
-                raise ManifestVerificationError(
-                    f"manifest verification failed for digest {resp.digest}: "
-                    f"the payload hashes to {digest}"
-                )
-            return parse_manifest(raw, resp.media_type, digest)
-        if expected is not None:
-            digest = expected
-            if resp.media_type not in SCHEMA1_TYPES:
-                verify_manifest_digest(raw, expected)
-        else:
-            digest = sha256_bytes(raw)
-            if resp.digest and resp.digest != digest and resp.media_type not in SCHEMA1_TYPES:
-                raise ManifestVerificationError(
-                    f"manifest verification failed for digest {resp.digest}: "
-                    f"the bytes hash to {digest}"
-                )
-        return parse_manifest(raw, resp.media_type, digest)
-
-    def _select(self, index: ManifestIndex, depth: int = 1) -> Manifest:
-        """The best entry for the wanted platform, following nested indexes
-        (`depth`: how deep `index` is, the top one being 1)."""
-        want = self.options.platform
-        known = IMAGE_MANIFEST_TYPES | INDEX_TYPES | SCHEMA1_TYPES
-        entries = [(d, d.platform) for d in index.manifests if d.media_type in known]
-        repo = self.repo
-        name = self.ref.familiar()
-        for desc in rank_manifests(entries, want):
-            # Bounds set by the registry's answer; no image comes near them.
-            if self._manifests_read >= MAX_MANIFESTS_PER_PULL:
-                raise ManifestError(
-                    f"refusing {name}: its manifest list makes the pull fetch more than "
-                    f"{MAX_MANIFESTS_PER_PULL} manifests (the limit); the registry's answer is "
-                    "broken or hostile: pull a platform's manifest by digest (NAME@sha256:...)"
-                )
-            self._manifests_read += 1
-            child = self._manifest_by_digest(repo, desc.digest)
-            if isinstance(child, ManifestIndex):
-                if depth >= MAX_INDEX_DEPTH:
-                    raise ManifestError(
-                        f"refusing {name}: its manifest list nests indexes more than "
-                        f"{MAX_INDEX_DEPTH} deep (the limit); the registry's answer is broken "
-                        "or hostile: pull a platform's manifest by digest (NAME@sha256:...)"
-                    )
-                try:
-                    return self._select(child, depth + 1)
-                except NoMatchingPlatformError:
-                    continue
-            self._chosen_by_platform = desc.platform is not None
-            return child
-        raise NoMatchingPlatformError(
-            f"no matching manifest for {format_all(want)} in the manifest list entries"
-        )
-
     def _warn_platform_mismatch(self, image: Image) -> None:
         """docker's warning when the platform was asked for and the image
         pulled (a single-platform one, or an index entry without a platform)
@@ -322,7 +182,7 @@ class Puller:
         got = Platform(image.platform.os, image.platform.architecture, image.platform.variant)
         if (
             not self.options.explicit_platform
-            or self._chosen_by_platform
+            or self._resolver.chosen_by_platform
             or platform_matches_image(want, got)
         ):
             return
@@ -472,19 +332,6 @@ class Puller:
             for event in self._transfers.downloading():
                 self.emit(event)
 
-    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
-            self._token.check()
-            try:
-                return call()
-            except ImgpullError as exc:
-                delay = self.options.retry.delay(attempt, exc)
-                if delay is None:
-                    raise
-                self._token.sleep(delay)
-
     def _pull_schema1(self, ref: Reference, top: Manifest, manifest: Schema1Manifest) -> Image:
         """Docker's pullSchema1: the plan and the config come from schema1.py."""
         if self.options.refuse_schema1:
@@ -523,35 +370,9 @@ class Puller:
 
     # Record ---------------------------------------------------------------
 
-    def _stored_config(self, image_id: str) -> dict[str, Any]:
-        """The config of a stored image (checked when it was recorded), read
-        inside a transaction; _ImageGone when the image has been removed."""
-        if self.store.meta.get_image(image_id) is None:
-            raise _ImageGone(image_id)
-        config: dict[str, Any] = json.loads(self.store.content.read(image_id))
-        return config
-
     def _load_config(self, digest: str, layer_count: int) -> dict[str, Any]:
-        try:
-            config = json.loads(self.store.content.read(digest))
-        # ValueError: bad UTF-8/JSON, over-long integers; RecursionError: deep nesting.
-        except (ValueError, RecursionError) as exc:
-            raise ManifestError(f"image configuration {digest} is not valid JSON: {exc}") from None
-        if not isinstance(config, dict):
-            raise ManifestError(f"image configuration {digest} is not a JSON object")
-        rootfs = config.get("rootfs")
-        if not isinstance(rootfs, dict) or rootfs.get("type") != "layers":
-            raise ManifestError("invalid rootfs in image configuration")
-        diff_ids = rootfs.get("diff_ids")
-        if not isinstance(diff_ids, list) or len(diff_ids) != layer_count:
-            raise ManifestError("layers from manifest don't match image configuration")
-        want_os = self.options.platform.os
-        got_os = config.get("os") or want_os
-        if got_os != want_os:
-            raise UnsupportedManifestError(
-                f'image operating system "{got_os}" cannot be used on this platform ({want_os})'
-            )
-        return config
+        """The image's config, read from the store and checked (load_config)."""
+        return load_config(self.store, digest, layer_count, self.options.platform.os)
 
     def _record(
         self,
@@ -561,148 +382,22 @@ class Puller:
         config: dict[str, Any] | None,
         diff_ids: Sequence[str],
     ) -> Image:
-        """Store the manifests and record the pull: one transaction, so a crash
-        leaves the store as before or after it, and pays for one commit.
-
-        `config` None: the image is stored already (`_pull_image`); only the
-        manifests and references are recorded, or _ImageGone is raised when
-        it has been removed meanwhile.
-        """
-        content, meta = self.store.content, self.store.meta
-        image_id = manifest.config.digest
-        known = config is None
-        manifests = {top.digest: top, manifest.digest: manifest}.values()
-        # A stored image's own blobs are safe while its row stands.
-        blobs = () if known else {d.digest: d for d in (manifest.config, *manifest.layers)}.values()
-        # A concurrent `rmi` may delete blobs this pull found present (and so
-        # did not download): it deletes a file only inside a write transaction
-        # and only while nothing uses it (Store.delete_blob). So a check made
-        # inside the transaction that records our image is conclusive, and
-        # once the image is committed its blobs are safe. When something is
-        # gone, that same transaction pins every blob of the image (counts
-        # them as used), so that no removal takes them while we fetch what is
-        # gone: the second attempt succeeds. Pins go with the record.
-        pin = f"pull:{os.getpid()}:{id(self)}:{time.time()}"
-        pinned = False
-        try:
-            for _ in range(3):
-                for m in manifests:
-                    content.put(m.raw, m.digest)
-                with meta.transaction():
-                    if known:
-                        config = self._stored_config(image_id)
-                        # Its diffIDs are recorded, unless a store of schema < 3
-                        # recorded it: then they are its config's (checked then).
-                        recorded = meta.image_rootfs(image_id)
-                        diff_ids = [] if recorded else config["rootfs"]["diff_ids"]
-                    assert config is not None
-                    gone = [d for d in blobs if not content.exists(d.digest)]
-                    if not gone and all(content.exists(m.digest) for m in manifests):
-                        platform = _config_platform(config)
-                        updated, kept = self._record_image(
-                            ref, top, manifest, config, blobs, known=known
-                        )
-                        if diff_ids:
-                            meta.set_image_rootfs(image_id, diff_ids, chain_ids(diff_ids))
-                        if pinned:
-                            meta.unpin_blobs(pin)
-                            pinned = False
-                        break
-                    meta.pin_blobs(
-                        pin, [*(d.digest for d in blobs), *(m.digest for m in manifests)]
-                    )
-                    pinned = True
-                for d in gone:
-                    self._transfers.download(self._source, d, layer=d is not manifest.config)
-            else:
-                raise StoreError(
-                    f"blobs of {ref.familiar()} keep disappearing from the store as they are "
-                    "pulled; try again"
-                )
-        finally:
-            if pinned:
-                meta.unpin_blobs(pin)
-        self.emit(ProgressEvent(f"Digest: {top.digest}"))
-        if kept is not None:
-            # As docker: the image is stored, but a digest reference never
-            # moves (a pull by tag leaves it where it is without a word).
-            new = short_id(image_id)
-            raise ImageConflictError(
-                f"Cannot overwrite digest {top.digest}: it names image {short_id(kept)}; the "
-                f"{platform} image pulled is stored as {new} without a name: name it (imgpull "
-                f"tag {new} NAME:TAG), or remove the digest reference (imgpull rmi "
-                f"{replace(ref, tag=None).familiar()}) and pull again"
-            )
+        """Record the pull (Recorder.record: one store transaction) and say
+        what it produced."""
+        platform, updated = self._recorder.record(ref, top, manifest, config, diff_ids)
         return Image(
             reference=ref,
-            id=image_id,
+            id=manifest.config.digest,
             digest=top.digest,
             manifest_digest=manifest.digest,
             media_type=manifest.media_type,
             platform=platform,
             layers=manifest.layers,
-            size=_image_size(manifest),
+            size=image_size(manifest),
             updated=updated,
             downloaded_bytes=self._transfers.received,
             source=self.registry.base_url,
         )
-
-    def _record_image(
-        self,
-        ref: Reference,
-        top: Manifest,
-        manifest: ImageManifest,
-        config: dict[str, Any],
-        blobs: Iterable[Descriptor],
-        *,
-        known: bool = False,
-    ) -> tuple[bool, str | None]:
-        """The rows of one pull, inside the caller's transaction (`known`: the
-        image is stored, only its manifests and references are recorded).
-
-        Returns whether the reference now points somewhere new, and for a
-        pull by digest whose digest reference names another image, that
-        image's ID (docker never moves a digest reference).
-        """
-        meta = self.store.meta
-        image_id = manifest.config.digest
-        platform = _config_platform(config)
-        for m in {top.digest: top, manifest.digest: manifest}.values():
-            meta.record_blob(m.digest, len(m.raw), m.media_type, self.host, self.repo)
-        # Every blob, not only those fetched: a concurrent `rmi` may have
-        # dropped the rows of one this pull found present.
-        for d in blobs:
-            meta.record_blob(d.digest, d.size, d.media_type, self.host, self.repo)
-        if known:
-            meta.add_image_manifests(image_id, [top.digest, manifest.digest])
-        else:
-            meta.add_image(
-                ImageRecord(
-                    id=image_id,
-                    manifest_digest=manifest.digest,
-                    media_type=manifest.media_type,
-                    os=platform.os,
-                    architecture=platform.architecture,
-                    variant=platform.variant,
-                    created=config.get("created")
-                    if isinstance(config.get("created"), str)
-                    else None,
-                    size=_image_size(manifest),
-                    pulled_at=time.time(),
-                ),
-                [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
-                manifests=[top.digest],
-            )
-        by_digest = f"{ref.name}@{top.digest}"
-        current = meta.resolve(by_digest)
-        if current is None:
-            updated = meta.set_reference(by_digest, ref.name, None, top.digest, image_id)
-        else:
-            updated = False
-        if ref.digest is None:
-            updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
-        kept = current if ref.digest is not None and current not in (None, image_id) else None
-        return updated, kept
 
 
 def _layer_event(
@@ -719,21 +414,3 @@ def _diff_id(path: Path, max_ratio: int) -> str:
         return diff_id_file(str(path), max_ratio=max_ratio)
     except ValueError as exc:
         raise ImgpullError(f"cannot read layer {path.name}: {exc}") from None
-
-
-def _text(obj: dict[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) and value else None
-
-
-def _config_platform(config: dict[str, Any]) -> Platform:
-    return Platform(
-        os=_text(config, "os") or "",
-        architecture=_text(config, "architecture") or "",
-        variant=_text(config, "variant"),
-        os_version=_text(config, "os.version"),
-    )
-
-
-def _image_size(manifest: ImageManifest) -> int:
-    return manifest.config.size + sum(d.size for d in manifest.layers)
