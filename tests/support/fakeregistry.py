@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+from .httpthread import ServerThread
 from .images import ImageInfo
 from .process import Managed
 
@@ -95,8 +95,7 @@ class FakeRegistry(Managed):
         self.fail_with: int | None = None
         self._log: list[Request] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     # -- content ------------------------------------------------------------
 
@@ -147,8 +146,8 @@ class FakeRegistry(Managed):
 
     @property
     def host(self) -> str:
-        assert self._server is not None, "not started"
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        assert self._serving is not None, "not started"
+        return self._serving.host
 
     def ref(self, repo_ref: str) -> str:
         """``127.0.0.1:PORT/<repo_ref>``."""
@@ -169,31 +168,13 @@ class FakeRegistry(Managed):
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> FakeRegistry:
-        server = _Server(("127.0.0.1", 0), _handler_for(self))
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="fake-registry", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread("127.0.0.1", _handler_for(self), "fake-registry")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up (a refused oversized body, a closed keep-alive
-        # connection) is expected here; anything else is still reported.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
 
 def _handler_for(fake: FakeRegistry) -> type[BaseHTTPRequestHandler]:

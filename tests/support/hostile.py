@@ -26,16 +26,16 @@ import base64
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from .fakeregistry import sha256_digest
+from .httpthread import ServerThread
 from .images import ImageInfo
 from .process import Managed
 
@@ -91,15 +91,6 @@ class Request:
     body: bytes
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that hangs up mid-answer is what these tests provoke.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
 class Host:
     """One loopback HTTP server answering through `route`, logging requests."""
 
@@ -110,14 +101,13 @@ class Host:
         self._stopping = stopping
         self._log: list[Seen] = []
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
         self.trickle_limit = 20.0
 
     @property
     def host(self) -> str:
-        assert self._server is not None, "not started"
-        return f"{self._bind}:{self._server.server_address[1]}"
+        assert self._serving is not None, "not started"
+        return self._serving.host
 
     @property
     def url(self) -> str:
@@ -128,20 +118,12 @@ class Host:
             return list(self._log)
 
     def start(self) -> None:
-        self._server = _Server((self._bind, 0), _handler(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"hostile-{self.name}", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(self._bind, _handler(self), f"hostile-{self.name}")
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
 
     def _handle(self, req: Request) -> Answer:
         with self._lock:
