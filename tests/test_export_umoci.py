@@ -18,6 +18,7 @@ layout (the same tars: the diffIDs are checked); imgpull reads the zstd blobs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -245,17 +246,28 @@ def umoci_unpack(ref: str, work: Path, *, gzip_layers: bool) -> Path:
     return bundle / "rootfs"
 
 
+@pytest.mark.parametrize("way", ["export", "one-pass"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_rootfs_equals_umoci_unpack(
-    refs: dict[str, str], layout_cache: LayoutCache, tmp_path: Path, kind: str
+    refs: dict[str, str], layout_cache: LayoutCache, tmp_path: Path, kind: str, way: str
 ) -> None:
+    """`pull` then `export --format rootfs`, or `pull --rootfs` (one pass)."""
     ref, store, dest = refs[kind], tmp_path / "store", tmp_path / "rootfs"
     diff_ids = layout_cache.get(image_layers("gzip"), ref="umoci").diff_ids  # cached
-    proc = run_cli("pull", ref, "--root", str(store))
+    if way == "export":
+        proc = run_cli("pull", ref, "--root", str(store))
+        assert proc.returncode == 0, proc.stderr
+        proc = run_cli("export", ref, "--format", "rootfs", str(dest), "--root", str(store))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == str(dest)
+    else:
+        proc = run_cli("pull", ref, "--root", str(store), "--rootfs", str(dest))
+        assert proc.returncode == 0, proc.stderr
+        assert "Pull complete" in proc.stdout
+    # The store has the image, its layers registered with the image's diffIDs.
+    proc = run_cli("inspect", ref, "--root", str(store))
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("export", ref, "--format", "rootfs", str(dest), "--root", str(store))
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == str(dest)
+    assert [la["DiffID"] for la in json.loads(proc.stdout)["Layers"]] == diff_ids
 
     got = tree(dest)
     umoci_rootfs = umoci_unpack(ref, tmp_path, gzip_layers=kind == "zstd")

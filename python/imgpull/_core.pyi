@@ -15,6 +15,7 @@ __all__ = [
     "BlobWriter",
     "DigestMismatchError",
     "ExtractError",
+    "Extraction",
     "FetchError",
     "FetchResult",
     "Fetcher",
@@ -26,7 +27,6 @@ __all__ = [
     "__version__",
     "decompress_to",
     "diff_id_file",
-    "extract_layers",
     "fix_schema1_layers",
     "schema1_payload",
     "sha256_bytes",
@@ -137,21 +137,36 @@ class ExtractError(ImgpullError):
     max_bytes), "header" (a path or link target over PATH_MAX, 4096 bytes; a
     GNU long name/link entry over that, or PAX extended header records or a
     GNU sparse map over 1 MiB, refused before they are read), "io" (creating
-    an entry failed). Names in the message are cut at 200 characters and
+    an entry failed), "diffid" (a layer's tar is not the diffID asked for),
+    "cancelled" (Extraction.cancel()).
+    Names in the message are cut at 200 characters and
     escaped."""
 
     kind: str
 
-def extract_layers(
-    root: str, layers: Sequence[str], *, max_ratio: int = ..., max_bytes: int | None = None
-) -> int:
-    """Apply layer blobs in order to the existing directory `root` (GIL
-    released): whiteouts, opaque directories, hard and symbolic links, modes,
-    mtimes, xattrs where possible; owners and device nodes only as root.
-    `max_ratio` (default 200) bounds each layer's decompressed:compressed bytes past 8 MiB
-    (0: none); `max_bytes` the decompressed bytes of all layers. Returns the
-    decompressed bytes read. ExtractError as above; ValueError/OSError for a
-    corrupt or unreadable blob. What was written before an error stays."""
+@final
+class Extraction:
+    """A root filesystem being written into the existing directory `root`,
+    layer by layer and in order: whiteouts, opaque directories, hard and
+    symbolic links, modes, mtimes, xattrs where possible; owners and device
+    nodes only as root. `max_ratio` (default 200) bounds each layer's
+    decompressed:compressed bytes past 8 MiB (0: none); `max_bytes` the
+    decompressed bytes of all layers applied by this object."""
+
+    def __init__(
+        self, root: str, *, max_ratio: int = ..., max_bytes: int | None = None
+    ) -> None: ...
+    def apply(self, layers: Sequence[tuple[str, str | None]]) -> list[tuple[str, int]]:
+        """Apply (blob path, diffID or None) pairs in order (GIL released);
+        return each layer's (diffID, decompressed size). A layer whose tar
+        hashes to another diffID than the one given raises ExtractError kind
+        "diffid" once it is applied. ExtractError as above; ValueError/OSError
+        for a corrupt or unreadable blob. What was written before an error
+        stays."""
+
+    def cancel(self) -> None:
+        """Stop a running apply() at its next entry (ExtractError kind
+        "cancelled"); any thread."""
 
 @final
 class BlobWriter:

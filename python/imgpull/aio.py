@@ -317,10 +317,12 @@ class AsyncClient:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         cancel: CancelToken | None = None,
+        rootfs: str | os.PathLike[str] | None = None,
+        fetch_only: bool = False,
     ) -> Image:
         """Client.pull, awaited; `progress` is called on the event loop."""
-        run = _Run(self._pulling(reference, platform, timeout), _plain_callback(progress), cancel)
-        return await run.wait()
+        call = self._pulling(reference, platform, timeout, rootfs, fetch_only)
+        return await _Run(call, _plain_callback(progress), cancel).wait()
 
     def stream_pull(
         self,
@@ -329,6 +331,8 @@ class AsyncClient:
         platform: str | Platform | None = None,
         timeout: float | None = None,
         cancel: CancelToken | None = None,
+        rootfs: str | os.PathLike[str] | None = None,
+        fetch_only: bool = False,
     ) -> PullStream:
         """Pull with the events as an async iterator (PullStream):
 
@@ -337,7 +341,7 @@ class AsyncClient:
                 ...
         image = events.image
         """
-        call = self._pulling(reference, platform, timeout)
+        call = self._pulling(reference, platform, timeout, rootfs, fetch_only)
         return PullStream(lambda sink: _Run(call, sink, cancel))
 
     async def pull_many(
@@ -348,23 +352,40 @@ class AsyncClient:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         cancel: CancelToken | None = None,
+        fetch_only: bool = False,
     ) -> list[Image | ImgpullError]:
         """Client.pull_many, awaited: each reference's Image or error, in order."""
         refs = list(references)
 
         def call(token: CancelToken, emit: ProgressCallback | None) -> list[Image | ImgpullError]:
             return self._client.pull_many(
-                refs, platform=platform, progress=emit, timeout=timeout, cancel=token
+                refs,
+                platform=platform,
+                progress=emit,
+                timeout=timeout,
+                cancel=token,
+                fetch_only=fetch_only,
             )
 
         return await _Run(call, _plain_callback(progress), cancel).wait()
 
     def _pulling(
-        self, reference: str | Reference, platform: str | Platform | None, timeout: float | None
+        self,
+        reference: str | Reference,
+        platform: str | Platform | None,
+        timeout: float | None,
+        rootfs: str | os.PathLike[str] | None,
+        fetch_only: bool,
     ) -> _Call[Image]:
         def call(token: CancelToken, emit: ProgressCallback | None) -> Image:
             return self._client.pull(
-                reference, platform=platform, progress=emit, timeout=timeout, cancel=token
+                reference,
+                platform=platform,
+                progress=emit,
+                timeout=timeout,
+                cancel=token,
+                rootfs=rootfs,
+                fetch_only=fetch_only,
             )
 
         return call
@@ -379,6 +400,9 @@ class AsyncClient:
 
     async def inspect(self, reference: str) -> dict[str, Any]:
         return await asyncio.to_thread(self._client.inspect, reference)
+
+    async def verify(self, reference: str) -> list[str]:
+        return await asyncio.to_thread(self._client.verify, reference)
 
     async def tag(self, source: str, target: str | Reference) -> Reference:
         return await asyncio.to_thread(self._client.tag, source, target)

@@ -130,8 +130,9 @@ def _user_errors() -> Iterator[None]:
     except ImgpullError as exc:
         _print_error(exc)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         typer.echo("Interrupted: partial downloads are kept; run again to resume.", err=True)
+        _print_notes(exc)
         raise typer.Exit(130) from None
 
 
@@ -140,6 +141,13 @@ def _print_error(exc: ImgpullError, reference: str | None = None) -> None:
     # CR, bidi override) reaches the terminal.
     where = "" if reference is None else f"{printable(reference)}: "
     typer.echo(f"Error: {where}{printable(str(exc))}", err=True)
+    _print_notes(exc)
+
+
+def _print_notes(exc: BaseException) -> None:
+    """What the error's notes add (e.g. what a --rootfs DIR holds now)."""
+    for note in getattr(exc, "__notes__", ()):
+        typer.echo(printable(str(note)), err=True)
 
 
 def _client(
@@ -267,6 +275,23 @@ def pull(
             "an endless body stops there. 0: no limit.",
         ),
     ] = DEFAULT_MAX_UNSIZED,
+    rootfs: Annotated[
+        Path | None,
+        typer.Option(
+            "--rootfs",
+            help="Also write the image's root filesystem to DIR (absent or empty) in the same "
+            "pass, each layer applied as it arrives; emptied again if the pull fails.",
+            metavar="DIR",
+        ),
+    ] = None,
+    fetch_only: Annotated[
+        bool,
+        typer.Option(
+            "--fetch-only",
+            help="Check the blobs' digests only, not the layers' diffIDs: those are checked "
+            "at first use (export, inspect, --rootfs, imgpull verify).",
+        ),
+    ] = False,
 ) -> None:
     """Pull images from registries into the local store. With several
     references (or --from-file), all are pulled at once, sharing the download
@@ -279,6 +304,8 @@ def pull(
             raise ImgpullError("give a reference to pull (NAME[:TAG|@DIGEST]) or --from-file FILE")
         if all_tags and len(refs) > 1:
             raise ImgpullError("--all-tags/-a takes one repository NAME")
+        if rootfs is not None and (all_tags or len(refs) > 1 or from_file is not None):
+            raise ImgpullError("--rootfs DIR takes one image: give one reference")
     bulk = len(refs) > 1 or from_file is not None
     reference = refs[0]
     with (
@@ -299,7 +326,9 @@ def pull(
         ) as client,
     ):
         if bulk:
-            failed = _pull_many(client, refs, platform, quiet=quiet, json_lines=json_lines)
+            failed = _pull_many(
+                client, refs, platform, quiet=quiet, json_lines=json_lines, fetch_only=fetch_only
+            )
             if failed:
                 raise typer.Exit(1)
             return
@@ -316,7 +345,13 @@ def pull(
                 failures.append(tagged.familiar())
                 _print_error(exc, tagged.familiar())
 
-            client.pull_all_tags(given, platform=platform, progress=progress, on_error=tag_failed)
+            client.pull_all_tags(
+                given,
+                platform=platform,
+                progress=progress,
+                on_error=tag_failed,
+                fetch_only=fetch_only,
+            )
             if text and not failures:
                 typer.echo(str(given))
             if failures:
@@ -327,7 +362,9 @@ def pull(
         if given.is_name_only and text and not quiet:
             typer.echo(f"Using default tag: {DEFAULT_TAG}")
         start = time.monotonic()
-        image = client.pull(reference, platform=platform, progress=progress)
+        image = client.pull(
+            reference, platform=platform, progress=progress, rootfs=rootfs, fetch_only=fetch_only
+        )
         if text:
             typer.echo(str(image.reference))
         else:
@@ -335,7 +372,13 @@ def pull(
 
 
 def _pull_many(
-    client: Client, refs: list[str], platform: str | None, *, quiet: bool, json_lines: bool
+    client: Client,
+    refs: list[str],
+    platform: str | None,
+    *,
+    quiet: bool,
+    json_lines: bool,
+    fetch_only: bool = False,
 ) -> int:
     """A bulk pull: every reference through one pull_many; each failure on a
     line of its own, the successes' references, and a summary. Returns how
@@ -356,7 +399,9 @@ def _pull_many(
             render(event)
 
     try:
-        results = client.pull_many(refs, platform=platform, progress=progress)
+        results = client.pull_many(
+            refs, platform=platform, progress=progress, fetch_only=fetch_only
+        )
     finally:
         if live is not None:
             live.finish()
@@ -451,6 +496,20 @@ def inspect(
     """Show what is known of a local image, as JSON."""
     with _user_errors(), _client(root) as client:
         typer.echo(json.dumps(client.inspect(reference), indent=2))
+
+
+@app.command()
+def verify(
+    reference: Annotated[str, typer.Argument(help="A local reference or image ID.")],
+    root: RootOpt = None,
+    max_ratio: MaxRatioOpt = DEFAULT_MAX_RATIO,
+) -> None:
+    """Check a local image: every blob against its digest, every layer against
+    its configuration's diffID (which a --fetch-only pull left unchecked)."""
+    with _user_errors(), _client(root, max_ratio=max_ratio) as client:
+        diff_ids = client.verify(reference)
+        image_id = client.resolve(reference)
+        typer.echo(f"{image_id}: verified ({len(diff_ids)} layers)")
 
 
 @app.command()

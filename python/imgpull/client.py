@@ -47,9 +47,11 @@ from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_refe
 from imgpull.registry import Credentials, Endpoint, endpoint_for
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
 from imgpull.retry import RetryPolicy, StallPolicy
+from imgpull.rootfs import RootfsTarget
 from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.transfer import CancelToken, TransferService
 from imgpull.transport import Transport, Transports
+from imgpull.verify import config_diff_ids, ensure_verified, record_verified, verify_image
 
 CredentialLookup = Callable[[str], "Credentials | None"]
 _T = TypeVar("_T")
@@ -233,15 +235,43 @@ class Client:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         cancel: CancelToken | None = None,
+        rootfs: str | os.PathLike[str] | None = None,
+        fetch_only: bool = False,
     ) -> Image:
         """Pull one image. `timeout` (seconds): past it the pull stops with
         PullTimeoutError; `cancel`: a token whose cancel() (from any thread)
         stops it with PullCancelledError. Either way partial downloads are
-        kept and the next pull resumes them."""
+        kept and the next pull resumes them.
+
+        `rootfs`: a directory (absent or empty) to write the image's root
+        filesystem to in the same pass, each layer applied as soon as it and
+        those below it are stored (imgpull.rootfs); after a failure it is
+        emptied (removed if the pull made it), which the error's notes say.
+        `fetch_only`: check the blobs' digests only, not the layers'
+        diffIDs; the image is recorded unverified, and its diffIDs are
+        checked at their first use (export, inspect, verify, a `rootfs`
+        pull). The two do not go together: a root filesystem checks them."""
         ref = parse_reference(reference) if isinstance(reference, str) else reference
         want = parse_platform(platform) if isinstance(platform, str) else platform
-        with self._running(cancel, timeout) as token:
-            return self._pull(ref, want, progress or _ignore, token)
+        emit = progress or _ignore
+        if rootfs is not None and fetch_only:
+            raise ImgpullError(
+                "a fetch-only pull writes no root filesystem: give --rootfs or --fetch-only"
+            )
+        target = None
+        if rootfs is not None:
+            target = RootfsTarget(rootfs, self.store, ref.familiar(), max_ratio=self._max_ratio)
+            target.open(emit)
+        try:
+            with self._running(cancel, timeout) as token:
+                image = self._pull(ref, want, emit, token, rootfs=target, fetch_only=fetch_only)
+        except BaseException as exc:
+            if target is not None:
+                target.failed(exc)
+            raise
+        if target is not None:
+            target.succeeded()
+        return image
 
     def pull_many(
         self,
@@ -251,13 +281,15 @@ class Client:
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
         cancel: CancelToken | None = None,
+        fetch_only: bool = False,
     ) -> list[Image | ImgpullError]:
         """Pull several images at once, sharing the Client's transfers (each
         blob fetched once). Returns one result per reference, in order: its
         Image, or the error that stopped it (one failure does not stop the
         others). A few pulls run at a time, so that the next images resolve
         while earlier layers download. `timeout` and `cancel` apply to the
-        whole run: a pull they stop gets PullTimeoutError/PullCancelledError."""
+        whole run: a pull they stop gets PullTimeoutError/PullCancelledError.
+        `fetch_only`: as for pull()."""
         refs = list(references)
         want = parse_platform(platform) if isinstance(platform, str) else platform
         emit = progress or _ignore
@@ -273,7 +305,7 @@ class Client:
                     if item is None:
                         return
                     i, reference = item
-                    results[i] = self._pull_one(reference, want, emit, token)
+                    results[i] = self._pull_one(reference, want, emit, token, fetch_only)
 
             threads = [
                 threading.Thread(target=work, name=f"imgpull-pull-{n}", daemon=True)
@@ -297,12 +329,13 @@ class Client:
         want: Platform | None,
         emit: ProgressCallback,
         token: CancelToken,
+        fetch_only: bool,
     ) -> Image | ImgpullError:
         """One pull of pull_many: its Image or its error."""
         own, detach = token.child()
         try:
             ref = parse_reference(reference) if isinstance(reference, str) else reference
-            return self._pull(ref, want, emit, own)
+            return self._pull(ref, want, emit, own, fetch_only=fetch_only)
         except ImgpullError as exc:
             return own.error if own.cancelled and own.error is not None else exc
         finally:
@@ -351,6 +384,9 @@ class Client:
         emit: ProgressCallback,
         token: CancelToken,
         status: bool = True,
+        *,
+        rootfs: RootfsTarget | None = None,
+        fetch_only: bool = False,
     ) -> Image:
         """One pull; `status`: end with docker's Status line."""
         refs = (ref.familiar(),)
@@ -368,13 +404,15 @@ class Client:
                 allow_foreign=self._allow_foreign,
                 max_ratio=self._max_ratio,
                 max_unsized_blob=self._max_unsized_blob,
+                fetch_only=fetch_only,
             )
             # A token of this attempt's own: its first failed blob cancels
             # the attempt's other transfers, not the caller's next attempt.
             own, detach = token.child()
             try:
                 transfers = self._transfers.pull(own, emit, refs, sink)
-                return Puller(self.store, transport, options, emit, ref, transfers).pull()
+                puller = Puller(self.store, transport, options, emit, ref, transfers, rootfs)
+                return puller.pull()
             finally:
                 detach()
 
@@ -387,11 +425,13 @@ class Client:
         platform: str | Platform | None = None,
         progress: ProgressCallback | None = None,
         on_error: Callable[[Reference, ImgpullError], None] | None = None,
+        fetch_only: bool = False,
     ) -> list[Image]:
         """Pull every tag of a repository (`docker pull --all-tags`), in the
         order the registry lists them; the first failure stops the run, unless
         `on_error(tag reference, error)` is given: then a failed tag is passed
-        to it and the others are pulled (only the successes are returned)."""
+        to it and the others are pulled (only the successes are returned).
+        `fetch_only`: as for pull()."""
         ref = parse_reference(name, default_tag=None) if isinstance(name, str) else name
         if not ref.is_name_only:
             raise InvalidReferenceError(
@@ -411,7 +451,9 @@ class Client:
             for tag in tags:
                 tagged = ref.with_tag(tag)
                 try:
-                    pulled.append(self._pull(tagged, want, emit, token, status=False))
+                    pulled.append(
+                        self._pull(tagged, want, emit, token, status=False, fetch_only=fetch_only)
+                    )
                 except ImgpullError as exc:
                     if on_error is None or token.cancelled:
                         raise
@@ -625,13 +667,32 @@ class Client:
         except ImageNotFoundError:
             ref = parse_reference(reference)
             image_id = self.pull(ref, platform=platform).id
-        return export_image(
+        # The diffIDs of a fetch-only pull's image are checked now: by the
+        # export itself (rootfs, docker-archive: each layer's tar is hashed
+        # on its way), else first.
+        verified = self.store.meta.is_verified(image_id)
+        if not verified and fmt == "oci":
+            verify_image(self.store, image_id, max_ratio=max_ratio)
+            verified = True
+        out = export_image(
             self.store, image_id, ref, fmt, dest, max_ratio=max_ratio, max_bytes=max_bytes
         )
+        if not verified:
+            record_verified(self.store, image_id, config_diff_ids(self.store, image_id))
+        return out
+
+    def verify(self, reference: str) -> list[str]:
+        """Check a local image (`imgpull verify`): every blob against its
+        digest, every layer against its config's diffID; the image is then
+        verified (see Client.pull's fetch_only). Returns its diffIDs;
+        LayerMismatchError names a layer that differs."""
+        image_id = self.resolve(reference)
+        return verify_image(self.store, image_id, max_ratio=self._max_ratio, full=True)
 
     def inspect(self, reference: str) -> dict[str, Any]:
         """What docker's `image inspect` shows that a puller knows."""
         image_id = self.resolve(reference)
+        ensure_verified(self.store, image_id, max_ratio=self._max_ratio)
         meta, content = self.store.meta, self.store.content
         image = meta.get_image(image_id)
         assert image is not None

@@ -140,3 +140,8 @@ class ImageNotFoundError(ImgpullError):
 class ImageConflictError(ImgpullError):
     """A change docker refuses as a conflict: a removal without --force, a
     digest reference moved to another image."""
+
+
+class RootfsError(ImgpullError):
+    """A directory cannot take a root filesystem (`pull --rootfs DIR`): not a
+    directory, not empty, being written by another process."""

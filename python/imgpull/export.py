@@ -25,14 +25,12 @@ not exist or be an empty directory (docker-archive: must not exist).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import io
 import json
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
 from pathlib import Path
@@ -41,14 +39,17 @@ from typing import Any, Literal
 from imgpull._core import (
     DEFAULT_MAX_RATIO,
     ExtractError,
+    Extraction,
     decompress_to,
-    extract_layers,
     sha256_bytes,
 )
 from imgpull.errors import ImgpullError
+from imgpull.layers import LayerMismatchError
 from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
 from imgpull.reference import Reference
+from imgpull.rootfs import check_dir_dest, empty_dir, remove_tree
 from imgpull.store import Store
+from imgpull.verify import stored_blob
 
 __all__ = [
     "DEFAULT_MAX_RATIO",
@@ -103,26 +104,6 @@ def export_image(
 
 
 # Shared ----------------------------------------------------------------------
-
-
-def _check_dir_dest(dest: Path) -> bool:
-    """True when `dest` exists (then it must be an empty directory)."""
-    try:
-        st = dest.lstat()
-    except FileNotFoundError:
-        if not dest.parent.is_dir():
-            raise ExportError(f"{dest.parent} is not a directory") from None
-        return False
-    if not stat.S_ISDIR(st.st_mode) or any(dest.iterdir()):
-        raise ExportError(f"{dest} exists and is not an empty directory")
-    return True
-
-
-def _blob(store: Store, digest: str) -> Path:
-    path = store.content.path(digest)
-    if not path.is_file():
-        raise ExportError(f"blob {digest} is missing from the store: pull the image again")
-    return path
 
 
 def _config(store: Store, image_id: str) -> dict[str, Any]:
@@ -213,26 +194,11 @@ def _share(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
-def _remove_tree(path: Path) -> None:
-    """rmtree that also gets through directories an image made read-only."""
-
-    def retry(func: Any, p: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                func(p)
-
-    shutil.rmtree(path, onerror=retry)
-
-
 # oci ------------------------------------------------------------------------------
 
 
 def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) -> None:
-    existed = _check_dir_dest(dest)
+    existed = check_dir_dest(dest, ExportError)
     raw, media_type = _manifest(store, image_id)
     manifest = json.loads(raw)
     image = store.meta.get_image(image_id)
@@ -244,7 +210,7 @@ def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) 
         blobs = tmp / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         for digest in dict.fromkeys(wanted):
-            _share(_blob(store, digest), blobs / digest.split(":", 1)[1])
+            _share(stored_blob(store, digest), blobs / digest.split(":", 1)[1])
         (blobs / manifest_digest.split(":", 1)[1]).write_bytes(raw)
         descriptor: dict[str, Any] = {
             "mediaType": media_type,
@@ -264,7 +230,7 @@ def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) 
             dest.rmdir()  # empty, checked above
         os.rename(tmp, dest)
     except BaseException:
-        _remove_tree(tmp)
+        remove_tree(tmp)
         raise
 
 
@@ -302,7 +268,7 @@ def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, d
                     continue
                 done.add(hexpart)
                 layer_tar = work / "layer.tar"
-                got = decompress_to(str(_blob(store, digest)), str(layer_tar))
+                got = decompress_to(str(stored_blob(store, digest)), str(layer_tar))
                 if got != diff_id:
                     raise ExportError(
                         f"layer {digest} decompresses to {got}, not the config's diffID {diff_id}"
@@ -326,7 +292,7 @@ def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, d
         os.chmod(part, 0o644)
         os.rename(part, dest)
     finally:
-        _remove_tree(work)
+        remove_tree(work)
 
 
 def _info(name: str, size: int, *, mode: int = 0o644) -> tarfile.TarInfo:
@@ -351,20 +317,22 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def _export_rootfs(
     store: Store, image_id: str, dest: Path, *, max_ratio: int, max_bytes: int | None
 ) -> None:
-    existed = _check_dir_dest(dest)
-    blobs = [str(_blob(store, digest)) for digest, _ in _layers(store, image_id)]
+    existed = check_dir_dest(dest, ExportError)
+    # Each layer's tar is hashed as it is applied: a layer that is not its
+    # diffID stops the export there.
+    layers = [
+        (str(stored_blob(store, digest)), diff_id) for digest, diff_id in _layers(store, image_id)
+    ]
     if not existed:
         dest.mkdir(mode=0o755)
     try:
-        extract_layers(str(dest), blobs, max_ratio=max_ratio, max_bytes=max_bytes)
-    except BaseException:
+        Extraction(str(dest), max_ratio=max_ratio, max_bytes=max_bytes).apply(layers)
+    except BaseException as exc:
         # Leave DEST as it was: gone, or an empty directory.
         if existed:
-            for child in list(dest.iterdir()):
-                if child.is_dir() and not child.is_symlink():
-                    _remove_tree(child)
-                else:
-                    child.unlink()
+            empty_dir(dest)
         else:
-            _remove_tree(dest)
+            remove_tree(dest)
+        if isinstance(exc, ExtractError) and exc.kind == "diffid":
+            raise LayerMismatchError(f"image {image_id}: {exc}") from None
         raise

@@ -6,13 +6,16 @@ entry, the blobs come from the Client's TransferService (transfer.py), which
 decides when and from which offset, shared with the Client's other pulls,
 and its Recorder (record.py) stores the result in one transaction. The bytes
 themselves move socket → hash → file inside the native Fetcher, on threads
-that run with the GIL released.
+that run with the GIL released. Each layer's diffID is computed as it
+arrives; with a root filesystem to write (`--rootfs`), the Unpacker
+(rootfs.py) computes it instead as it applies the layer, and a fetch-only
+pull leaves it for its first use (verify.py).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,10 +49,12 @@ from imgpull.reference import Reference
 from imgpull.registry.errors import one_line
 from imgpull.resolve import Resolver
 from imgpull.retry import RetryPolicy
+from imgpull.rootfs import RootfsTarget, Unpacker
 from imgpull.store import Store
 from imgpull.store.content import BlobLimits
 from imgpull.transfer import BlobSource, PullTransfers
 from imgpull.transport import Transport
+from imgpull.verify import config_diff_ids, ensure_verified, record_verified
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,11 @@ class PullOptions:
     # size (schema1 layers: an endless body). 0: no limit.
     max_ratio: int = DEFAULT_MAX_RATIO
     max_unsized_blob: int = DEFAULT_MAX_UNSIZED
+    # Check the blobs' digests only: the layers' diffIDs are not computed,
+    # and the image is recorded unverified (imgpull.verify checks them at
+    # their first use). A schema1 image's config is made of its diffIDs:
+    # they are computed all the same.
+    fetch_only: bool = False
 
     @property
     def blob_limits(self) -> BlobLimits:
@@ -97,6 +107,9 @@ class Image:
     downloaded_bytes: int  # body bytes received over the network by this pull
     # The endpoint that served the pull (`scheme://host`): a mirror or the registry.
     source: str = ""
+    # The layers were checked against the config's diffIDs (False after a
+    # fetch-only pull: checked at their first use).
+    diff_ids_verified: bool = True
 
     @property
     def status(self) -> str:
@@ -129,9 +142,11 @@ class Puller:
         emit: ProgressCallback,
         ref: Reference,
         transfers: PullTransfers,
+        rootfs: RootfsTarget | None = None,
     ) -> None:
         """`transfers`: this pull's part of the Client's TransferService, with
-        its cancel token."""
+        its cancel token; `rootfs`: where to write the root filesystem as the
+        layers arrive (`pull --rootfs`), opened by the caller."""
         self.ref = ref
         self.repo = ref.repository
         self.host = ref.domain
@@ -141,6 +156,8 @@ class Puller:
         self.emit = emit
         self._transfers = transfers
         self._token = transfers.token
+        self._rootfs = rootfs
+        self._unpacker: Unpacker | None = None
         self._source = BlobSource(
             transport, ref.domain, ref.repository, options.retry, options.blob_limits
         )
@@ -213,13 +230,20 @@ class Puller:
             # (zstd vs gzip): nothing is fetched, the references name it, and
             # it keeps its own manifest and layers, which are present.
             try:
+                self._use_stored(config_desc.digest, manifest.layers)
                 return self._record(ref, top, manifest, None, ())
             except _ImageGone:
                 pass  # removed meanwhile (an `rmi`): pull it
-        downloaded = self._download_all(config_desc, manifest.layers)
+        layer_count = len(manifest.layers)
+        unpacker = self._start_unpacker(manifest.layers)
+        downloaded = self._download_all(
+            config_desc,
+            manifest.layers,
+            want=lambda: self._load_config(config_desc.digest, layer_count)["rootfs"]["diff_ids"],
+        )
         for attempt in range(3):
             try:
-                config = self._load_config(config_desc.digest, len(manifest.layers))
+                config = self._load_config(config_desc.digest, layer_count)
                 break
             except StoreError:
                 # A concurrent `imgpull rmi` removed the config after we saw
@@ -227,17 +251,55 @@ class Puller:
                 if attempt == 2:
                     raise
                 self._download_all(config_desc, [])
+        if self.options.fetch_only and unpacker is None:
+            self._registered(downloaded, extracted=False)
+            return self._record(ref, top, manifest, config, (), verified=False)
         diff_ids = self._diff_ids(manifest.layers)
         # Nothing (image, references) is recorded unless they match.
         check_diff_ids(config["rootfs"]["diff_ids"], diff_ids)
-        self._registered(downloaded)
+        if unpacker is None:
+            self._registered(downloaded)
         return self._record(ref, top, manifest, config, diff_ids)
 
+    def _use_stored(self, image_id: str, layers: Sequence[Descriptor]) -> None:
+        """A stored image is pulled again: its root filesystem written if
+        asked for, its diffIDs checked if a fetch-only pull stored it (and
+        this pull is not one)."""
+        store = self.store
+        if store.meta.get_image(image_id) is None:
+            raise _ImageGone(image_id)
+        if self._rootfs is not None:
+            unpacker = self._start_unpacker(layers)
+            assert unpacker is not None
+            for layer in layers:
+                if not store.content.exists(layer.digest):
+                    raise _ImageGone(image_id)
+            want = config_diff_ids(store, image_id)
+            record_verified(store, image_id, unpacker.run(lambda _: None, lambda: want))
+        elif not self.options.fetch_only:
+            ensure_verified(store, image_id, max_ratio=self.options.max_ratio)
+
+    def _start_unpacker(self, layers: Sequence[Descriptor]) -> Unpacker | None:
+        """The writer of this pull's root filesystem, if it writes one."""
+        if self._rootfs is None:
+            return None
+        self._unpacker = Unpacker(self._rootfs, layers, self.emit, self._register)
+        return self._unpacker
+
+    def _register(self, layer: Descriptor, diff_id: str, size: int) -> None:
+        self.store.meta.record_layer(layer.digest, diff_id, size, self.host, self.repo)
+
     def _download_all(
-        self, config: Descriptor | None, layers: Sequence[Descriptor]
+        self,
+        config: Descriptor | None,
+        layers: Sequence[Descriptor],
+        want: Callable[[], Sequence[str | None]] | None = None,
     ) -> list[Descriptor]:
         """Download the config and the layers not in the store; returns the
-        layers downloaded (each digest once), in manifest order."""
+        layers downloaded (each digest once), in manifest order. With a
+        root filesystem to write, its unpacker applies the layers meanwhile,
+        each once it and those below are stored, checked against `want()`,
+        the config's diffIDs."""
         limit = max(1, self.options.max_concurrent_downloads)
         seen: set[str] = set()
         todo: list[Descriptor] = []
@@ -258,11 +320,31 @@ class Puller:
         # Layer threads outnumber the download slots, so that one blob's
         # commit (verify, fsync, rename) overlaps the next one's download.
         # The Client's service schedules them: its slots, each digest once.
+        # A layer's diffID is computed as it arrives, unless the unpacker
+        # hashes it as it applies it, or the pull is fetch-only (schema1
+        # images, made of their diffIDs, have no config here: computed).
+        unpacker = self._unpacker if layers else None
+        diff_id = unpacker is None and not (self.options.fetch_only and config is not None)
         fetch = self._transfers.fetch
-        futures: list[Future[None]] = [
-            *([fetch(self._source, config, layer=False, small=True)] if config else []),
-            *(fetch(self._source, d, layer=True) for d in todo),
+        config_future = fetch(self._source, config, layer=False, small=True) if config else None
+        pending = {d.digest: fetch(self._source, d, layer=True, diff_id=diff_id) for d in todo}
+        futures: list[Future[Any]] = [
+            *([config_future] if config_future else []),
+            *pending.values(),
         ]
+        if unpacker is not None:
+            unpacker.announce = set(pending)
+
+            def expected() -> Sequence[str | None]:
+                if config_future is not None:
+                    config_future.result()
+                return want() if want is not None else [None] * len(layers)
+
+            def ready(layer: Descriptor) -> None:
+                if layer.digest in pending:
+                    pending[layer.digest].result()
+
+            futures.append(unpacker.start(ready, expected))
         try:
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in futures if f in finished and f.exception() is not None]
@@ -284,15 +366,19 @@ class Puller:
         """Cancel this pull's transfers (those no other pull wants) and wait
         a little for them to end, so that their partial files are complete."""
         self._token.cancel()
+        if self._unpacker is not None:
+            self._unpacker.stop()
         self._transfers.settle(_SETTLE)
 
-    def _registered(self, downloaded: Iterable[Descriptor]) -> None:
+    def _registered(self, downloaded: Iterable[Descriptor], *, extracted: bool = True) -> None:
         """Docker's last two statuses of a downloaded layer, once its diffID
-        (computed while it downloaded) has been checked against the config."""
+        (computed while it downloaded) has been checked against the config;
+        `extracted` False: Pull complete only (fetch-only)."""
         for layer in downloaded:
             # With its byte count, as docker's (so no plain line shows it).
             size = layer.size if layer.size >= 0 else self.store.content.size(layer.digest)
-            self.emit(_layer_event(EXTRACTING, layer, size, size))
+            if extracted:
+                self.emit(_layer_event(EXTRACTING, layer, size, size))
             self.emit(_layer_event(PULL_COMPLETE, layer, total=size))
 
     def _diff_ids(self, layers: Sequence[Descriptor]) -> list[str]:
@@ -346,6 +432,7 @@ class Puller:
             raise UnsupportedManifestError(
                 f'image operating system "{plan.os}" cannot be used on this platform ({want_os})'
             )
+        self._start_unpacker(plan.layers)
         downloaded = self._download_all(None, plan.layers)
         content = self.store.content
         # Computed while downloading (or from the files of blobs already here).
@@ -363,7 +450,8 @@ class Puller:
             layers=tuple(replace(d, size=content.size(d.digest)) for d in plan.layers),
         )
         loaded = self._load_config(config_desc.digest, len(plan.layers))
-        self._registered(downloaded)
+        if self._unpacker is None:
+            self._registered(downloaded)
         return self._record(
             ref, image_manifest if top is manifest else top, image_manifest, loaded, diff_ids
         )
@@ -381,10 +469,14 @@ class Puller:
         manifest: ImageManifest,
         config: dict[str, Any] | None,
         diff_ids: Sequence[str],
+        *,
+        verified: bool = True,
     ) -> Image:
         """Record the pull (Recorder.record: one store transaction) and say
-        what it produced."""
-        platform, updated = self._recorder.record(ref, top, manifest, config, diff_ids)
+        what it produced; `verified` False for a fetch-only pull."""
+        platform, updated = self._recorder.record(
+            ref, top, manifest, config, diff_ids, verified=verified
+        )
         return Image(
             reference=ref,
             id=manifest.config.digest,
@@ -397,6 +489,7 @@ class Puller:
             updated=updated,
             downloaded_bytes=self._transfers.received,
             source=self.registry.base_url,
+            diff_ids_verified=self.store.meta.is_verified(manifest.config.digest),
         )
 
 

@@ -88,9 +88,14 @@ class Recorder:
         manifest: ImageManifest,
         config: dict[str, Any] | None,
         diff_ids: Sequence[str],
+        *,
+        verified: bool = True,
     ) -> tuple[Platform, bool]:
         """Store the manifests and record the pull: one transaction, so a crash
         leaves the store as before or after it, and pays for one commit.
+
+        `verified` False: the layers' diffIDs were not checked (a fetch-only
+        pull); the image is recorded as such (imgpull.verify).
 
         `config` None: the image is stored already (Puller._pull_image); only
         the manifests and references are recorded, or _ImageGone is raised
@@ -124,8 +129,10 @@ class Recorder:
                         config = self._stored_config(image_id)
                         # Its diffIDs are recorded, unless a store of schema < 3
                         # recorded it: then they are its config's (checked then).
+                        # A fetch-only pull's image stays unverified.
                         recorded = meta.image_rootfs(image_id)
-                        diff_ids = [] if recorded else config["rootfs"]["diff_ids"]
+                        checked = not recorded and meta.is_verified(image_id)
+                        diff_ids = config["rootfs"]["diff_ids"] if checked else []
                     assert config is not None
                     gone = [d for d in blobs if not content.exists(d.digest)]
                     if not gone and all(content.exists(m.digest) for m in manifests):
@@ -135,6 +142,8 @@ class Recorder:
                         )
                         if diff_ids:
                             meta.set_image_rootfs(image_id, diff_ids, chain_ids(diff_ids))
+                        elif not known and not verified:
+                            meta.mark_unverified(image_id)
                         if pinned:
                             meta.unpin_blobs(pin)
                             pinned = False

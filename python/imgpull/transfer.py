@@ -164,12 +164,23 @@ class PullTransfers:
         self.callback_error: Exception | None = None
 
     def fetch(
-        self, source: BlobSource, desc: Descriptor, *, layer: bool, small: bool = False
+        self,
+        source: BlobSource,
+        desc: Descriptor,
+        *,
+        layer: bool,
+        small: bool = False,
+        diff_id: bool = True,
     ) -> Future[None]:
         """The blob into the store (a future): joins the transfer in flight
         for its digest, else starts one. `small`: a config, which takes no
-        download slot so that it never queues behind layers."""
-        return self.service.fetch(self, source, desc, layer=layer, small=small)
+        download slot so that it never queues behind layers. `diff_id`: a
+        layer's diffID is computed (and registered) as it arrives; without,
+        only its digest is checked (a fetch-only pull, or one whose layers
+        are hashed as they are applied)."""
+        return self.service.fetch(
+            self, source, desc, layer=layer, small=small, diff_id=layer and diff_id
+        )
 
     def download(self, source: BlobSource, desc: Descriptor, *, layer: bool) -> None:
         """fetch(), waited for (a config, not a layer, takes no slot)."""
@@ -248,6 +259,7 @@ class _Job:
         layer: bool,
         small: bool,
         wake: Callable[[], None],
+        diff_id: bool = True,
     ) -> None:
         self.source = source
         self._wake = wake
@@ -255,6 +267,7 @@ class _Job:
         self.digest = desc.digest
         self.layer = layer
         self.small = small
+        self.diff_id = diff_id
         self.label = short_id(desc.digest) if layer else None
         self.future: Future[None] = Future()
         self._lock = threading.Lock()
@@ -439,11 +452,15 @@ class TransferService:
         *,
         layer: bool,
         small: bool = False,
+        diff_id: bool = True,
     ) -> Future[None]:
         """This pull's future for `desc`: done when the job is, or failed
-        with the pull's error as soon as its token is cancelled."""
+        with the pull's error as soon as its token is cancelled. A blob in
+        flight is joined as it is: when it computes no diffID and this pull
+        wanted one, the pull computes it from the file (Puller._diff_ids)."""
         mine: Future[None] = Future()
-        self._attach(pull, source, desc, layer, small, mine, retried=False)
+        kind = (layer, small, diff_id)
+        self._attach(pull, source, desc, kind, mine, retried=False)
 
         def cancelled() -> None:
             _resolve(mine, pull.token.error or PullCancelledError("pull cancelled"))
@@ -457,18 +474,21 @@ class TransferService:
         pull: PullTransfers,
         source: BlobSource,
         desc: Descriptor,
-        layer: bool,
-        small: bool,
+        kind: tuple[bool, bool, bool],
         mine: Future[None],
         *,
         retried: bool,
     ) -> None:
+        """`kind`: (layer, small, diff_id), as fetch() takes them."""
+        layer, small, diff_id = kind
         while True:
             with self._lock:
                 job = self._jobs.get(desc.digest)
                 created = job is None or job.future.done()
                 if created:
-                    job = self._jobs[desc.digest] = _Job(source, desc, layer, small, self._wake)
+                    job = self._jobs[desc.digest] = _Job(
+                        source, desc, layer, small, self._wake, diff_id
+                    )
             assert job is not None
             if job.want(pull):
                 break
@@ -495,7 +515,7 @@ class TransferService:
             ):
                 # Stopped for other pulls, or failed at another pull's
                 # endpoint (a mirror): this pull tries its own way.
-                self._attach(pull, source, desc, layer, small, mine, retried=True)
+                self._attach(pull, source, desc, kind, mine, retried=True)
                 return
             _resolve(mine, error)
 
@@ -555,7 +575,7 @@ class TransferService:
         with self.store.content.ingest(
             desc.digest,
             _known(desc.size),
-            layer=job.layer,
+            layer=job.diff_id,
             cancelled=lambda: job.cancelled,
             limits=job.source.limits,
         ) as writer:

@@ -30,7 +30,9 @@ _DISK_FULL_CODES = frozenset({13, 4874})
 # 3: layer_diff_ids (layer digest -> diffID, uncompressed size, the
 #    repository it was first registered from), image_rootfs (each image's
 #    diffIDs and chain IDs, in order).
-_SCHEMA_VERSION = 3
+# 4: unverified_images (pulled with --fetch-only: diffIDs not checked yet),
+#    rootfs_jobs (root filesystems a `pull --rootfs` is writing).
+_SCHEMA_VERSION = 4
 
 # A pin older than this is from a pull that crashed: it protects nothing.
 PIN_TTL = 24 * 3600.0
@@ -103,6 +105,16 @@ CREATE TABLE IF NOT EXISTS image_rootfs (  -- per image: diffIDs and chain IDs, 
     diff_id  TEXT NOT NULL,
     chain_id TEXT NOT NULL,
     PRIMARY KEY (image_id, position)
+);
+CREATE TABLE IF NOT EXISTS unverified_images (  -- fetch-only pulls: diffIDs checked at first use
+    image_id TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE TABLE IF NOT EXISTS rootfs_jobs (  -- a `pull --rootfs DIR` in progress (or killed)
+    path       TEXT PRIMARY KEY,      -- DIR, absolute
+    device     INTEGER NOT NULL,      -- DIR's st_dev and st_ino: the same directory
+    inode      INTEGER NOT NULL,
+    reference  TEXT NOT NULL,
+    started_at REAL NOT NULL
 );
 """
 
@@ -303,17 +315,51 @@ class MetadataStore:
     def set_image_rootfs(
         self, image_id: str, diff_ids: Sequence[str], chain_ids: Sequence[str]
     ) -> None:
-        """Record an image's diffIDs and chain IDs (bottom layer first)."""
+        """Record an image's diffIDs and chain IDs (bottom layer first),
+        checked against its layers: the image is verified."""
         rows = [
             (image_id, i, d, c) for i, (d, c) in enumerate(zip(diff_ids, chain_ids, strict=True))
         ]
         with self.transaction() as db:
+            db.execute("DELETE FROM unverified_images WHERE image_id = ?", (image_id,))
             db.execute("DELETE FROM image_rootfs WHERE image_id = ?", (image_id,))
             db.executemany(
                 "INSERT INTO image_rootfs(image_id, position, diff_id, chain_id)"
                 " VALUES (?, ?, ?, ?)",
                 rows,
             )
+
+    def mark_unverified(self, image_id: str) -> None:
+        """The image's layers were not checked against its config's diffIDs
+        (a fetch-only pull): the first use that needs them checks them."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO unverified_images(image_id) VALUES (?)", (image_id,))
+
+    def is_verified(self, image_id: str) -> bool:
+        rows = self._query("SELECT 1 FROM unverified_images WHERE image_id = ?", (image_id,))
+        return not rows
+
+    def start_rootfs_job(self, path: str, device: int, inode: int, reference: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rootfs_jobs(path, device, inode, reference, started_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (path, device, inode, reference, time.time()),
+            )
+
+    def rootfs_job(self, path: str, device: int, inode: int) -> tuple[str, float] | None:
+        """(reference, start time) of the rootfs job that was writing this
+        very directory, if one did not finish."""
+        rows = self._query(
+            "SELECT reference, started_at FROM rootfs_jobs WHERE path = ? AND device = ?"
+            " AND inode = ?",
+            (path, device, inode),
+        )
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None  # type: ignore[arg-type]
+
+    def end_rootfs_job(self, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM rootfs_jobs WHERE path = ?", (path,))
 
     def image_rootfs(self, image_id: str) -> list[tuple[str, str]]:
         """(diffID, chain ID) of each layer of an image, bottom first."""

@@ -1,9 +1,12 @@
 //! Exports for Python: decompress_to (docker-archive layer tars) and
-//! extract_layers (rootfs), with the ExtractError they raise.
+//! Extraction (rootfs), with the ExtractError they raise.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use imgpull_core::rootfs::{self, ExtractError as CoreExtractError, ExtractOptions};
+use imgpull_core::Digest;
 use pyo3::create_exception;
 use pyo3::prelude::*;
 
@@ -24,35 +27,75 @@ fn decompress_to(py: Python<'_>, src: PathBuf, dest: PathBuf) -> errors::Result<
         .to_string())
 }
 
-/// Applies layer blobs in order to `root` (see the stub).
-#[pyfunction]
-#[pyo3(signature = (root, layers, *, max_ratio=rootfs::DEFAULT_MAX_RATIO, max_bytes=None))]
-fn extract_layers(
-    py: Python<'_>,
-    root: PathBuf,
-    layers: Vec<PathBuf>,
-    max_ratio: u64,
-    max_bytes: Option<u64>,
-) -> PyResult<u64> {
-    let opts = ExtractOptions {
-        max_ratio,
-        max_bytes,
-        ..ExtractOptions::default()
-    };
-    match py.detach(|| rootfs::extract_layers(&root, &layers, &opts)) {
-        Ok(n) => Ok(n),
-        Err(CoreExtractError::Layer(e)) => Err(errors::Error::from(e).into()),
-        Err(e) => {
-            let kind = match &e {
-                CoreExtractError::Unsafe { .. } => "unsafe",
-                CoreExtractError::Ratio { .. } => "ratio",
-                CoreExtractError::TooLarge { .. } => "size",
-                CoreExtractError::TooLong { .. } => "header",
-                _ => "io",
+/// A root filesystem being written, layer by layer (see the stub). The core
+/// extraction sits behind a Mutex: apply() runs with the GIL released.
+#[pyclass(module = "imgpull._core", name = "Extraction", frozen)]
+pub struct Extraction {
+    inner: Mutex<rootfs::Extraction>,
+    cancel: Arc<AtomicBool>,
+}
+
+#[pymethods]
+impl Extraction {
+    #[new]
+    #[pyo3(signature = (root, *, max_ratio=rootfs::DEFAULT_MAX_RATIO, max_bytes=None))]
+    fn new(root: PathBuf, max_ratio: u64, max_bytes: Option<u64>) -> Self {
+        let opts = ExtractOptions {
+            max_ratio,
+            max_bytes,
+            ..ExtractOptions::default()
+        };
+        let inner = rootfs::Extraction::new(&root, opts);
+        Extraction {
+            cancel: inner.canceller(),
+            inner: Mutex::new(inner),
+        }
+    }
+
+    /// Stops a running apply() at its next entry (from any thread).
+    fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Applies (blob path, diffID or None) pairs in order; returns each
+    /// layer's (diffID, decompressed size).
+    fn apply(
+        &self,
+        py: Python<'_>,
+        layers: Vec<(PathBuf, Option<String>)>,
+    ) -> PyResult<Vec<(String, u64)>> {
+        let mut parsed = Vec::with_capacity(layers.len());
+        for (path, want) in layers {
+            let want = match want {
+                Some(d) => Some(Digest::parse(&d).map_err(errors::Error::from)?),
+                None => None,
             };
-            let err = ExtractError::new_err(e.to_string());
-            err.value(py).setattr("kind", kind)?;
-            Err(err)
+            parsed.push((path, want));
+        }
+        let result = py.detach(|| {
+            let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            inner.apply(&parsed)
+        });
+        match result {
+            Ok(done) => Ok(done
+                .into_iter()
+                .map(|i| (i.diff_id.to_string(), i.size))
+                .collect()),
+            Err(CoreExtractError::Layer(e)) => Err(errors::Error::from(e).into()),
+            Err(e) => {
+                let kind = match &e {
+                    CoreExtractError::Unsafe { .. } => "unsafe",
+                    CoreExtractError::Ratio { .. } => "ratio",
+                    CoreExtractError::TooLarge { .. } => "size",
+                    CoreExtractError::TooLong { .. } => "header",
+                    CoreExtractError::DiffId { .. } => "diffid",
+                    CoreExtractError::Cancelled => "cancelled",
+                    _ => "io",
+                };
+                let err = ExtractError::new_err(e.to_string());
+                err.value(py).setattr("kind", kind)?;
+                Err(err)
+            }
         }
     }
 }
@@ -63,6 +106,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ExtractError", extract)?;
     m.add("DEFAULT_MAX_RATIO", rootfs::DEFAULT_MAX_RATIO)?;
     m.add_function(wrap_pyfunction!(decompress_to, m)?)?;
-    m.add_function(wrap_pyfunction!(extract_layers, m)?)?;
+    m.add_class::<Extraction>()?;
     Ok(())
 }

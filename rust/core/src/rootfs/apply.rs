@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tar::EntryType;
 
@@ -27,6 +28,8 @@ pub(super) struct Applier<'a, 'r> {
     root: &'a mut Root<'r>,
     layer: &'a str,
     opts: &'a ExtractOptions,
+    /// Set from another thread to stop at the next entry.
+    cancel: &'a AtomicBool,
     /// Paths (relative) this layer created: an opaque marker keeps them.
     written: HashSet<PathBuf>,
     /// Directories (resolved, relative) whose mtime is set once the layer is done.
@@ -36,11 +39,17 @@ pub(super) struct Applier<'a, 'r> {
 }
 
 impl<'a, 'r> Applier<'a, 'r> {
-    pub(super) fn new(root: &'a mut Root<'r>, layer: &'a str, opts: &'a ExtractOptions) -> Self {
+    pub(super) fn new(
+        root: &'a mut Root<'r>,
+        layer: &'a str,
+        opts: &'a ExtractOptions,
+        cancel: &'a AtomicBool,
+    ) -> Self {
         Applier {
             root,
             layer,
             opts,
+            cancel,
             written: HashSet::new(),
             dir_times: Vec::new(),
             buf: vec![0; 256 * 1024],
@@ -50,6 +59,9 @@ impl<'a, 'r> Applier<'a, 'r> {
     pub(super) fn run(mut self, reader: &mut dyn Read) -> Result<(), Stop> {
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().map_err(Stop::Unreadable)? {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Stop::Failed(ExtractError::Cancelled));
+            }
             let mut entry = entry.map_err(Stop::Unreadable)?;
             let raw = entry.path_bytes().into_owned();
             self.entry(&mut entry, &raw)

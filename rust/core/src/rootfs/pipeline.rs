@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender};
 
+use sha2::{Digest as _, Sha256};
+
 use super::{ExtractError, ExtractOptions};
 use crate::diffid::{layer_name, over_ratio, read_layer};
+use crate::digest::Digest;
 use crate::error::CoreError;
 
 /// Chunks of decompressed tar in flight between the two threads (1 MiB each).
@@ -15,25 +18,34 @@ pub(super) const AHEAD: usize = 8;
 const PIECE: usize = 1 << 20;
 
 /// What the decompressing thread sends: a layer's tar in chunks, then how
-/// that layer's stream ended (its decompressed size, or why it stopped).
+/// that layer's stream ended (its decompressed size and diffID, or why it
+/// stopped).
 pub(super) enum Piece {
     Data(Vec<u8>),
-    End(Result<u64, ExtractError>),
+    End(Result<Inflated, ExtractError>),
+}
+
+/// A layer's tar as it came out of its blob: its size and its sha256 (the
+/// diffID), hashed on the decompressing thread as the chunks leave it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inflated {
+    pub size: u64,
+    pub diff_id: Digest,
 }
 
 pub(super) fn decompress_layers(
     layers: &[PathBuf],
     opts: &ExtractOptions,
+    mut before: u64,
     tx: SyncSender<Piece>,
     reuse: Receiver<Vec<u8>>,
 ) {
-    let mut before = 0;
     for layer in layers {
         let Some(end) = decompress_layer(layer, opts, before, &tx, &reuse) else {
             return; // the applier stopped
         };
         let failed = end.is_err();
-        before += end.as_ref().copied().unwrap_or(0);
+        before += end.as_ref().map_or(0, |i| i.size);
         if tx.send(Piece::End(end)).is_err() || failed {
             return;
         }
@@ -47,9 +59,10 @@ fn decompress_layer(
     before: u64,
     tx: &SyncSender<Piece>,
     reuse: &Receiver<Vec<u8>>,
-) -> Option<Result<u64, ExtractError>> {
+) -> Option<Result<Inflated, ExtractError>> {
     let hit = Rc::new(Cell::new(None));
     let mut gone = false;
+    let mut hasher = Sha256::new();
     let result = read_layer(layer, |reader, consumed| {
         let mut bounded = Bounded {
             inner: reader,
@@ -75,6 +88,7 @@ fn decompress_layer(
                 return Ok(bounded.out);
             }
             chunk.truncate(n);
+            hasher.update(&chunk);
             if tx.send(Piece::Data(chunk)).is_err() {
                 gone = true;
                 return Ok(bounded.out);
@@ -94,7 +108,10 @@ fn decompress_layer(
             layer: name,
             limit: opts.max_bytes.unwrap_or(0),
         }),
-        (None, Ok(n)) => Ok(n),
+        (None, Ok(size)) => Ok(Inflated {
+            size,
+            diff_id: Digest::from_hasher(hasher),
+        }),
         (None, Err(e)) => Err(e.into()),
     })
 }
@@ -141,7 +158,7 @@ pub(super) struct LayerStream<'a> {
     chunk: Vec<u8>,
     pos: usize,
     /// How the layer's stream ended, once it has.
-    end: Option<Result<u64, ExtractError>>,
+    end: Option<Result<Inflated, ExtractError>>,
 }
 
 impl<'a> LayerStream<'a> {
@@ -156,7 +173,7 @@ impl<'a> LayerStream<'a> {
     }
 
     /// Reads to the layer's end (the tar's padding, say) and says how it ended.
-    pub(super) fn finish(&mut self) -> Result<u64, ExtractError> {
+    pub(super) fn finish(&mut self) -> Result<Inflated, ExtractError> {
         while self.end.is_none() {
             self.pos = self.chunk.len();
             let _ = self.read(&mut [0u8; 1]);

@@ -60,11 +60,13 @@ pub(super) struct Root<'a> {
 }
 
 impl<'a> Root<'a> {
-    pub(super) fn new(path: &'a Path) -> Self {
-        Root {
-            path,
-            known: BTreeSet::new(),
-        }
+    /// `known`: what an earlier part of the same extraction learnt.
+    pub(super) fn with_known(path: &'a Path, known: BTreeSet<PathBuf>) -> Self {
+        Root { path, known }
+    }
+
+    pub(super) fn into_known(self) -> BTreeSet<PathBuf> {
+        self.known
     }
 
     /// `rel` (resolved) is known to be a real directory.

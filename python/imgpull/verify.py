@@ -1,0 +1,125 @@
+"""Checking a stored image's layers against its config (`imgpull verify`).
+
+A full pull checks every layer's diffID while it downloads. A fetch-only
+pull (`pull --fetch-only`) checks only the blobs' digests, and marks the
+image unverified; its diffIDs are then checked the first time they are
+needed (an export, `pull --rootfs`, inspect, a full pull of the same image,
+or `imgpull verify`), here, and recorded: the image is then verified.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from imgpull._core import DEFAULT_MAX_RATIO, diff_id_file, sha256_file
+from imgpull.errors import ImgpullError, StoreError
+from imgpull.layers import LayerMismatchError, chain_ids
+from imgpull.store import Store
+
+# Layers hashed at once: inflating is one core's work per layer.
+_WORKERS = 2
+
+
+def config_diff_ids(store: Store, image_id: str) -> list[str]:
+    """The diffIDs the stored image's config gives, bottom layer first."""
+    try:
+        config = json.loads(store.content.read(image_id))
+        diff_ids = config["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise StoreError(
+            f"the configuration of image {image_id} cannot be read from the store ({exc}): "
+            "pull the image again"
+        ) from None
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise StoreError(f"the configuration of image {image_id} has no valid rootfs.diff_ids")
+    return diff_ids
+
+
+def mismatch(image: str, layer: str, got: str, want: str) -> LayerMismatchError:
+    """The error of a layer of `image` (a reference or an ID) whose tar is
+    not the config's diffID."""
+    return LayerMismatchError(
+        f"layer {layer} of {image} has diffID {got}, not {want} as the image's "
+        "configuration says: the image is corrupt; remove it (imgpull rmi) and pull it again"
+    )
+
+
+def record_verified(store: Store, image_id: str, diff_ids: Sequence[str]) -> None:
+    """The image's layers were checked to be these diffIDs (its config's)."""
+    store.meta.set_image_rootfs(image_id, diff_ids, chain_ids(diff_ids))
+
+
+def ensure_verified(store: Store, image_id: str, *, max_ratio: int = DEFAULT_MAX_RATIO) -> None:
+    """Check an unverified (fetch-only) image's diffIDs; nothing for one
+    already checked."""
+    if not store.meta.is_verified(image_id):
+        verify_image(store, image_id, max_ratio=max_ratio)
+
+
+def verify_image(
+    store: Store, image_id: str, *, max_ratio: int = DEFAULT_MAX_RATIO, full: bool = False
+) -> list[str]:
+    """Check the stored image's layers against its config's diffIDs and
+    record them (the image is then verified); returns the diffIDs.
+
+    A layer blob whose diffID is registered already (computed from these
+    very bytes by an earlier pull) is not inflated again, unless `full`:
+    then every blob of the image (config, layers) is hashed again and every
+    layer inflated, as `imgpull verify` does. LayerMismatchError names the
+    first layer that differs; StoreError a blob missing or not matching its
+    digest.
+    """
+    meta = store.meta
+    if meta.get_image(image_id) is None:
+        raise StoreError(f"No such image: {image_id}")
+    want = config_diff_ids(store, image_id)
+    layers = [lr.digest for lr in meta.image_layers(image_id)]
+    if len(layers) != len(want):
+        raise LayerMismatchError(
+            f"image {image_id}: {len(layers)} layers but {len(want)} diffIDs in its configuration"
+        )
+    if full:
+        for digest in dict.fromkeys([image_id, *layers]):
+            got = sha256_file(str(stored_blob(store, digest)))
+            if got != digest:
+                raise StoreError(
+                    f"blob {digest} in the store hashes to {got}: the store is damaged; "
+                    "remove the image (imgpull rmi) and pull it again"
+                )
+    known: dict[str, str] = {}
+    todo: list[str] = []
+    for digest in dict.fromkeys(layers):
+        record = None if full else meta.layer_diff_id(digest)
+        if record is not None:
+            known[digest] = record.diff_id
+        else:
+            todo.append(digest)
+
+    def compute(digest: str) -> str:
+        try:
+            return diff_id_file(str(stored_blob(store, digest)), max_ratio=max_ratio)
+        except ValueError as exc:
+            raise ImgpullError(f"cannot read layer {digest}: {exc}") from None
+
+    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="imgpull-verify") as pool:
+        known.update(zip(todo, pool.map(compute, todo), strict=True))
+    for digest, diff_id in zip(layers, want, strict=True):
+        if known[digest] != diff_id:
+            raise mismatch(f"image {image_id}", digest, known[digest], diff_id)
+    sources = {d: meta.blob_sources(d) for d in todo}
+    for digest in todo:
+        registry, repository = sources[digest][0] if sources[digest] else ("", "")
+        meta.record_layer(digest, known[digest], None, registry, repository)
+    record_verified(store, image_id, want)
+    return want
+
+
+def stored_blob(store: Store, digest: str) -> Path:
+    """The file of a blob of the store (StoreError when it is missing)."""
+    path = store.content.path(digest)
+    if not path.is_file():
+        raise StoreError(f"blob {digest} is missing from the store: pull the image again")
+    return path
