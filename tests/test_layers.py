@@ -197,9 +197,9 @@ def test_known_layers_not_downloaded_across_repositories(
     assert sorted(p.rsplit("/", 1)[-1] for p in second) == sorted(
         [two.config_digest, two.layer_digests[1]]
     )
-    assert [
-        (e.id, e.digest, e.refs) for e in events if e.status == "Already exists"
-    ] == [(shared_digest[7:19], shared_digest, (fresh_registry.ref("team-b/two:v1"),))]
+    assert [(e.id, e.digest, e.refs) for e in events if e.status == "Already exists"] == [
+        (shared_digest[7:19], shared_digest, (fresh_registry.ref("team-b/two:v1"),))
+    ]
 
 
 def test_blob_without_a_recorded_diff_id(
