@@ -275,7 +275,14 @@ class Puller:
                 if not store.content.exists(layer.digest):
                     raise _ImageGone(image_id)
             want = config_diff_ids(store, image_id)
-            record_verified(store, image_id, unpacker.run(lambda _: None, lambda: want))
+            # On its thread, so that a Ctrl-C here stops it at its next entry.
+            applied = unpacker.start(lambda _: None, lambda: want)
+            try:
+                diff_ids = applied.result()
+            except BaseException:
+                unpacker.stop()
+                raise
+            record_verified(store, image_id, diff_ids)
         elif not self.options.fetch_only:
             ensure_verified(store, image_id, max_ratio=self.options.max_ratio)
 

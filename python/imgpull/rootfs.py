@@ -116,9 +116,11 @@ class RootfsTarget:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as exc:
             os.close(fd)
-            raise RootfsError(f"another imgpull is writing {path}") from None
+            if isinstance(exc, BlockingIOError):
+                raise RootfsError(f"another imgpull is writing {path}") from None
+            raise RootfsError(f"cannot lock {path}: {exc.strerror}") from None
         self._fd = fd
         try:
             st = os.fstat(fd)
@@ -224,7 +226,7 @@ class Unpacker:
 
         def run() -> None:
             try:
-                future.set_result(self.run(ready, want))
+                future.set_result(self._run(ready, want))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -232,10 +234,10 @@ class Unpacker:
         self._thread.start()
         return future
 
-    def run(
+    def _run(
         self, ready: Callable[[Descriptor], None], want: Callable[[], Sequence[str | None]]
     ) -> list[str]:
-        """Apply the layers on this thread; returns their diffIDs."""
+        """Apply the layers (on the unpacker's thread); returns their diffIDs."""
         expected = want()
         with self._lock:
             self._check()
