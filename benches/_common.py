@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +33,9 @@ class Run:
     steps: tuple[tuple[str, float, float, int], ...] = field(default=())
     # CPU seconds the registry spent serving the run.
     server_cpu: float = 0.0
+    # CPU seconds the rest of the machine spent meanwhile (busy_cpu() delta
+    # less cpu and server_cpu): kernel threads (writeback), or another job.
+    other_cpu: float = 0.0
 
 
 def process_cpu(pid: int) -> float:
@@ -40,13 +45,27 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_cpu() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat; not idle, iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    # guest time is already counted in user and nice.
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(
-    cmd: Sequence[str], *, shell: bool = False, stderr: Path | None = None, exact_rss: bool = False
+    cmd: Sequence[str],
+    *,
+    shell: bool = False,
+    stderr: Path | None = None,
+    exact_rss: bool = False,
+    stdout: Path | None = None,
 ) -> tuple[float, float, int]:
     """Wall seconds, CPU seconds and peak RSS of a command and its children.
 
     `stderr`: a file for the command's stderr (warnings of many runs would
-    bury the report), shown if the command fails. `exact_rss`: the peak RSS
+    bury the report), shown if the command fails. `stdout`: a file for its
+    stdout (dropped otherwise). `exact_rss`: the peak RSS
     as GNU time (a small process) sees its child's, not floored by this
     process's own peak (rss_floor); needs /usr/bin/time, a `stderr` file, no shell.
     """
@@ -55,14 +74,29 @@ def timed(
         cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd]
     start = time.perf_counter()
     err = stderr.open("wb") if stderr else None
-    # stdout dropped: only the report goes there (`--json` must stay parseable).
+    # stdout dropped unless asked for: only the report goes to ours (`--json`
+    # must stay parseable).
+    out = stdout.open("wb") if stdout else None
     proc = subprocess.Popen(
-        cmd if not shell else cmd[0], shell=shell, stdout=subprocess.DEVNULL, stderr=err
+        cmd if not shell else cmd[0],
+        shell=shell,
+        stdout=out if out else subprocess.DEVNULL,
+        stderr=err,
+        start_new_session=True,  # a process group of its own, for the kill below
     )
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        # ^C (or SIGTERM) of the bench: the command's whole tree ends with it,
+        # before the bench removes the folders it writes in.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     wall = time.perf_counter() - start
-    if err:
-        err.close()
+    for f in (err, out):
+        if f:
+            f.close()
     if os.waitstatus_to_exitcode(status) != 0:
         tail = stderr.read_text(errors="replace")[-2000:] if stderr else ""
         raise SystemExit(f"command failed: {cmd}\n{tail}")
@@ -70,9 +104,25 @@ def timed(
     return wall, usage.ru_utime + usage.ru_stime, rss * 1024
 
 
-def timed_steps(tool: str, steps: Sequence[tuple[str, Sequence[str]]]) -> Run:
-    """Run commands one after the other: walls and CPU add up, peak RSS is the max."""
-    done = [(name, *timed(cmd)) for name, cmd in steps]
+def timed_steps(
+    tool: str, steps: Sequence[tuple[str, Sequence[str]]], logs: Path | None = None
+) -> Run:
+    """Run commands one after the other: walls and CPU add up, peak RSS is the max.
+
+    `logs`: a folder for each step's stderr (<step>.err), and then each
+    step's peak RSS is exact (timed's exact_rss).
+    """
+    done = [
+        (
+            name,
+            *timed(
+                cmd,
+                stderr=logs / f"{name.replace(' ', '-')}.err" if logs else None,
+                exact_rss=logs is not None,
+            ),
+        )
+        for name, cmd in steps
+    ]
     return Run(
         tool,
         sum(s[1] for s in done),

@@ -1,28 +1,56 @@
 #!/usr/bin/env python3
-"""imgpull vs skopeo(+umoci) on compressible gzip layers, same run.
+"""imgpull vs skopeo(+umoci) vs docker on compressible gzip layers, same run.
 
 Starts Debian's docker-registry on loopback, builds an image of text-like
 layers (many files of pseudo-random lines over a fixed vocabulary, gzip level
 6, ~2.7x), pushes it with skopeo as Docker v2s2, then times, alternating the
-tools and with `os.sync()` before each run:
+tools (each goes first in turn) and with `os.sync()` before each run:
 
-  registry -> rootfs
-    - imgpull pull + imgpull export --format rootfs   (fresh --root store)
+  registry -> rootfs, into RAM (a folder in a tmpfs, --ram-dir) and into a
+  disk folder (--disk-dir): rows "<tool> [ram]" and "<tool> [disk]"
+    - imgpull one-pass: `imgpull pull --rootfs DIR` (store and tree in one pass)
+    - imgpull pull + imgpull export --format rootfs
     - skopeo copy docker://... oci:DIR:tag + umoci unpack --image DIR:tag BUNDLE
-  registry -> verified store
+    - docker pull, through a dockerd of the bench's own per placement
+      (overlay2, its data root there; started once, stopped at the end),
+      `docker rmi` (untimed) after each pull; its CPU and peak RSS include
+      dockerd's
+  Every tree is checked (files and bytes; docker's: its layers' diff folders).
+  imgpull runs use a fresh --root store each. A round runs the disk rows
+  (docker last: its rmi frees many inodes, which slows ext4's next file
+  creations for a minute), then the RAM rows, then the store rows; the bounds
+  come after every round.
+
+  registry -> store, no rootfs (into RAM by default, --store-placements)
+    - imgpull fetch-only: `imgpull pull --fetch-only` (blob digests checked,
+      no diffIDs)
     - imgpull pull   (checks each layer's digest and diffID while downloading)
     - skopeo copy docker://... oci:DIR:tag
-    - bound: per layer `curl | tee >(openssl sha256) | igzip -dc | openssl sha256`
-      (both digests checked, as many layers at once as imgpull downloads)
+    - bound of a fetch: per layer `curl | tee FILE | openssl sha256` (checked)
+    - bound of a pull: per layer `curl | tee >(openssl sha256) | igzip -dc |
+      openssl sha256` (both digests checked, no file)
+    (bounds: as many layers at once as imgpull downloads, xargs -P)
 
-MB/s is of compressed layer bytes. Usage:
+MB/s is of compressed layer bytes. The report has a table per section, ratio
+lines (one-pass vs each other rootfs tool per placement, fetch-only vs skopeo
+copy, ...), and flags an imgpull row whose peak RSS is over 120 MB. Rows an
+imgpull without --rootfs / --fetch-only cannot run are skipped (and said so),
+so are the docker rows if dockerd cannot start (the reason is printed). Usage:
 
-    python benches/bench_layers.py [--size-mb 300] [--layers 5] [--runs 3] [--json]
+    python benches/bench_layers.py [--size-mb 300] [--layers 5] [--runs 3]
+        [--sections rootfs,store] [--placements disk,ram] [--store-placements ram]
+        [--no-docker] [--ram-dir /dev/shm] [--disk-dir /var/tmp] [--json]
+
+Needs root (dockerd; umoci unpack keeps owners), skopeo, umoci, curl, openssl,
+igzip (Debian isal; else gzip), docker.io. Disk space: on disk, the rootfs
+trees are kept until the end (ext4, see EXT4_RECENT_S): runs x 3 trees of the
+tar size; the RAM placement needs about 2x the tar size + the image at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -31,7 +59,9 @@ import multiprocessing
 import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -40,25 +70,23 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # _common puts tests/ on sys.path (for `support`), so it comes first.
 from _common import (
     Run,
+    busy_cpu,
     medians,
     process_cpu,
     rss_floor,
     settle,
     skopeo_copy_cmd,
-    skopeo_run,
     table,
     timed,
     timed_steps,
 )
 from support.images import push
-from support.registry import RegistryServer
-
-from imgpull.bench import run_once
+from support.registry import RegistryServer, _die_with_parent
 
 REPO = "bench/text"
 TAG = "latest"
@@ -246,8 +274,214 @@ def _build(layout: Path, size_mb: int, nlayers: int, level: int) -> list[dict[st
 
 
 # ---------------------------------------------------------------------------
+# docker pull, through a dockerd of the bench's own
+# ---------------------------------------------------------------------------
+
+
+class DockerUnavailable(Exception):
+    """dockerd did not start, or not as the bench needs it (the message says why)."""
+
+
+def _cpu_with_children(pid: int) -> float:
+    """User + system CPU seconds of a process and of the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14-17 of stat(5), counted from after "(comm)".
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _mount_points_under(root: Path) -> list[str]:
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == str(root) or point.startswith(f"{root}/"):
+            points.append(point)
+    return points
+
+
+class DockerDaemon:
+    """A dockerd whose data root, exec root, socket and config are all in `home`.
+
+    One per placement, started once per bench run (its data root is the
+    placement's: overlay2 on tmpfs or on the disk), stopped by stop()
+    (SIGTERM, SIGKILL after 60 s), which then removes `home`. A pull runs in
+    the daemon, not in the timed `docker` CLI: the daemon's CPU (with the
+    children it reaps, e.g. its layer-applying re-exec) and its peak RSS
+    (VmHWM, reset before each pull) are read from /proc around each pull.
+    """
+
+    def __init__(self, home: Path, registry: str, parallel: int) -> None:
+        self.home = home
+        self.data = home / "data"
+        self.exec_root = home / "exec"
+        self.sock = home / "docker.sock"
+        self.host = f"unix://{self.sock}"
+        self.log = home / "dockerd.log"
+        self.registry = registry  # 127.0.0.1:PORT, plain HTTP: listed as insecure
+        self.parallel = parallel
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.about = ""
+
+    def docker(self, *args: str, timeout: float = 300) -> str:
+        done = subprocess.run(
+            ["docker", *args],
+            env={**os.environ, "DOCKER_HOST": self.host},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise DockerUnavailable(
+                f"`docker {' '.join(args)}` failed: {done.stderr.strip()[-800:]}"
+            )
+        return done.stdout
+
+    def _log_tail(self) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        errors = [ln for ln in text.splitlines() if "level=error" in ln or "level=fatal" in ln]
+        return "\n".join(errors[-3:] or text.splitlines()[-3:])
+
+    def start(self) -> None:
+        dockerd = shutil.which("dockerd") or shutil.which("dockerd", path="/usr/sbin:/usr/bin")
+        if dockerd is None or shutil.which("docker") is None:
+            raise DockerUnavailable(
+                "dockerd or the docker CLI is missing (apt-get install docker.io)"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self.home / "daemon.json"
+        config.write_text("{}\n")  # not /etc/docker/daemon.json
+        cmd = [
+            dockerd,
+            "--config-file", str(config),
+            "--data-root", str(self.data),
+            "--exec-root", str(self.exec_root),
+            "--pidfile", str(self.home / "dockerd.pid"),
+            "--host", self.host,
+            "--iptables=false",
+            "--bridge=none",
+            "--storage-driver", "overlay2",
+            "--insecure-registry", self.registry,
+            "--max-concurrent-downloads", str(self.parallel),
+        ]  # fmt: skip
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C is for the bench, which stops it
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise DockerUnavailable(
+                    f"dockerd exited ({self.proc.returncode}) at start: {self._log_tail()}"
+                )
+            if self.sock.exists():
+                try:
+                    info = json.loads(self.docker("info", "--format", "{{json .}}", timeout=20))
+                    break
+                except (DockerUnavailable, subprocess.TimeoutExpired, json.JSONDecodeError):
+                    pass
+            if time.monotonic() > deadline:
+                raise DockerUnavailable(f"dockerd did not answer in 60 s: {self._log_tail()}")
+            time.sleep(0.25)
+        if info.get("Driver") != "overlay2":
+            raise DockerUnavailable(f"dockerd runs storage driver {info.get('Driver')!r}")
+        status = dict(info.get("DriverStatus") or [])
+        index = (info.get("RegistryConfig") or {}).get("IndexConfigs") or {}
+        if (index.get(self.registry) or {}).get("Secure", True):
+            raise DockerUnavailable(f"dockerd did not take --insecure-registry {self.registry}")
+        self.about = (
+            f"dockerd {info.get('ServerVersion')}, overlay2 on "
+            f"{status.get('Backing Filesystem', '?')} (d_type {status.get('Supports d_type', '?')}"
+            f", native diff {status.get('Native Overlay Diff', '?')}), {self.registry} insecure"
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return _cpu_with_children(self.pid)
+
+    def reset_peak_rss(self) -> None:
+        # 5: reset the peak RSS (VmHWM) to the current RSS (proc(5), Linux >= 4.0).
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def layer_dirs(self) -> list[Path]:
+        overlay = self.data / "overlay2"
+        return [p / "diff" for p in overlay.iterdir() if (p / "diff").is_dir()]
+
+    def forget(self, ref: str) -> None:
+        """Remove the image and its layers: the next pull downloads all of them again."""
+        self.docker("rmi", "--force", ref)
+        self.docker("image", "prune", "--all", "--force")
+        deadline = time.monotonic() + 30
+        while self.layer_dirs():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"docker rmi left layers: {self.layer_dirs()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        # The containerd dockerd started ends with it, unless dockerd was killed.
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.exec_root / "containerd" / "containerd.pid").read_text())
+            if str(self.exec_root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+                for _ in range(100):
+                    if not Path(f"/proc/{pid}").exists():
+                        break
+                    time.sleep(0.1)
+                else:
+                    os.kill(pid, signal.SIGKILL)
+        # dockerd bind-mounts its data root on itself while it runs; a killed
+        # one leaves that mount behind.
+        for point in reversed(_mount_points_under(self.home)):
+            subprocess.run(["umount", "-l", point], check=False)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------
+
+PY = [sys.executable, "-m", "imgpull"]
+PLACEMENTS = ("disk", "ram")  # the order of each round: see Runner.wait_for_disk
+# ext4 (without a journal, as here) skips inodes freed less than 60 s ago
+# (recently_deleted()); creating files right after an rm -rf of many is
+# several times slower. Disk runs wait this long after a big deletion.
+EXT4_RECENT_S = 62.0
+
+# Row names, "<tool> [<placement>]", in table order.
+ONE_PASS = "imgpull one-pass"
+PULL_EXPORT = "imgpull pull+export"
+SKOPEO_UMOCI = "skopeo+umoci"
+DOCKER = "docker pull"
+FETCH_ONLY = "imgpull fetch-only"
+PULL = "imgpull pull"
+SKOPEO = "skopeo copy"
+FETCH_BOUND = "curl|tee|sha256"
+ROOTFS_TOOLS = (ONE_PASS, PULL_EXPORT, SKOPEO_UMOCI, DOCKER)
+
+
+def row(tool: str, where: str) -> str:
+    return f"{tool} [{where}]"
 
 
 def _tree_stats(root: Path) -> tuple[int, int]:
@@ -262,71 +496,220 @@ def _tree_stats(root: Path) -> tuple[int, int]:
     return n, total
 
 
+def _store_bytes(store: Path) -> int:
+    blobs = store / "blobs" / "sha256"
+    return sum(p.stat().st_size for p in blobs.iterdir()) if blobs.is_dir() else 0
+
+
+def imgpull_pull_flags() -> set[str]:
+    """Which of the newer `imgpull pull` flags this imgpull has."""
+    done = subprocess.run([*PY, "pull", "--help"], capture_output=True, text=True)
+    return {f for f in ("--rootfs", "--fetch-only") if f in done.stdout}
+
+
 class Runner:
-    def __init__(self, ref: str, parallel: int, expect: tuple[int, int], scratch: Path) -> None:
+    """The timed runs; each takes its placement: "ram" or "disk" (a folder in `roots`)."""
+
+    def __init__(
+        self,
+        ref: str,
+        parallel: int,
+        expect: tuple[int, int],
+        layers: Sequence[dict[str, Any]],
+        roots: dict[str, Path],
+    ) -> None:
         self.ref = ref
-        # Rootfs trees are kept until every run is done (all under `scratch`):
-        # ext4 scans past inodes freed in the last minute when it allocates
-        # new ones (recently_deleted(), ~40% of an export's time right after
-        # an rm -rf of 10k files), which would tax whichever tool runs next.
-        self.scratch = scratch
         self.parallel = parallel
         self.expect = expect  # (files, bytes) every rootfs must hold
+        self.layers = layers
+        self.gz = sum(la["size"] for la in layers)
+        # On disk, rootfs trees are kept until every run is done (all under
+        # the placement's root): see EXT4_RECENT_S. In RAM (tmpfs) they go
+        # at once, or 3 tools x runs x the tar size would fill it.
+        self.roots = roots
         self.pull_args = ["--plain-http", "--max-concurrent-downloads", str(parallel)]
+        self.dockers: dict[str, DockerDaemon] = {}
+        self._disk_quiet_at = 0.0
+        self.ext4_waited = 0.0
 
-    def _check_tree(self, tool: str, root: Path) -> None:
-        got = _tree_stats(root)
+    def wait_for_disk(self, where: str) -> None:
+        """Before a run on disk: no inodes freed less than EXT4_RECENT_S ago.
+
+        Only `docker rmi` frees many during the runs; a round runs the disk
+        placement first, docker last, then RAM, so that this seldom waits.
+        """
+        if where != "disk":
+            return
+        wait = self._disk_quiet_at - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+            self.ext4_waited += wait
+
+    def _work(self, where: str, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.roots[where]))
+
+    def _logs(self, where: str, name: str) -> Path:
+        """A folder for a tool's stderr files (overwritten by its next run)."""
+        logs = self.roots[where] / "logs" / name
+        logs.mkdir(parents=True, exist_ok=True)
+        return logs
+
+    def _drop(self, where: str, work: Path, keep: Path | None = None) -> None:
+        """A run's files go, but for the rootfs tree `keep` on disk (see __init__)."""
+        if where == "ram" or keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+            return
+        for p in work.iterdir():
+            if p != keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def _check_tree(self, tool: str, *roots: Path) -> None:
+        stats = [_tree_stats(root) for root in roots]
+        got = (sum(s[0] for s in stats), sum(s[1] for s in stats))
         if got != self.expect:
             raise SystemExit(f"{tool}: rootfs holds {got} (files, bytes), want {self.expect}")
 
-    def imgpull_rootfs(self) -> Run:
-        work = Path(tempfile.mkdtemp(prefix="bench-imgpull-", dir=self.scratch))
+    def _check_store(self, tool: str, store: Path) -> None:
+        got = _store_bytes(store)
+        if got < self.gz:
+            raise SystemExit(f"{tool}: the store holds {got} bytes of blobs, want >= {self.gz}")
+
+    # -- registry -> rootfs -------------------------------------------------
+
+    def one_pass(self, where: str) -> Run:
+        tool = row(ONE_PASS, where)
+        work = self._work(where, "bench-onepass-")
         store, dest = work / "store", work / "rootfs"
-        py = [sys.executable, "-m", "imgpull"]
         try:
-            pull = [*py, "pull", self.ref, "--root", str(store), "--quiet", *self.pull_args]
-            export = [
-                *py,
-                "export",
-                self.ref,
-                str(dest),
-                "--format",
-                "rootfs",
-                "--root",
-                str(store),
-            ]
-            run = timed_steps("imgpull pull+export", [("pull", pull), ("export", export)])
-            self._check_tree(run.tool, dest)
+            cmd = [*PY, "pull", self.ref, "--root", str(store), "--rootfs", str(dest)]
+            cmd += ["--quiet", *self.pull_args]
+            err = self._logs(where, "one-pass") / "pull.err"
+            run = Run(tool, *timed(cmd, stderr=err, exact_rss=True))
+            self._check_tree(tool, dest)
             return run
         finally:
-            shutil.rmtree(store, ignore_errors=True)
+            self._drop(where, work, keep=dest)
 
-    def skopeo_umoci(self) -> Run:
-        work = Path(tempfile.mkdtemp(prefix="bench-umoci-", dir=self.scratch))
+    def pull_export(self, where: str) -> Run:
+        tool = row(PULL_EXPORT, where)
+        work = self._work(where, "bench-imgpull-")
+        store, dest = work / "store", work / "rootfs"
+        try:
+            pull = [*PY, "pull", self.ref, "--root", str(store), "--quiet", *self.pull_args]
+            export = [*PY, "export", self.ref, str(dest), "--format", "rootfs"]
+            export += ["--root", str(store)]
+            logs = self._logs(where, "pull+export")
+            run = timed_steps(tool, [("pull", pull), ("export", export)], logs)
+            self._check_tree(tool, dest)
+            return run
+        finally:
+            self._drop(where, work, keep=dest)
+
+    def skopeo_umoci(self, where: str) -> Run:
+        tool = row(SKOPEO_UMOCI, where)
+        work = self._work(where, "bench-umoci-")
         layout, bundle = work / "layout", work / "bundle"
         try:
             copy = skopeo_copy_cmd(self.ref, layout, TAG)
             # As root, plain `umoci unpack` (no --rootless): owners and modes kept.
             unpack = ["umoci", "unpack", "--image", f"{layout}:{TAG}", str(bundle)]
-            run = timed_steps("skopeo+umoci unpack", [("skopeo copy", copy), ("umoci", unpack)])
-            self._check_tree(run.tool, bundle / "rootfs")
+            logs = self._logs(where, "skopeo+umoci")
+            run = timed_steps(tool, [("skopeo copy", copy), ("umoci unpack", unpack)], logs)
+            self._check_tree(tool, bundle / "rootfs")
             return run
         finally:
-            shutil.rmtree(layout, ignore_errors=True)
+            self._drop(where, work, keep=bundle)
 
-    def imgpull_pull(self) -> Run:
-        r = run_once(self.ref, self.pull_args)
-        return Run("imgpull pull", r.wall_seconds, r.cpu_seconds, r.peak_rss_bytes)
+    def docker_pull(self, where: str) -> Run:
+        """`docker pull` into the placement's dockerd; then, untimed, `docker rmi`."""
+        tool = row(DOCKER, where)
+        d = self.dockers[where]
+        logs = self._logs(where, "docker")
+        out = logs / "pull.out"
+        d.reset_peak_rss()
+        before = d.cpu()
+        try:
+            cmd = ["env", f"DOCKER_HOST={d.host}", "docker", "pull", self.ref]
+            wall, cpu, rss = timed(cmd, stderr=logs / "pull.err", exact_rss=True, stdout=out)
+            daemon_cpu, daemon_rss = d.cpu() - before, d.peak_rss()
+            said = out.read_text(errors="replace")
+            complete, exists = said.count("Pull complete"), said.count("Already exists")
+            if exists or complete != len(self.layers):
+                raise SystemExit(
+                    f"{tool}: {complete} 'Pull complete', {exists} 'Already exists' for "
+                    f"{len(self.layers)} layers: not a full download\n{said[-2000:]}"
+                )
+            # The layers' trees do not overlap: their union is their sum.
+            self._check_tree(tool, *d.layer_dirs())
+        finally:
+            d.forget(self.ref)
+            if where == "disk":
+                self._disk_quiet_at = time.monotonic() + EXT4_RECENT_S
+        steps = (("docker CLI", wall, cpu, rss), ("dockerd", wall, daemon_cpu, daemon_rss))
+        return Run(tool, wall, cpu + daemon_cpu, max(rss, daemon_rss), steps)
 
-    def skopeo_copy(self) -> Run:
-        return skopeo_run(self.ref)
+    # -- registry -> store ----------------------------------------------------
+
+    def _pull_store(self, where: str, tool: str, extra: Sequence[str]) -> Run:
+        work = self._work(where, "bench-store-")
+        try:
+            cmd = [*PY, "pull", self.ref, "--root", str(work / "store"), *extra]
+            cmd += ["--quiet", *self.pull_args]
+            err = self._logs(where, tool.replace(" ", "-")) / "pull.err"
+            run = Run(row(tool, where), *timed(cmd, stderr=err, exact_rss=True))
+            self._check_store(run.tool, work / "store")
+            return run
+        finally:
+            self._drop(where, work)
+
+    def fetch_only(self, where: str) -> Run:
+        return self._pull_store(where, FETCH_ONLY, ["--fetch-only"])
+
+    def pull(self, where: str) -> Run:
+        return self._pull_store(where, PULL, [])
+
+    def skopeo_copy(self, where: str) -> Run:
+        work = self._work(where, "bench-skopeo-")
+        try:
+            err = self._logs(where, "skopeo-copy") / "copy.err"
+            cmd = skopeo_copy_cmd(self.ref, work / "layout", TAG)
+            return Run(row(SKOPEO, where), *timed(cmd, stderr=err, exact_rss=True))
+        finally:
+            self._drop(where, work)
+
+
+def fetch_bound_run(
+    url: str, layers: Sequence[dict[str, Any]], parallel: int, where: str, dest: Path
+) -> Run:
+    """Per layer, `parallel` at once: download, write (in `dest`), sha256 of the gzip, checked."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fetch-bound-", dir=dest))
+    try:
+        per_layer = (
+            "set -o pipefail; "
+            f'd=$(curl -sf {url}/"$1" | tee {tmp}/"$1" | openssl sha256 -r | cut -c1-64) '
+            '|| exit 255; test "sha256:$d" = "$1" || exit 255'
+        )
+        digests = " ".join(la["digest"] for la in layers)
+        script = f"printf '%s\\n' {digests} | xargs -P {parallel} -L 1 bash -c '{per_layer}' _"
+        err = tmp / "bound.err"
+        return Run(
+            row(FETCH_BOUND, where), *timed(["bash", "-c", script], stderr=err, exact_rss=True)
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bound_run(
-    url: str, layers: Sequence[dict[str, Any]], parallel: int, gunzip: str, name: str
+    url: str,
+    layers: Sequence[dict[str, Any]],
+    parallel: int,
+    gunzip: str,
+    name: str,
+    where: str,
+    dest: Path,
 ) -> Run:
     """Per layer: download, sha256 of the gzip and of the tar; both checked."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench-bound-"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bound-", dir=dest))
     try:
         # $1 digest, $2 diffID. `wait $!` waits for the >(…) compressed-digest hasher.
         per_layer = (
@@ -337,9 +720,41 @@ def bound_run(
         )
         pairs = " ".join(f"{la['digest']} {la['diff_id']}" for la in layers)
         script = f"printf '%s %s\\n' {pairs} | xargs -P {parallel} -L 1 bash -c '{per_layer}' _"
-        return Run(name, *timed([script], shell=True))
+        err = tmp / "bound.err"
+        return Run(row(name, where), *timed(["bash", "-c", script], stderr=err, exact_rss=True))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# The bench
+# ---------------------------------------------------------------------------
+
+RSS_LIMIT_MB = 120.0
+# A run whose wall others used more than this share of all cores for is flagged.
+SHARED_FRACTION = 0.15
+_T = TypeVar("_T")
+
+
+def rotate(items: Sequence[_T], i: int) -> list[_T]:
+    """Round i: each item goes first in turn."""
+    k = i % len(items) if items else 0
+    return [*items[k:], *items[:k]]
+
+
+def _csv(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items or any(t not in choices for t in items):
+            raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    # As for ^C: the `finally`s stop the dockerds and remove the work folders.
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:
@@ -347,15 +762,58 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=300, help="compressed MB (default 300)")
     ap.add_argument("--layers", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--parallel", type=int, default=3, help="downloads at once (imgpull, bound)")
+    ap.add_argument(
+        "--parallel", type=int, default=3, help="downloads at once (imgpull, dockerd, bounds)"
+    )
     ap.add_argument("--level", type=int, default=6, help="gzip level of the layers")
+    ap.add_argument(
+        "--sections",
+        type=_csv(("rootfs", "store")),
+        default=["rootfs", "store"],
+        help="registry -> rootfs, registry -> store (default: both)",
+    )
+    ap.add_argument(
+        "--placements",
+        type=_csv(PLACEMENTS),
+        default=list(PLACEMENTS),
+        help="where the rootfs section writes: ram (--ram-dir), disk (--disk-dir); default both",
+    )
+    ap.add_argument(
+        "--store-placements",
+        type=_csv(PLACEMENTS),
+        default=["ram"],
+        help="where the store section writes (default ram)",
+    )
+    ap.add_argument("--no-docker", action="store_true", help="no `docker pull` rows")
+    ap.add_argument("--ram-dir", type=Path, default=Path("/dev/shm"), help="a tmpfs folder")
+    ap.add_argument(
+        "--disk-dir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="a disk folder (also holds the registry; default /var/tmp)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
     gunzip = "igzip" if shutil.which("igzip") else "gzip"
     bound_name = f"curl|{gunzip}|sha256 x2"
-    work = Path(tempfile.mkdtemp(prefix="imgpull-bench-layers-"))
+    rootfs_where = [p for p in PLACEMENTS if p in args.placements and "rootfs" in args.sections]
+    store_where = [p for p in PLACEMENTS if p in args.store_placements and "store" in args.sections]
+    flags = imgpull_pull_flags()
+    notes: dict[str, Any] = {"skipped": [], "docker": {}}
+    if rootfs_where and "--rootfs" not in flags:
+        notes["skipped"].append(f"{ONE_PASS}: this imgpull's `pull` has no --rootfs")
+    if store_where and "--fetch-only" not in flags:
+        notes["skipped"].append(f"{FETCH_ONLY}: this imgpull's `pull` has no --fetch-only")
+    roots: dict[str, Path] = {}
+    daemons: list[DockerDaemon] = []
     try:
+        # The image's build, the registry and the disk runs; the RAM runs in a tmpfs.
+        roots["disk"] = Path(tempfile.mkdtemp(prefix="imgpull-bench-layers-", dir=args.disk_dir))
+        if "ram" in rootfs_where + store_where:
+            roots["ram"] = Path(tempfile.mkdtemp(prefix="imgpull-bench-layers-", dir=args.ram_dir))
+        work = roots["disk"]
         t0 = time.perf_counter()
         layers = build_text_image(work / "layout", args.size_mb, args.layers, args.level)
         built = time.perf_counter() - t0
@@ -368,29 +826,119 @@ def main() -> None:
             ref = registry.ref(f"{REPO}:{TAG}")
             # The file contents' bytes every rootfs must hold (dirs aside).
             expect = (files, sum(la["payload"] for la in layers))
-            r = Runner(ref, args.parallel, expect, work)
-            pairs: list[list[Callable[[], Run]]] = [
-                [r.imgpull_rootfs, r.skopeo_umoci],
-                [r.imgpull_pull, r.skopeo_copy],
+            r = Runner(ref, args.parallel, expect, layers, roots)
+            for where in rootfs_where if not args.no_docker else []:
+                home = Path(tempfile.mkdtemp(prefix="dockerd-", dir=roots[where]))
+                d = DockerDaemon(home, registry.host, args.parallel)
+                daemons.append(d)
+                try:
+                    d.start()
+                except DockerUnavailable as exc:
+                    d.stop()
+                    notes["docker"][where] = f"skipped: {exc}"
+                    print(f"{row(DOCKER, where)}: skipped: {exc}", file=sys.stderr)
+                else:
+                    r.dockers[where] = d
+                    notes["docker"][where] = d.about
+            available = {PULL_EXPORT, SKOPEO_UMOCI, PULL, SKOPEO}
+            available |= {ONE_PASS} if "--rootfs" in flags else set()
+            available |= {FETCH_ONLY} if "--fetch-only" in flags else set()
+            rootfs_tools = [
+                fn
+                for name, fn in (
+                    (ONE_PASS, r.one_pass),
+                    (PULL_EXPORT, r.pull_export),
+                    (SKOPEO_UMOCI, r.skopeo_umoci),
+                )
+                if name in available
             ]
-            order: list[Callable[[], Run]] = []
+            store_tools = [
+                fn
+                for name, fn in (
+                    (FETCH_ONLY, r.fetch_only),
+                    (PULL, r.pull),
+                    (SKOPEO, r.skopeo_copy),
+                )
+                if name in available
+            ]
+            order: list[tuple[str, Callable[[str], Run]]] = []
             for i in range(args.runs):
-                for pair in pairs:  # each tool goes first in turn
-                    order += pair if i % 2 == 0 else pair[::-1]
-            # The bound last: it keeps every core busy, and a run right after is slower.
-            blob_url = f"{registry.url}/v2/{REPO}/blobs"
-            bound = lambda: bound_run(blob_url, layers, args.parallel, gunzip, bound_name)  # noqa: E731
-            order += [bound] * args.runs
+                # Disk first, docker last (see Runner.wait_for_disk), then RAM.
+                for where in rootfs_where:
+                    docker = [r.docker_pull] if where in r.dockers else []
+                    order += [(where, fn) for fn in rotate(rootfs_tools, i) + docker]
+                for where in store_where:
+                    order += [(where, fn) for fn in rotate(store_tools, i)]
+            # The bounds last: they keep every core busy, and a run right after is slower.
+            url = f"{registry.url}/v2/{REPO}/blobs"
+
+            def fetch_bound(where: str) -> Run:
+                return fetch_bound_run(url, layers, args.parallel, where, roots[where])
+
+            def bound(where: str) -> Run:
+                return bound_run(
+                    url, layers, args.parallel, gunzip, bound_name, where, roots[where]
+                )
+
+            for where in store_where:
+                order += [(where, fetch_bound)] * args.runs + [(where, bound)] * args.runs
             runs: list[Run] = []
             floor = rss_floor()
-            for run in order:
+            for n, (where, run) in enumerate(order, 1):
+                r.wait_for_disk(where)
                 settle()
-                before = process_cpu(registry.pid)
-                done = run()
-                runs.append(replace(done, server_cpu=process_cpu(registry.pid) - before))
-        report(runs, args, built, gz, tar, files, gunzip, floor)
+                before, busy = process_cpu(registry.pid), busy_cpu()
+                done = run(where)
+                server = process_cpu(registry.pid) - before
+                other = busy_cpu() - busy - done.cpu - server
+                runs.append(replace(done, server_cpu=server, other_cpu=other))
+                print(f"[{n}/{len(order)}] {done.tool}: {done.wall:.2f} s", file=sys.stderr)
+            notes["ext4_wait_s"] = r.ext4_waited
+        sections: dict[str, tuple[list[str], Sequence[str], Sequence[str]]] = {
+            "rootfs": (rootfs_where, ROOTFS_TOOLS, (ONE_PASS, PULL_EXPORT)),
+            "store": (
+                store_where,
+                (FETCH_ONLY, PULL, SKOPEO, FETCH_BOUND, bound_name),
+                (FETCH_ONLY, PULL),
+            ),
+        }
+        report(runs, args, built, gz, tar, files, gunzip, bound_name, floor, sections, notes)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for d in daemons:
+            d.stop()
+        for root in roots.values():
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def section_medians(
+    runs: Sequence[Run],
+    places: Sequence[str],
+    tools: Sequence[str],
+    bases: Sequence[str],
+    gz: int,
+) -> dict[str, dict[str, float]]:
+    """Medians of a section's rows, in `tools` order; "x imgpull" is against the
+    first of `bases` that ran in the same placement."""
+    med: dict[str, dict[str, float]] = {}
+    for where in places:
+        names = [row(t, where) for t in tools]
+        these = [r for r in runs if r.tool in names]
+        ran = {r.tool for r in these}
+        base = next((row(b, where) for b in bases if row(b, where) in ran), None)
+        if base is None:
+            continue
+        m = medians(these, gz, base)
+        med.update({n: m[n] for n in names if n in m})
+    return med
+
+
+def faster(med: dict[str, dict[str, float]], a: str, b: str) -> str | None:
+    """'A is 2.5x faster than B' (median walls), or None if either did not run."""
+    if a not in med or b not in med:
+        return None
+    wa, wb = med[a]["wall_s"], med[b]["wall_s"]
+    word = "faster" if wb >= wa else "slower"
+    return f"{a} is {max(wb / wa, wa / wb):.1f}\u00d7 {word} than {b} ({wa:.2f} s vs {wb:.2f} s)"
 
 
 def report(
@@ -401,19 +949,54 @@ def report(
     tar: int,
     files: int,
     gunzip: str,
+    bound_name: str,
     floor: int,
+    sections: dict[str, tuple[list[str], Sequence[str], Sequence[str]]],
+    notes: dict[str, Any],
 ) -> None:
-    rootfs = [r for r in runs if r.tool in ("imgpull pull+export", "skopeo+umoci unpack")]
-    pull = [r for r in runs if r not in rootfs]
-    med_rootfs = medians(rootfs, gz, "imgpull pull+export")
-    med_pull = medians(pull, gz, "imgpull pull")
-    # With every core busy, a pull cannot end before the CPU time it and the
-    # registry (on the same cores) need, spread over all cores.
     cores = os.cpu_count() or 1
-    pulls = [r for r in runs if r.tool == "imgpull pull"]
-    floor_s = statistics.median((r.cpu + r.server_cpu) / cores for r in pulls)
-    server = statistics.median(r.server_cpu for r in pulls)
-    skopeo = med_pull["skopeo copy"]["wall_s"]
+    med = {
+        name: section_medians(runs, places, tools, bases, gz)
+        for name, (places, tools, bases) in sections.items()
+    }
+    ratios: dict[str, list[str]] = {"rootfs": [], "store": []}
+    for where in sections["rootfs"][0]:
+        m = med["rootfs"]
+        base = next((row(t, where) for t in (ONE_PASS, PULL_EXPORT) if row(t, where) in m), "")
+        for other in (SKOPEO_UMOCI, PULL_EXPORT, DOCKER):
+            if row(other, where) != base:
+                ratios["rootfs"].append(faster(m, base, row(other, where)) or "")
+    for where in sections["store"][0]:
+        m = med["store"]
+        for a, b in (
+            (FETCH_ONLY, SKOPEO),
+            (FETCH_ONLY, FETCH_BOUND),
+            (FETCH_ONLY, PULL),
+            (PULL, SKOPEO),
+            (PULL, bound_name),
+        ):
+            ratios["store"].append(faster(m, row(a, where), row(b, where)) or "")
+    ratios = {k: [line for line in v if line] for k, v in ratios.items()}
+    # A pull cannot end before the CPU time it and the registry (on the same
+    # cores) need, spread over all cores.
+    cpu_floors: dict[str, dict[str, float]] = {}
+    for where in sections["store"][0]:
+        skopeo = med["store"].get(row(SKOPEO, where), {}).get("wall_s", math.nan)
+        for tool in (FETCH_ONLY, PULL):
+            these = [r for r in runs if r.tool == row(tool, where)]
+            if these:
+                floor_s = statistics.median((r.cpu + r.server_cpu) / cores for r in these)
+                cpu_floors[row(tool, where)] = {
+                    "floor_s": floor_s,
+                    "registry_cpu_s": statistics.median(r.server_cpu for r in these),
+                    "vs_skopeo_wall": floor_s / skopeo,
+                }
+    over = {
+        t: m["peak_rss_mb"]
+        for section in med.values()
+        for t, m in section.items()
+        if t.startswith("imgpull") and m["peak_rss_mb"] > RSS_LIMIT_MB
+    }
     if args.json:
         out = {
             "compressed_bytes": gz,
@@ -422,8 +1005,11 @@ def report(
             "build_s": round(built, 2),
             "decompressor": gunzip,
             "rss_floor_bytes": floor,
-            "median": {"rootfs": med_rootfs, "pull": med_pull},
-            "pull_cpu_floor_s": floor_s,
+            "median": med,
+            "ratios": ratios,
+            "cpu_floor_s": cpu_floors,
+            "imgpull_rss_over_limit_mb": over,
+            "notes": notes,
             "runs": [asdict(r) for r in runs],
         }
         print(json.dumps(out, indent=2))
@@ -431,29 +1017,85 @@ def report(
     print(
         f"image: {args.layers} layers, {files} files, {gz / 1e6:.0f} MB gzip -{args.level} "
         f"/ {tar / 1e6:.0f} MB tar ({tar / gz:.2f}x; built in {built:.1f} s); "
-        f"{args.runs} runs each, medians; {os.cpu_count()} cores; MB/s of compressed bytes"
+        f"{args.runs} runs each, medians; {cores} cores; MB/s of compressed bytes"
     )
     print(
-        f"RSS: peak of the run's processes (max over its steps); none reads below "
-        f"{floor / 1e6:.1f} MB, this script's own peak (Linux ru_maxrss)"
+        "placements: [ram] a tmpfs folder (--ram-dir), [disk] a disk folder (--disk-dir); "
+        "the registry serves from disk (page-cached)"
     )
+    print("RSS: peak of a run's processes (GNU time's; the max over its steps)")
+    print(
+        "docker pull: CPU = the docker CLI's + dockerd's (and its reaped children's: the "
+        "layer re-exec), from /proc; RSS = dockerd's peak (VmHWM, reset before each pull)"
+    )
+    for where, about in notes["docker"].items():
+        print(f"{row(DOCKER, where)}: {about}")
+    if sections["rootfs"][0] and args.no_docker:
+        print(f"{DOCKER}: not run (--no-docker)")
+    for line in notes["skipped"]:
+        print(f"skipped: {line}")
     if gunzip != "igzip":
         print("note: igzip (Debian `isal`) not installed; the bound uses gzip -dc")
-    print("\nregistry -> rootfs")
-    print("\n".join(table(med_rootfs, 22)))
-    print("\nregistry -> verified store (digests + diffIDs)")
-    print("\n".join(table(med_pull, 22)))
-    print(
-        f"imgpull pull's floor on {cores} cores: (its CPU + the registry's {server:.2f} s) "
-        f"/ {cores} = {floor_s:.2f} s = {floor_s / skopeo:.2f}x skopeo copy's wall"
-    )
-    for tool in ("imgpull pull+export", "skopeo+umoci unpack"):
-        steps = [r.steps for r in runs if r.tool == tool]
-        parts = ", ".join(
-            f"{name} {sorted(s[i][1] for s in steps)[len(steps) // 2]:.2f} s"
-            for i, (name, *_) in enumerate(steps[0])
+    if sections["rootfs"][0]:
+        print(
+            f"\nregistry -> rootfs ({files} files, {tar / 1e6:.0f} MB of tar; each tree "
+            f"checked; x imgpull: vs the placement's {ONE_PASS} or else {PULL_EXPORT})"
         )
-        print(f"{tool}: {parts} (median wall per step)")
+        print("\n".join(table(med["rootfs"], 28)))
+        print("\n".join(ratios["rootfs"]))
+        for tool in med["rootfs"]:
+            steps = [r.steps for r in runs if r.tool == tool and r.steps]
+            if steps:
+                parts = ", ".join(
+                    f"{name} {statistics.median(s[i][1] for s in steps):.2f} s"
+                    f" / cpu {statistics.median(s[i][2] for s in steps):.2f} s"
+                    for i, (name, *_) in enumerate(steps[0])
+                )
+                print(f"{tool}: {parts} (median wall / CPU per step)")
+    if sections["store"][0]:
+        print(
+            "\nregistry -> store, no rootfs (fetch-only: digests; pull: digests + diffIDs; "
+            f"{FETCH_BOUND}: per layer curl | tee FILE | openssl sha256; {bound_name}: "
+            "both digests, no file)"
+        )
+        print("\n".join(table(med["store"], 28)))
+        print("\n".join(ratios["store"]))
+        for tool, f in cpu_floors.items():
+            print(
+                f"{tool}'s floor on {cores} cores: (its CPU + the registry's "
+                f"{f['registry_cpu_s']:.2f} s) / {cores} = {f['floor_s']:.2f} s "
+                f"= {f['vs_skopeo_wall']:.2f}x skopeo copy's wall"
+            )
+    print()
+    if over:
+        for tool, mb in over.items():
+            print(f"! {tool}: peak RSS {mb:.0f} MB, over {RSS_LIMIT_MB:.0f} MB")
+    else:
+        imgpull = [
+            (m["peak_rss_mb"], t) for s in med.values() for t, m in s.items() if "imgpull" in t
+        ]
+        if imgpull:
+            mb, tool = max(imgpull)
+            print(f"imgpull peak RSS: every row <= {RSS_LIMIT_MB:.0f} MB (max {mb:.0f} MB: {tool})")
+    # Others' CPU: kernel threads (writeback, freeing pages) and, if any, other jobs.
+    shared = [r for r in runs if r.other_cpu > SHARED_FRACTION * r.wall * cores]
+    others = [r.other_cpu for r in runs]
+    print(
+        f"other processes' CPU during a run: median {statistics.median(others):.2f} s, "
+        f"max {max(others):.2f} s (kernel threads included)"
+    )
+    if shared:
+        print(
+            f"! {len(shared)} of {len(runs)} runs shared the machine (others' CPU over "
+            f"{SHARED_FRACTION:.0%} of the cores for the run's wall): "
+            + ", ".join(f"{r.tool} {r.other_cpu:.1f} s / {r.wall:.1f} s" for r in shared[:8])
+            + (" ..." if len(shared) > 8 else "")
+        )
+    if notes.get("ext4_wait_s"):
+        print(
+            f"disk runs waited {notes['ext4_wait_s']:.0f} s in all for ext4 to stop skipping "
+            "the inodes `docker rmi` freed (see EXT4_RECENT_S)"
+        )
 
 
 if __name__ == "__main__":

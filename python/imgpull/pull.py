@@ -334,7 +334,21 @@ class Puller:
         diff_id = unpacker is None and not (self.options.fetch_only and config is not None)
         fetch = self._transfers.fetch
         config_future = fetch(self._source, config, layer=False, small=True) if config else None
-        pending = {d.digest: fetch(self._source, d, layer=True, diff_id=diff_id) for d in todo}
+        start = todo if unpacker is None else todo[:1]
+        pending = {d.digest: fetch(self._source, d, layer=True, diff_id=diff_id) for d in start}
+        if len(start) < len(todo):
+            # A root filesystem's critical path is applying the layers, which
+            # starts when the lowest missing one is stored: it downloads alone
+            # (not sharing the link with two others), the rest once it is in,
+            # still well ahead of the unpacker.
+            later: dict[str, Future[None]] = {d.digest: Future() for d in todo[1:]}
+
+            def start_rest(_: Future[None]) -> None:
+                for d in todo[1:]:
+                    _chain(fetch(self._source, d, layer=True, diff_id=diff_id), later[d.digest])
+
+            pending[todo[0].digest].add_done_callback(start_rest)
+            pending.update(later)
         futures: list[Future[Any]] = [
             *([config_future] if config_future else []),
             *pending.values(),
@@ -506,6 +520,19 @@ def _layer_event(
     """A layer's event: its short id and full digest, its size when known."""
     size = total if total is not None else (layer.size if layer.size >= 0 else None)
     return ProgressEvent(status, short_id(layer.digest), current, size, digest=layer.digest)
+
+
+def _chain(source: Future[None], target: Future[None]) -> None:
+    """`target` ends as `source` does."""
+
+    def copy(f: Future[None]) -> None:
+        error = f.exception()
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(None)
+
+    source.add_done_callback(copy)
 
 
 def _diff_id(path: Path, max_ratio: int) -> str:
