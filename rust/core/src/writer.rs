@@ -365,7 +365,10 @@ impl BlobWriter {
                 }
                 Err(Unpacked::Corrupt(why)) => {
                     self.discard();
-                    return Err(CoreError::Invalid(format!("layer {}: {why}", self.digest)));
+                    return Err(CoreError::CorruptLayer(format!(
+                        "layer {}: {why}",
+                        self.digest
+                    )));
                 }
             }
         }
