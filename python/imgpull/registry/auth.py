@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -28,6 +26,7 @@ from imgpull.registry.errors import (
     parse_retry_after,
     request_failure,
 )
+from imgpull.rfc3339 import parse_rfc3339
 from imgpull.safetext import redact
 
 __all__ = [
@@ -263,33 +262,14 @@ def _lifetime(data: Mapping[str, object]) -> float:
     life = max(life, MIN_TOKEN_LIFETIME)
     issued = data.get("issued_at")
     if isinstance(issued, str) and issued:
-        ts = _parse_rfc3339(issued)
-        if ts is not None:
-            age = _wall() - ts
+        when = parse_rfc3339(issued)
+        if when is not None:
+            age = _wall() - when.timestamp()
             # Only trust issued_at when it is plausible; a skewed server clock
             # must not make every fresh token look expired.
             if 0 <= age < life:
                 life -= age
     return life
-
-
-_RFC3339 = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", re.IGNORECASE
-)
-
-
-def _parse_rfc3339(text: str) -> float | None:
-    # Token servers send nanoseconds ("...:00.123456789Z"); older Pythons'
-    # fromisoformat takes neither 9 digits nor "Z", so normalise first.
-    m = _RFC3339.match(text.strip())
-    if m is None:
-        return None
-    frac = (m.group(2) or "0")[:6].ljust(6, "0")
-    zone = "+00:00" if m.group(3).upper() == "Z" else m.group(3)
-    try:
-        return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").timestamp()
-    except ValueError:
-        return None
 
 
 class Authenticator:
