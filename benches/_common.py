@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from imgpull.bench import measure
 
 HERE = Path(__file__).resolve().parent
 # tests/support (RegistryServer, image builders, push) is importable as `support`.
@@ -53,21 +55,15 @@ def timed(
     rss_file = stderr.with_suffix(".rss") if exact_rss and stderr and not shell else None
     if rss_file is not None:
         cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd]
-    start = time.perf_counter()
-    err = stderr.open("wb") if stderr else None
     # stdout dropped: only the report goes there (`--json` must stay parseable).
-    proc = subprocess.Popen(
-        cmd if not shell else cmd[0], shell=shell, stdout=subprocess.DEVNULL, stderr=err
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if err:
-        err.close()
-    if os.waitstatus_to_exitcode(status) != 0:
+    with contextlib.ExitStack() as stack:
+        err = stack.enter_context(stderr.open("wb")) if stderr else None
+        used = measure(cmd if not shell else cmd[0], stderr=err, shell=shell)
+    if used.exit_code != 0:
         tail = stderr.read_text(errors="replace")[-2000:] if stderr else ""
         raise SystemExit(f"command failed: {cmd}\n{tail}")
-    rss = int(rss_file.read_text().split()[-1]) if rss_file else usage.ru_maxrss
-    return wall, usage.ru_utime + usage.ru_stime, rss * 1024
+    rss = int(rss_file.read_text().split()[-1]) * 1024 if rss_file else used.peak_rss_bytes
+    return used.wall_seconds, used.cpu_seconds, rss
 
 
 def timed_steps(tool: str, steps: Sequence[tuple[str, Sequence[str]]]) -> Run:
