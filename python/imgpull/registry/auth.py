@@ -9,7 +9,6 @@ the credentials on every request. Secrets never reach a message or a repr.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ from imgpull.errors import AuthenticationError, RegistryError
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, deadline
 from imgpull.registry.errors import (
     header_values,
+    json_object,
     one_line,
     parse_retry_after,
     request_failure,
@@ -551,11 +551,8 @@ class Authenticator:
                     next(iter(header_values(headers, "retry-after")), None)
                 ),
             )
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: very deep nesting
-            data = None
-        if not isinstance(data, dict):
+        data = json_object(body)
+        if data is None:
             raise RegistryError(f"token server {host} sent a response that is not a JSON object")
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
@@ -581,11 +578,8 @@ def _host_of(url: httpx.URL) -> str:
 def _token_error_message(body: bytes, secrets: Iterable[str]) -> str:
     """The reason a token server gave, from the shapes seen in the wild
     (`secrets` redacted: a server may echo the credentials back)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: very deep nesting
-        return ""
-    if not isinstance(data, dict):
+    data = json_object(body)
+    if data is None:
         return ""
     for key in ("details", "error_description", "message", "error"):
         v = data.get(key)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -39,6 +39,7 @@ from imgpull.safetext import printable, redact
 __all__ = [
     "ErrorDetail",
     "error_from_response",
+    "json_object",
     "parse_error_body",
     "parse_retry_after",
     "request_failure",
@@ -68,13 +69,21 @@ class ErrorDetail:
     detail: object = None
 
 
-def parse_error_body(body: bytes) -> list[ErrorDetail]:
-    """The registry errors in a response body; [] for anything else (HTML, …)."""
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """`body` as a JSON object; None for anything else: not JSON (bad UTF-8,
+    integers past Python's digit limit, nesting deep enough for a
+    RecursionError) or JSON that is not an object."""
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: very deep nesting
-        return []
-    if not isinstance(data, dict):
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def parse_error_body(body: bytes) -> list[ErrorDetail]:
+    """The registry errors in a response body; [] for anything else (HTML, …)."""
+    data = json_object(body)
+    if data is None:
         return []
     errs = data.get("errors")
     if not isinstance(errs, list):
