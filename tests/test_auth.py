@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tools
 from support.images import ImageInfo, LayoutCache, push, random_layer
-from support.registry import RegistryServer
+from support.registry import RegistryServer, require_tools
 from support.tokenissuer import IssuerRequest, TokenIssuer
 
 from imgpull import Client, debuglog

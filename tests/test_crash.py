@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import PushedImage
 from support.cli import stored_blobs
 from support.faultmatrix import Row
 from support.images import ImageInfo, LayoutCache, push, random_layer
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 from support.throttle import ThrottledRelay
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PushedImage
 from support.cli import run_cli, stored_blobs
 from support.images import (
     LayoutCache,
@@ -28,6 +27,7 @@ from support.images import (
     random_layer,
     recompressed,
 )
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 import imgpull

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PushedImage, push_both
 from support.images import (
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
@@ -35,6 +34,7 @@ from support.images import (
     push,
     sha256_digest,
 )
+from support.pushed import PushedImage, push_both
 from support.registry import MissingToolError, RegistryServer, require_tool
 from support.trees import tree
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_tools
 from support.images import (
     MT_OCI_LAYER_GZIP,
     MT_OCI_LAYER_ZSTD,
@@ -45,7 +44,7 @@ from support.images import (
     read_oci_layout,
     skopeo_inspect,
 )
-from support.registry import MissingToolError, RegistryServer, require_tool
+from support.registry import MissingToolError, RegistryServer, require_tool, require_tools
 from support.trees import tree
 
 KINDS = ("v2s2", "oci", "v2s1", "zstd")

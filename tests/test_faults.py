@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PushedImage
 from support.faultmatrix import Row
 from support.faultproxy import FaultProxy, LogEntry
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 import imgpull

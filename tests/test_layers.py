@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import PushedImage
 from support.images import ImageInfo, LayoutCache, files_layer, push, random_layer
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 import imgpull

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 import support.cli
-from conftest import require_tools
 from support.cli import stored_blobs
 from support.fakeregistry import FakeRegistry
 from support.images import ImageInfo, push
-from support.registry import RegistryServer, free_port
+from support.registry import RegistryServer, free_port, require_tools
 
 import imgpull
 from imgpull.errors import RegistryError

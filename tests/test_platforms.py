@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PushedImage
 from support.cli import run_cli
 from support.images import (
     MT_OCI_INDEX,
@@ -28,6 +27,7 @@ from support.images import (
     push,
     random_layer,
 )
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 import imgpull

@@ -16,11 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import support.cli
-from conftest import require_tools
 from support.cli import stored_blobs
 from support.forwardproxy import ForwardProxy
 from support.images import ImageInfo, push
-from support.registry import RegistryServer
+from support.registry import RegistryServer, require_tools
 
 import imgpull
 from imgpull.hosts import ConfigError

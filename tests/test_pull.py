@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import PushedImage, push_both
 from support.images import LayoutCache, files_layer, random_layer, skopeo_pull_oci
+from support.pushed import PushedImage, push_both
 from support.registry import RegistryServer, free_port
 
 import imgpull

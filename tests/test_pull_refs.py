@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PushedImage
 from support.fakeregistry import FakeRegistry
 from support.images import (
     MT_OCI_INDEX,
@@ -26,6 +25,7 @@ from support.images import (
     push,
     random_layer,
 )
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 import imgpull

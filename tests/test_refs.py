@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PushedImage, push_both
 from support.images import LayoutCache, random_layer
+from support.pushed import PushedImage, push_both
 from support.registry import RegistryServer
 
 import imgpull

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PushedImage
 from support.images import (
     MT_DOCKER_MANIFEST,
     MT_OCI_MANIFEST,
@@ -36,6 +35,7 @@ from support.images import (
     skopeo_inspect,
     skopeo_pull_oci,
 )
+from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 MANIFEST_ACCEPT = ", ".join([MT_DOCKER_MANIFEST, MT_OCI_MANIFEST])

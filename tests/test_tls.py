@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 import support.cli
-from conftest import require_tools
 from support.cli import stored_blobs
 from support.images import ImageInfo, push
-from support.registry import RegistryServer
+from support.registry import RegistryServer, require_tools
 
 import imgpull
 from imgpull.errors import TLSVerificationError

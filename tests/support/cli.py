@@ -10,16 +10,32 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
+def imgpull_argv(*args: str) -> list[str]:
+    """The command line of `imgpull ARGS` (this Python, ``-m imgpull``): for
+    the tests that must hold the process (Popen) to signal, kill or watch it;
+    everything else goes through run_cli."""
+    return [sys.executable, "-m", "imgpull", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """run_cli's default environment: this one with certs.d turned off (never
+    the machine's own TLS files), plus ``extra``."""
+    return {**os.environ, "IMGPULL_CERTS_D": os.devnull, **extra}
+
+
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`imgpull ARGS` in a child process, output captured. `env` is its whole
-    environment; by default this one with certs.d turned off (never the
-    machine's own TLS files)."""
+    """`imgpull ARGS` in a child process, output captured, ``input`` (if any)
+    on its stdin. `env` is its whole environment; by default cli_env()."""
     if env is None:
-        env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
+        env = cli_env()
     return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
+        imgpull_argv(*args),
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
