@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer, require_tools
 from support.tokenissuer import IssuerRequest, TokenIssuer
@@ -186,14 +187,7 @@ def helper_calls(folder: Path) -> list[dict[str, str]]:
 def cli(*args: str, tmp_path: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """`imgpull ARGS` with this test's environment (DOCKER_CONFIG, PATH)."""
     env = {**os.environ, "IMGPULL_ROOT": str(tmp_path / "cli-store")}
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    return run_cli(*args, env=env, timeout=120, input=stdin)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

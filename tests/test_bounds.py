@@ -19,7 +19,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from support.cli import run_cli
+from support.cli import cli_env, imgpull_argv, run_cli
 from support.fakeregistry import FakeRegistry, sha256_digest
 from support.images import FIXED_EPOCH, Compression, StreamLayer, build_oci_layout, push
 from support.registry import RegistryServer
@@ -92,11 +91,8 @@ def _pax_record_tar(size: int) -> Iterator[bytes]:
 def _run_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, int]:
     """`imgpull ARGS` in a child: its exit code, stdout, stderr and its own
     peak RSS in KiB (os.wait4: that child's alone, not every child's so far)."""
-    env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imgpull", *args], stdout=out, stderr=err, env=env
-        )
+        proc = subprocess.Popen(imgpull_argv(*args), stdout=out, stderr=err, env=cli_env())
         deadline = time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -12,13 +12,12 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.cli import run_cli
+from support.cli import imgpull_argv, run_cli
 from support.images import LayoutCache, push, random_layer
 from support.registry import RegistryServer
 from support.terminal import check_screen, pty_of, read_until
@@ -86,13 +85,8 @@ def test_a_failed_reference_is_reported_and_the_others_pulled(bulk: Bulk, tmp_pa
 def test_from_file_on_stdin(bulk: Bulk, tmp_path: Path) -> None:
     a, b, _ = bulk.good
     listing = f"# images for the bulk test\n\n{a}\n   \n{b}  # the second\n"
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgpull", "pull", "--root", str(tmp_path), "--from-file", "-"],
-        input=listing,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env={**os.environ, "IMGPULL_CERTS_D": os.devnull},
+    proc = run_cli(
+        "pull", "--root", str(tmp_path), "--from-file", "-", input=listing, timeout=TIMEOUT
     )
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stdout
     assert _summary(proc.stdout).startswith("Pulled 2, up to date 0, failed 0: ")
@@ -149,7 +143,7 @@ def _run_in_pty(
     """`imgpull ARGS` with stdout on a pty of that size: exit code, output."""
     with pty_of(columns, rows) as (master, slave):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "imgpull", *args],
+            imgpull_argv(*args),
             stdout=slave,
             stderr=subprocess.DEVNULL,
             env={**env, "IMGPULL_CERTS_D": os.devnull},

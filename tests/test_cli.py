@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support.cli import run_cli
 
 COMMANDS = [
     "pull", "images", "inspect", "tag", "rmi", "export", "bench", "login", "logout", "version"
@@ -14,21 +12,14 @@ COMMANDS = [
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help(command: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgpull", command, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_cli(command, "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Usage: ")
     assert proc.stderr == ""
 
 
 def test_top_level_help_lists_every_command() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgpull", "--help"], capture_output=True, text=True, timeout=60
-    )
+    proc = run_cli("--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
     for command in COMMANDS:
         assert command in proc.stdout

@@ -14,7 +14,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.cli import stored_blobs
+from support.cli import imgpull_argv, run_cli, stored_blobs
 from support.faultmatrix import Row
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.pushed import PushedImage
@@ -98,16 +97,13 @@ def _clear_log(registry: RegistryServer) -> None:
     registry.clear_request_log()
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "imgpull", *args]
-
-
 def _pull(ref: str, root: Path, *extra: str) -> list[str]:
-    return _cli("pull", ref, "--root", str(root), *extra)
+    """The command line of `imgpull pull REF --root ROOT EXTRA...` (to Popen)."""
+    return imgpull_argv("pull", ref, "--root", str(root), *extra)
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+def _run_pull(ref: str, root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("pull", ref, "--root", str(root), *extra, timeout=TIMEOUT)
 
 
 def _partials(root: Path) -> dict[str, int]:
@@ -124,7 +120,7 @@ def _assert_complete(root: Path, crash: CrashImage) -> None:
     assert stored_blobs(root) == want
     with closing(sqlite3.connect(root / "imgpull.db")) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    listed = _run(_cli("images", "--json", "--root", str(root)))
+    listed = run_cli("images", "--json", "--root", str(root), timeout=TIMEOUT)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert [(r["repository"].split("/", 1)[1], r["tag"], r["image_id"]) for r in rows] == [
@@ -156,7 +152,7 @@ def _assert_rerun_resumes(crash: CrashImage, ref: str, root: Path, kept: dict[st
     for each kept partial (hex digest -> bytes) from where it ended: one 206
     for the rest, nothing fetched again."""
     _clear_log(crash.registry)
-    again = _run(_pull(ref, root))
+    again = _run_pull(ref, root)
     assert again.returncode == 0, again.stderr
     _assert_complete(root, crash)
     gets = _settled_log(crash.registry)
@@ -173,11 +169,11 @@ def test_kill_9_at_random_points_then_resume(
     # Scale the kill delays to this machine: one whole pull, elsewhere, and
     # the start-up of a command that does next to nothing.
     started = time.monotonic()
-    whole = _run(_pull(ref, tmp_path / "scratch", "-q"))
+    whole = _run_pull(ref, tmp_path / "scratch", "-q")
     full = time.monotonic() - started
     assert whole.returncode == 0, whole.stderr
     started = time.monotonic()
-    assert _run(_cli("images", "--root", str(tmp_path / "scratch"))).returncode == 0
+    assert run_cli("images", "--root", str(tmp_path / "scratch"), timeout=TIMEOUT).returncode == 0
     startup = time.monotonic() - started
     _clear_log(crash.registry)
 
@@ -211,7 +207,7 @@ def test_kill_9_at_random_points_then_resume(
     done = {p.name for p in blobs.iterdir()} if blobs.is_dir() else set()
     kept = {d: n for d, n in _partials(root).items() if n > 0 and d not in done}
     _clear_log(crash.registry)
-    final = _run(_pull(ref, root, "-q"))
+    final = _run_pull(ref, root, "-q")
     assert final.returncode == 0, final.stderr
     _assert_complete(root, crash)
     fault_row.injected["kill -9 mid-pull (process)"] = kills
@@ -367,7 +363,7 @@ def test_full_disk_fails_once_clearly_then_resumes(
     root = small_disk / "store"
     ref = crash.ref(throttled=False)
     _clear_log(crash.registry)
-    failed = _run(_pull(ref, root))
+    failed = _run_pull(ref, root)
     assert failed.returncode == 1
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1, failed.stderr
@@ -384,7 +380,7 @@ def test_full_disk_fails_once_clearly_then_resumes(
     assert kept
 
     subprocess.run(["mount", "-o", "remount,size=200m", str(small_disk)], check=True)
-    listed = _run(_cli("images", "--json", "--root", str(root)))
+    listed = run_cli("images", "--json", "--root", str(root), timeout=TIMEOUT)
     assert (listed.returncode, listed.stdout.strip()) == (0, "[]"), listed.stderr
     _assert_rerun_resumes(crash, ref, root, kept)
     # The failed pull (one clear error, nothing wrong kept) and its rerun.
@@ -397,7 +393,7 @@ def test_full_disk_fails_once_clearly_then_resumes(
     for leave in (0, 20_000, 40_000, 100_000):
         filler = _fill(small_disk, leave)
         try:
-            result = _run(_pull(ref, root))
+            result = _run_pull(ref, root)
         finally:
             filler.unlink()
         if result.returncode != 0:

@@ -9,13 +9,13 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.images import (
     MT_OCI_CONFIG,
     MT_OCI_INDEX,
@@ -40,12 +40,6 @@ from support.trees import tree
 
 import imgpull
 from imgpull.export import ExportError, ExtractError
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args], capture_output=True, text=True, timeout=timeout
-    )
 
 
 def store_files(root: Path) -> dict[str, int]:
@@ -120,7 +114,9 @@ def test_oci_export_refuses_non_empty_dest(pushed_image: PushedImage, tmp_path: 
 def test_docker_archive_cli_skopeo(pushed_image: PushedImage, tmp_path: Path) -> None:
     root, dest = tmp_path / "root", tmp_path / "image.tar"
     ref = pushed_image.ref("v2s2")
-    proc = run_cli("export", ref, "--format", "docker-archive", str(dest), "--root", str(root))
+    proc = run_cli(
+        "export", ref, "--format", "docker-archive", str(dest), "--root", str(root), timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(dest)
 
@@ -405,7 +401,9 @@ def test_rootfs_refuses_malicious_layers(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layout", "root", "work"]
 
     if case == "traversal":  # the CLI: one clear line, exit 1
-        proc = run_cli("export", ref, "-f", "rootfs", str(work / "cli"), "--root", str(root))
+        proc = run_cli(
+            "export", ref, "-f", "rootfs", str(work / "cli"), "--root", str(root), timeout=300
+        )
         assert proc.returncode == 1
         assert proc.stderr.startswith("Error: layer sha256:")
         assert "refusing entry \"../escaped\": has a '..' component" in proc.stderr

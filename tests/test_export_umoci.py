@@ -21,12 +21,12 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.images import (
     MT_OCI_LAYER_GZIP,
     MT_OCI_LAYER_ZSTD,
@@ -184,12 +184,6 @@ def hardlink_groups(root: Path) -> set[frozenset[str]]:
     return {frozenset(paths) for paths in by_inode.values() if len(paths) > 1}
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.fixture(scope="module")
 def s1_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry with schema1 enabled (for v2s1); it serves v2s2 and OCI as usual too."""
@@ -254,17 +248,19 @@ def test_rootfs_equals_umoci_unpack(
     ref, store, dest = refs[kind], tmp_path / "store", tmp_path / "rootfs"
     diff_ids = layout_cache.get(image_layers("gzip"), ref="umoci").diff_ids  # cached
     if way == "export":
-        proc = run_cli("pull", ref, "--root", str(store))
+        proc = run_cli("pull", ref, "--root", str(store), timeout=300)
         assert proc.returncode == 0, proc.stderr
-        proc = run_cli("export", ref, "--format", "rootfs", str(dest), "--root", str(store))
+        proc = run_cli(
+            "export", ref, "--format", "rootfs", str(dest), "--root", str(store), timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip() == str(dest)
     else:
-        proc = run_cli("pull", ref, "--root", str(store), "--rootfs", str(dest))
+        proc = run_cli("pull", ref, "--root", str(store), "--rootfs", str(dest), timeout=300)
         assert proc.returncode == 0, proc.stderr
         assert "Pull complete" in proc.stdout
     # The store has the image, its layers registered with the image's diffIDs.
-    proc = run_cli("inspect", ref, "--root", str(store))
+    proc = run_cli("inspect", ref, "--root", str(store), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert [la["DiffID"] for la in json.loads(proc.stdout)["Layers"]] == diff_ids
 

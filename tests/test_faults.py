@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support.cli import run_cli
 from support.faultmatrix import Row
 from support.faultproxy import FaultProxy, LogEntry
 from support.pushed import PushedImage
@@ -290,12 +289,7 @@ def test_cli_permanent_503_exits_1(faults: FaultRun) -> None:
     faults.proxy.add("status", path=faults.big, status=503, retry_after=0, count=None)
     root = faults.tmp / "cli"
     faults.row.pulls += 1
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgpull", "pull", faults.ref(), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("pull", faults.ref(), "--root", str(root), timeout=120)
     assert proc.returncode == 1, proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert "503" in line and faults.big in line, line

@@ -13,8 +13,6 @@ import gzip
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.registry import RegistryServer
 
 MT_V2S2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -232,12 +231,7 @@ def test_no_foreign_layers_refuses_in_one_line(
     registry = make_registry(foreign_urls=True)
     image = _push_foreign(registry, url_server, "v2s2")
     args = ["pull", "--no-foreign-layers", "--root", str(tmp_path), "--platform", "linux/amd64"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "imgpull", *args, image.ref],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli(*args, image.ref, timeout=120)
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr

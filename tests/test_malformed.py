@@ -10,13 +10,12 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.fakeregistry import FakeRegistry, sha256_digest
 from support.images import (
     MT_DOCKER_MANIFEST,
@@ -33,12 +32,6 @@ from imgpull.manifest import MAX_INDEX_DEPTH, MAX_MANIFESTS_PER_PULL
 LIMIT = 4 * 1024 * 1024
 GOOD = "test/good:v1"
 REPO = "test/bad"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def snapshot(root: Path) -> tuple[list[tuple[str, int]], Any]:

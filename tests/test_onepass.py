@@ -13,7 +13,6 @@ import fcntl
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.cli import run_cli
+from support.cli import imgpull_argv, run_cli
 from support.images import Dir, File, ImageInfo, LayoutCache, files_layer, push, random_layer
 from support.registry import RegistryServer
 from support.throttle import ThrottledRelay
@@ -182,7 +181,7 @@ def test_kill_9_during_one_pass_reruns_to_the_same_tree(
     images: Images, expected_tree: dict[str, object], tmp_path: Path
 ) -> None:
     root, dest = tmp_path / "store", tmp_path / "rootfs"
-    cmd = [sys.executable, "-m", "imgpull", "pull", images.ref("good", slow=True), "-q"]
+    cmd = imgpull_argv("pull", images.ref("good", slow=True), "-q")
     proc = subprocess.Popen(
         [*cmd, "--root", str(root), "--rootfs", str(dest)],
         stdout=subprocess.DEVNULL,

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.cli import imgpull_argv, run_cli
 from support.images import LayoutCache, files_layer, random_layer, skopeo_pull_oci
 from support.pushed import PushedImage, push_both
 from support.registry import RegistryServer, free_port
 
 import imgpull
 from imgpull.progress import ProgressEvent
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def blob_names(root: Path) -> set[str]:
@@ -59,9 +50,9 @@ def test_store_matches_skopeo(pushed_image: PushedImage, tmp_path: Path, fmt: st
 
 def test_second_pull_is_up_to_date(pushed_image: PushedImage, tmp_path: Path) -> None:
     ref = pushed_image.ref("oci")
-    assert run_cli("pull", ref, "--root", str(tmp_path)).returncode == 0
+    assert run_cli("pull", ref, "--root", str(tmp_path), timeout=300).returncode == 0
     pushed_image.registry.clear_request_log()
-    proc = run_cli("pull", ref, "--root", str(tmp_path))
+    proc = run_cli("pull", ref, "--root", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "oci: Pulling from test/small",
@@ -128,9 +119,13 @@ def test_corrupt_blob_gives_digest_mismatch(
     good = layout_cache.get([random_layer(50_000, seed=21)], ref="good")
     bad = layout_cache.get([random_layer(50_000, seed=21), random_layer(80_000, seed=22)])
     push_both(fresh_registry, good, "test/corrupt")
-    ok = run_cli("pull", fresh_registry.ref("test/corrupt:v2s2"), "--root", str(tmp_path))
+    ok = run_cli(
+        "pull", fresh_registry.ref("test/corrupt:v2s2"), "--root", str(tmp_path), timeout=300
+    )
     assert ok.returncode == 0, ok.stderr
-    refs_before = json.loads(run_cli("images", "--json", "--root", str(tmp_path)).stdout)
+    refs_before = json.loads(
+        run_cli("images", "--json", "--root", str(tmp_path), timeout=300).stdout
+    )
     blobs_before = blob_names(tmp_path)
 
     pushed = push_both(fresh_registry, bad, "test/corrupt2")
@@ -140,7 +135,7 @@ def test_corrupt_blob_gives_digest_mismatch(
     data[len(data) // 2] ^= 0xFF  # same size, different bytes
     path.write_bytes(bytes(data))
 
-    proc = run_cli("pull", pushed.ref("v2s2"), "--root", str(tmp_path))
+    proc = run_cli("pull", pushed.ref("v2s2"), "--root", str(tmp_path), timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("Error: digest mismatch")
@@ -148,7 +143,10 @@ def test_corrupt_blob_gives_digest_mismatch(
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "blobs" / "sha256" / victim[7:]).exists()
     assert blob_names(tmp_path) - blobs_before <= {pushed.layer_digests[0], pushed.config_digest}
-    assert json.loads(run_cli("images", "--json", "--root", str(tmp_path)).stdout) == refs_before
+    assert (
+        json.loads(run_cli("images", "--json", "--root", str(tmp_path), timeout=300).stdout)
+        == refs_before
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,7 +166,7 @@ def test_errors_are_one_line(
     make_ref: Callable[[RegistryServer], str],
     words: str,
 ) -> None:
-    proc = run_cli("pull", make_ref(pushed_image.registry), "--root", str(tmp_path))
+    proc = run_cli("pull", make_ref(pushed_image.registry), "--root", str(tmp_path), timeout=300)
     assert proc.returncode != 0
     assert proc.stdout == ""  # docker names what it pulls only once it is found
     assert proc.stderr.count("\n") == 1, proc.stderr
@@ -179,7 +177,7 @@ def test_errors_are_one_line(
 
 def test_two_processes_pull_same_image(pushed_image: PushedImage, tmp_path: Path) -> None:
     ref = pushed_image.ref("v2s2")
-    cmd = [sys.executable, "-m", "imgpull", "pull", ref, "--root", str(tmp_path), "-q"]
+    cmd = imgpull_argv("pull", ref, "--root", str(tmp_path), "-q")
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
@@ -190,15 +188,15 @@ def test_two_processes_pull_same_image(pushed_image: PushedImage, tmp_path: Path
 
 def test_images_and_inspect(pushed_image: PushedImage, tmp_path: Path) -> None:
     ref = pushed_image.ref("oci")
-    assert run_cli("pull", ref, "--root", str(tmp_path)).returncode == 0
-    table = run_cli("images", "--root", str(tmp_path)).stdout.splitlines()
+    assert run_cli("pull", ref, "--root", str(tmp_path), timeout=300).returncode == 0
+    table = run_cli("images", "--root", str(tmp_path), timeout=300).stdout.splitlines()
     assert table[0].split()[:4] == ["REPOSITORY", "TAG", "DIGEST", "IMAGE"]
     repo = ref.rsplit(":", 1)[0]
     assert any(
         line.split()[:2] == [repo, "oci"] and pushed_image.config_digest[7:19] in line
         for line in table[1:]
     )
-    info = json.loads(run_cli("inspect", ref, "--root", str(tmp_path)).stdout)
+    info = json.loads(run_cli("inspect", ref, "--root", str(tmp_path), timeout=300).stdout)
     assert info["Id"] == pushed_image.config_digest
     assert info["RepoTags"] == [ref]
     assert info["RepoDigests"] == [f"{repo}@{pushed_image.digests['oci']}"]
@@ -206,7 +204,7 @@ def test_images_and_inspect(pushed_image: PushedImage, tmp_path: Path) -> None:
     assert [layer["DiffID"] for layer in info["Layers"]] == pushed_image.image.diff_ids
     assert info["Layers"][0]["ChainID"] == pushed_image.image.diff_ids[0]
     assert info["RootFS"]["diff_ids"] == pushed_image.image.diff_ids
-    missing = run_cli("inspect", "nothing:here", "--root", str(tmp_path))
+    missing = run_cli("inspect", "nothing:here", "--root", str(tmp_path), timeout=300)
     assert missing.returncode == 1 and "no such image" in missing.stderr.lower()
 
 

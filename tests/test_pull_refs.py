@@ -8,12 +8,11 @@ every tag in the registry's order and stops at the first error.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cli import run_cli
 from support.fakeregistry import FakeRegistry
 from support.images import (
     MT_OCI_INDEX,
@@ -30,12 +29,6 @@ from support.registry import RegistryServer
 
 import imgpull
 from imgpull.progress import ProgressEvent
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def manifest_requests(registry: RegistryServer) -> list[tuple[str, str]]:
@@ -158,7 +151,7 @@ def test_cli_fallback_warning_is_shown(
     fake: FakeRegistry, small: ImageInfo, tmp_path: Path
 ) -> None:
     fake.add_image("test/odd", "v1", small, by_digest=False)
-    proc = run_cli("pull", fake.ref("test/odd:v1"), "--root", str(tmp_path))
+    proc = run_cli("pull", fake.ref("test/odd:v1"), "--root", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "not conforming, falling back to the tag" in proc.stdout + proc.stderr
 
@@ -186,7 +179,7 @@ def test_all_tags_pulls_every_tag_in_order(
     assert [i.reference.tag for i in images] == order  # the registry's order
     assert listed == {(t, _image(layout_cache, s).config_digest) for t, s in tags.items()}
 
-    proc = run_cli("pull", "--all-tags", name, "--root", str(tmp_path / "cli"))
+    proc = run_cli("pull", "--all-tags", name, "--root", str(tmp_path / "cli"), timeout=300)
     assert proc.returncode == 0, proc.stderr
     pulling = [line for line in proc.stdout.splitlines() if ": Pulling from " in line]
     assert pulling == [f"{t}: Pulling from test/every" for t in order]
@@ -198,7 +191,7 @@ def test_all_tags_refuses_a_tag_or_digest(
 ) -> None:
     ref = fresh_registry.ref(f"test/every{suffix}")
     fresh_registry.clear_request_log()
-    proc = run_cli("pull", "-a", ref, "--root", str(tmp_path))
+    proc = run_cli("pull", "-a", ref, "--root", str(tmp_path), timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: tag can't be used with --all-tags/-a")
     assert proc.stderr.count("\n") == 1
@@ -230,7 +223,14 @@ def test_all_tags_goes_on_past_a_failing_tag(
     fake.add_image("test/stops", "c", _image(layout_cache, 983))
     root = tmp_path / "root"
     proc = run_cli(
-        "pull", "-a", "--platform", "linux/amd64", fake.ref("test/stops"), "--root", str(root)
+        "pull",
+        "-a",
+        "--platform",
+        "linux/amd64",
+        fake.ref("test/stops"),
+        "--root",
+        str(root),
+        timeout=300,
     )
     # As a bulk pull: the tag's error on a line of its own, the other tags
     # pulled, and a non-zero exit at the end.

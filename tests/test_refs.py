@@ -6,11 +6,11 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import run_cli
 from support.images import LayoutCache, random_layer
 from support.pushed import PushedImage, push_both
 from support.registry import RegistryServer
@@ -21,13 +21,9 @@ from imgpull.store import Store
 BASE = random_layer(300_000, seed=301)
 
 
-def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args, "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`imgpull ARGS --root ROOT`."""
+    return run_cli(*args, "--root", str(root), timeout=300)
 
 
 def blob_files(root: Path) -> set[str]:
@@ -69,7 +65,7 @@ def check_store(root: Path) -> None:
 
 def table(root: Path) -> list[list[str]]:
     """`imgpull images` as rows of [repository, tag, digest, image id]."""
-    proc = run_cli(root, "images")
+    proc = cli(root, "images")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["REPOSITORY", "TAG", "DIGEST", "IMAGE", "ID", "CREATED", "SIZE"]
@@ -103,11 +99,11 @@ def test_tag_then_images_shows_both(pushed_image: PushedImage, tmp_path: Path) -
     ref = pushed_image.ref("v2s2")
     repo = ref.rsplit(":", 1)[0]
     image_id = pushed_image.config_digest
-    assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
-    proc = run_cli(tmp_path, "tag", ref, "myapp:1.0")
+    assert cli(tmp_path, "pull", "-q", ref).returncode == 0
+    proc = cli(tmp_path, "tag", ref, "myapp:1.0")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
     # By ID prefix, into another registry's name, default tag `latest`.
-    assert run_cli(tmp_path, "tag", short(image_id)[:8], "example.com/team/app").returncode == 0
+    assert cli(tmp_path, "tag", short(image_id)[:8], "example.com/team/app").returncode == 0
     rows = table(tmp_path)
     digest = pushed_image.digests["v2s2"][:19] + "…"
     assert sorted(rows) == sorted(
@@ -130,7 +126,7 @@ def test_tag_then_images_shows_both(pushed_image: PushedImage, tmp_path: Path) -
 
 def test_tag_refusals(pushed_image: PushedImage, tmp_path: Path) -> None:
     ref = pushed_image.ref("oci")
-    assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
+    assert cli(tmp_path, "pull", "-q", ref).returncode == 0
     digest = pushed_image.digests["oci"]
     for target, words in [
         (f"myapp@{digest}", "refusing to create a tag with a digest reference"),
@@ -138,21 +134,21 @@ def test_tag_refusals(pushed_image: PushedImage, tmp_path: Path) -> None:
         ("MyApp", "must be lowercase"),
         ("sha256", "refusing to create an ambiguous tag using digest algorithm as name"),
     ]:
-        proc = run_cli(tmp_path, "tag", ref, target)
+        proc = cli(tmp_path, "tag", ref, target)
         assert proc.returncode == 1
         assert proc.stderr.startswith("Error: ") and proc.stderr.count("\n") == 1
         assert words in proc.stderr
-    proc = run_cli(tmp_path, "tag", "nothing:here", "myapp")
+    proc = cli(tmp_path, "tag", "nothing:here", "myapp")
     assert (proc.returncode, proc.stderr) == (1, "Error: No such image: nothing:here\n")
     assert [row[0] for row in table(tmp_path)] == [ref.rsplit(":", 1)[0]]
 
 
 def test_rmi_one_of_two_tags_keeps_image(pushed_image: PushedImage, tmp_path: Path) -> None:
     ref = pushed_image.ref("v2s2")
-    assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
-    assert run_cli(tmp_path, "tag", ref, "myapp:1").returncode == 0
+    assert cli(tmp_path, "pull", "-q", ref).returncode == 0
+    assert cli(tmp_path, "tag", ref, "myapp:1").returncode == 0
     blobs = blob_files(tmp_path)
-    proc = run_cli(tmp_path, "rmi", "myapp:1")
+    proc = cli(tmp_path, "rmi", "myapp:1")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "Untagged: myapp:1\n", "")
     assert blob_files(tmp_path) == blobs
     assert [row[:2] for row in table(tmp_path)] == [[ref.rsplit(":", 1)[0], "v2s2"]]
@@ -162,10 +158,10 @@ def test_rmi_one_of_two_tags_keeps_image(pushed_image: PushedImage, tmp_path: Pa
 def test_rmi_last_reference_keeps_shared_blobs(pair: Pair, tmp_path: Path) -> None:
     a_ref, b_ref = pair.a.ref("v2s2"), pair.b.ref("v2s2")
     for ref in (a_ref, b_ref):
-        assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
+        assert cli(tmp_path, "pull", "-q", ref).returncode == 0
     check_store(tmp_path)
     a_repo = a_ref.rsplit(":", 1)[0]
-    proc = run_cli(tmp_path, "rmi", a_ref)
+    proc = cli(tmp_path, "rmi", a_ref)
     assert proc.returncode == 0, proc.stderr
     # docker's records: the tag, then the repository's digest references
     # (no tag of that repository is left), the image, its own layer.
@@ -199,12 +195,12 @@ def test_rmi_both_formats_removes_every_manifest(pair: Pair, tmp_path: Path) -> 
     """One image pulled as v2s2 and as OCI: two tags, two manifests, one image."""
     repo = pair.a.ref("v2s2").rsplit(":", 1)[0]
     for fmt in ("v2s2", "oci"):
-        assert run_cli(tmp_path, "pull", "-q", pair.a.ref(fmt)).returncode == 0  # type: ignore[arg-type]
+        assert cli(tmp_path, "pull", "-q", pair.a.ref(fmt)).returncode == 0  # type: ignore[arg-type]
     assert {pair.a.digests["v2s2"], pair.a.digests["oci"]} <= blob_files(tmp_path)
-    proc = run_cli(tmp_path, "rmi", pair.a.ref("v2s2"))
+    proc = cli(tmp_path, "rmi", pair.a.ref("v2s2"))
     # Another tag of the repository is left: the digest references stay.
     assert proc.stdout == f"Untagged: {pair.a.ref('v2s2')}\n"
-    proc = run_cli(tmp_path, "rmi", f"{repo}:oci")
+    proc = cli(tmp_path, "rmi", f"{repo}:oci")
     assert proc.stdout.splitlines()[:3] == [
         f"Untagged: {repo}:oci",
         *sorted(f"Untagged: {repo}@{pair.a.digests[f]}" for f in ("v2s2", "oci")),
@@ -216,9 +212,9 @@ def test_rmi_both_formats_removes_every_manifest(pair: Pair, tmp_path: Path) -> 
 def test_rmi_by_id(pair: Pair, tmp_path: Path) -> None:
     ref = pair.a.ref("v2s2")
     image_id = pair.a.config_digest
-    assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
+    assert cli(tmp_path, "pull", "-q", ref).returncode == 0
     # A tag and a digest reference in one repository: an ID removes both.
-    proc = run_cli(tmp_path, "rmi", short(image_id))
+    proc = cli(tmp_path, "rmi", short(image_id))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[:3] == [
         f"Untagged: {ref}",
@@ -227,10 +223,10 @@ def test_rmi_by_id(pair: Pair, tmp_path: Path) -> None:
     ]
     check_store(tmp_path)
 
-    assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
-    assert run_cli(tmp_path, "tag", ref, "other/repo:x").returncode == 0
+    assert cli(tmp_path, "pull", "-q", ref).returncode == 0
+    assert cli(tmp_path, "tag", ref, "other/repo:x").returncode == 0
     blobs = blob_files(tmp_path)
-    proc = run_cli(tmp_path, "rmi", image_id)
+    proc = cli(tmp_path, "rmi", image_id)
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr == (
@@ -238,7 +234,7 @@ def test_rmi_by_id(pair: Pair, tmp_path: Path) -> None:
         " - image is referenced in multiple repositories\n"
     )
     assert blob_files(tmp_path) == blobs and len(table(tmp_path)) == 2
-    proc = run_cli(tmp_path, "rmi", "-f", image_id[7:])
+    proc = cli(tmp_path, "rmi", "-f", image_id[7:])
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert sorted(line for line in lines if line.startswith("Untagged: ")) == sorted(
@@ -255,9 +251,9 @@ def test_rmi_by_id(pair: Pair, tmp_path: Path) -> None:
 
 def test_rmi_unknown_and_several(pushed_image: PushedImage, tmp_path: Path) -> None:
     ref = pushed_image.ref("oci")
-    assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0
-    assert run_cli(tmp_path, "tag", ref, "x:1").returncode == 0
-    proc = run_cli(tmp_path, "rmi", "nothing", "x:1", "sha256:" + "0" * 64)
+    assert cli(tmp_path, "pull", "-q", ref).returncode == 0
+    assert cli(tmp_path, "tag", ref, "x:1").returncode == 0
+    proc = cli(tmp_path, "rmi", "nothing", "x:1", "sha256:" + "0" * 64)
     # As docker: each is tried; the errors are reported, the exit code is 1.
     assert proc.returncode == 1
     assert proc.stdout == "Untagged: x:1\n"
@@ -299,7 +295,7 @@ def test_dangling_image(pair: Pair, tmp_path: Path) -> None:
         ("<none>", None, pair.a.config_digest),
     ]
     assert table(tmp_path)[-1] == ["<none>", "<none>", "<none>", short(pair.a.config_digest)]
-    proc = run_cli(tmp_path, "rmi", short(pair.a.config_digest))
+    proc = cli(tmp_path, "rmi", short(pair.a.config_digest))
     assert proc.stdout.splitlines() == [
         f"Deleted: {pair.a.config_digest}",
         f"Deleted: {pair.a.layer_digests[1]}",

@@ -6,8 +6,6 @@ import gzip
 import hashlib
 import itertools
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cli import run_cli
 from support.fakeregistry import FakeRegistry
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
@@ -277,19 +276,12 @@ def test_schema1_wrong_digest_and_refusal(
         with pytest.raises(UnsupportedManifestError, match="schema1"):
             client.pull(reg.ref("test/s1:v2s1"))
         client.pull(reg.ref("test/s1:v2s2"))  # schema2 still pulls
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgpull",
-            "pull",
-            "--no-schema1",
-            "--root",
-            str(tmp_path),
-            reg.ref("test/s1:v2s1"),
-        ],
-        capture_output=True,
-        text=True,
+    proc = run_cli(
+        "pull",
+        "--no-schema1",
+        "--root",
+        str(tmp_path),
+        reg.ref("test/s1:v2s1"),
         timeout=300,
     )
     assert proc.returncode == 1
