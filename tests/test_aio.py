@@ -1,8 +1,8 @@
 """imgpull.AsyncClient (issue 10): pulls awaited on asyncio, progress on the
 loop, cancellation by task.cancel(), asyncio.timeout() and wait_for().
 
-Against test_scheduler's registry and throttling relay (its fixtures and
-helpers, imported), and for the cancel tests a faster relay of this module's
+Against the scheduler tests' images (support.scheduling) on a registry and
+throttling relay of this module's own, and for the cancel tests a faster relay of this module's
 own: what is asserted is seen outside imgpull, in the registry's access log
 and the store's files.
 """
@@ -16,11 +16,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import test_scheduler
 from support.images import LayoutCache, push, random_layer
 from support.registry import RegistryServer
+from support.scheduling import TIMEOUT, Images, assert_resumes, partials, serve_images
 from support.throttle import ThrottledRelay
-from test_scheduler import TIMEOUT, Images, _assert_resumes, _partials
 
 import imgpull
 from imgpull.progress import (
@@ -34,9 +33,25 @@ from imgpull.progress import (
     ProgressEvent,
 )
 
-# test_scheduler's fixtures: its registry, throttling relay and images.
-images = test_scheduler.images
-log = test_scheduler.log
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory, layout_cache: LayoutCache) -> Iterator[Images]:
+    """The scheduler tests' images (support.scheduling), on a registry of this module's own."""
+    with serve_images(tmp_path_factory.mktemp("sched-registry"), layout_cache) as images:
+        yield images
+
+
+@pytest.fixture
+def log(images: Images) -> Images:
+    """The module's images, with the registry's access log cleared."""
+    return images.cleared()
+
+
+def _pull_id(root: Path, ref: str) -> str:
+    """A fresh Client's pull of `ref` into `root`: the image ID."""
+    with imgpull.Client(root) as client:
+        return client.pull(ref).id
+
 
 # The image the cancel tests stop: ~2 s through its relay, which is fast
 # enough that a transfer left running grows its partial file (written in
@@ -248,14 +263,14 @@ def test_cancel_stops_the_transfers_and_the_next_pull_resumes(
             # ~1 s expected; generous for a loaded machine.
             assert await interrupt(client, big.slow_ref()) < 3.0
             # Stopped by the cancel itself, not by the Client's close.
-            kept = _partials(tmp_path)
+            kept = partials(tmp_path)
             assert kept
             await asyncio.sleep(0.5)
-            assert _partials(tmp_path) == kept
+            assert partials(tmp_path) == kept
             return kept
 
     kept = asyncio.run(asyncio.wait_for(main(), TIMEOUT))
-    _assert_resumes(big, tmp_path, kept)
+    assert_resumes(big, tmp_path, kept, _pull_id)
 
 
 def test_pull_many_returns_results_in_order_with_errors_in_place(
@@ -301,4 +316,4 @@ def test_aclose_cancels_the_pulls_in_progress(log: Images, tmp_path: Path) -> No
             await task
 
     _run(main())
-    _assert_resumes(log, tmp_path, _partials(tmp_path))
+    assert_resumes(log, tmp_path, partials(tmp_path), _pull_id)

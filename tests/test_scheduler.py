@@ -14,95 +14,34 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.faultproxy import FaultProxy
-from support.images import ImageInfo, LayoutCache, push, random_layer
-from support.registry import RegistryServer
-from support.throttle import ThrottledRelay
+from support.images import LayoutCache
+from support.scheduling import TIMEOUT, Images, assert_resumes, partials, serve_images
 
 import imgpull
 from imgpull.progress import DOWNLOAD_COMPLETE, DOWNLOADING, VERIFYING, ProgressEvent
 
-# Four images of one layer each (pulled at once with one download slot).
-FOUR = tuple((random_layer(400_000, seed=700 + i),) for i in range(4))
-# Two images sharing their two base layers.
-BASE = (random_layer(1_000_000, seed=711), random_layer(1_000_000, seed=712))
-SHARED = {
-    "a": (*BASE, random_layer(300_000, seed=713)),
-    "b": (*BASE, random_layer(300_000, seed=714)),
-}
-# ~12 MB: at RATE through the relay, ~6 s to pull; stopped long before that
-# (seconds of margin for a cancel that waits for the first bytes on a loaded machine).
-SLOW = tuple(random_layer(4_000_000, seed=seed) for seed in (721, 722, 723))
-RATE = 2_000_000
-# No test should come near it; a bound so that a broken one fails, not hangs.
-TIMEOUT = 30
-
-
-@dataclass(frozen=True)
-class Images:
-    registry: RegistryServer
-    relay: ThrottledRelay
-    four: list[ImageInfo]
-    shared: dict[str, ImageInfo]
-    slow: ImageInfo
-
-    def slow_ref(self, *, throttled: bool = True) -> str:
-        host = self.relay.host if throttled else self.registry.host
-        return f"{host}/test/slow:v1"
-
-    def blob_gets(self) -> list[tuple[str, int]]:
-        """(digest, status) of each blob GET the registry answered, settled."""
-        return [
-            (e.path.rsplit("/", 1)[1], e.status)
-            for e in self.registry.settled_request_log()
-            if e.method == "GET" and "/blobs/" in e.path
-        ]
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory, layout_cache: LayoutCache) -> Iterator[Images]:
-    with (
-        RegistryServer(workdir=tmp_path_factory.mktemp("sched-registry")) as registry,
-        ThrottledRelay(registry.host, rate=RATE) as relay,
-    ):
-        four = [layout_cache.get(layers, ref=f"sched-{i}") for i, layers in enumerate(FOUR)]
-        for i, image in enumerate(four):
-            push(image, registry, f"test/sched-{i}:v1", "oci")
-        shared = {k: layout_cache.get(layers, ref=f"shared-{k}") for k, layers in SHARED.items()}
-        for k, image in shared.items():
-            push(image, registry, f"test/shared-{k}:v1", "oci")
-        slow = layout_cache.get(SLOW, ref="slow")
-        push(slow, registry, "test/slow:v1", "oci")
-        yield Images(registry, relay, four, shared, slow)
+    with serve_images(tmp_path_factory.mktemp("sched-registry"), layout_cache) as images:
+        yield images
 
 
 @pytest.fixture
 def log(images: Images) -> Images:
     """The module's images, with the registry's access log cleared."""
-    images.registry.settled_request_log()
-    images.registry.clear_request_log()
-    return images
+    return images.cleared()
 
 
-def _partials(root: Path) -> dict[str, int]:
-    """Hex digest -> size of the non-empty partial downloads in the ingest area."""
-    ingest = root / "ingest" / "sha256"
-    sizes: dict[str, int] = {}
-    for p in ingest.iterdir():
-        if p.name.endswith(".lock"):
-            continue
-        try:
-            size = p.stat().st_size
-        except FileNotFoundError:  # committed (moved into blobs/) meanwhile
-            continue
-        if size > 0:
-            sizes[p.name] = size
-    return sizes
+def _pull_id(root: Path, ref: str) -> str:
+    """A fresh Client's pull of `ref` into `root`: the image ID."""
+    with imgpull.Client(root) as client:
+        return client.pull(ref).id
 
 
 def _run(target: object, *args: object) -> threading.Thread:
@@ -182,27 +121,12 @@ def test_pull_many_fetches_shared_blobs_once_in_order(log: Images, tmp_path: Pat
         }
 
 
-def _assert_resumes(images: Images, root: Path, kept: dict[str, int]) -> None:
-    """A fresh Client on `root` completes the pull, asking for the rest of each
-    kept partial (206), never again for its start."""
-    images.registry.settled_request_log()
-    images.registry.clear_request_log()
-    with imgpull.Client(root) as client:
-        image = client.pull(images.slow_ref(throttled=False))
-    assert image.id == images.slow.config_digest
-    gets = images.blob_gets()
-    for hexpart in kept:
-        assert (f"sha256:{hexpart}", 206) in gets
-        assert (f"sha256:{hexpart}", 200) not in gets
-    assert _partials(root) == {}
-
-
 def _assert_stopped(root: Path) -> dict[str, int]:
     """The partials left by a stopped pull: some, and no longer growing."""
-    kept = _partials(root)
+    kept = partials(root)
     assert kept
     time.sleep(0.3)
-    assert _partials(root) == kept
+    assert partials(root) == kept
     return kept
 
 
@@ -219,7 +143,7 @@ def test_timeout_stops_the_pull_keeps_partials_and_the_rerun_resumes(
     assert "1.5 seconds" in str(info.value)
     # 1.5 s and a chunk; generous for a loaded machine.
     assert elapsed < 4.0
-    _assert_resumes(log, tmp_path, _assert_stopped(tmp_path))
+    assert_resumes(log, tmp_path, _assert_stopped(tmp_path), _pull_id)
 
 
 def _once_bytes_arrive(root: Path, action: Callable[[], None]) -> threading.Thread:
@@ -229,7 +153,7 @@ def _once_bytes_arrive(root: Path, action: Callable[[], None]) -> threading.Thre
     def wait_then_act() -> None:
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            if (root / "ingest" / "sha256").is_dir() and _partials(root):
+            if (root / "ingest" / "sha256").is_dir() and partials(root):
                 break
             time.sleep(0.01)
         action()
@@ -244,7 +168,7 @@ def test_cancel_token_from_another_thread(log: Images, tmp_path: Path) -> None:
         client.pull(log.slow_ref(), cancel=token)
     timer.join()
     assert not isinstance(info.value, imgpull.PullTimeoutError)
-    _assert_resumes(log, tmp_path, _assert_stopped(tmp_path))
+    assert_resumes(log, tmp_path, _assert_stopped(tmp_path), _pull_id)
 
 
 def test_close_from_another_thread_cancels_the_pull(log: Images, tmp_path: Path) -> None:
@@ -258,7 +182,7 @@ def test_close_from_another_thread_cancels_the_pull(log: Images, tmp_path: Path)
     with pytest.raises(imgpull.PullCancelledError, match="closed"):
         client.pull(log.slow_ref())
     # The store is consistent: a fresh Client on it finishes the pull.
-    _assert_resumes(log, tmp_path, _partials(tmp_path))
+    assert_resumes(log, tmp_path, partials(tmp_path), _pull_id)
 
 
 def _two_pulls(log: Images, root: Path, first: dict[str, Any], then: Callable[[], None]) -> Any:
