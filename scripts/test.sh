@@ -66,7 +66,7 @@ phase() {
 # --- system packages -------------------------------------------------------
 install_system_packages() {
     local missing=() pair
-    # command:package. umoci: tests/test_export.py compares rootfs exports with it.
+    # command:package. umoci: tests/e2e/test_export*.py compare rootfs exports with it.
     # nasm, autoconf, automake, libtool, make: the isal-sys crate builds
     # Intel's ISA-L (our gzip inflater) from source.
     for pair in docker-registry:docker-registry skopeo:skopeo openssl:openssl umoci:umoci \

@@ -2,7 +2,7 @@
 one scheduler; a failed reference reported on its own line while the others
 go on; a summary; `--json` objects; the live block on a terminal.
 
-`-a` going on past a failing tag is tested in test_pull_refs.py
+`-a` going on past a failing tag is tested in test_pull_reference_forms.py
 (test_all_tags_goes_on_past_a_failing_tag), where its fake registry lives.
 """
 
