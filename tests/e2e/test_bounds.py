@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
 
 import pytest
 from support.cli import cli_env, imgpull_argv, run_cli
@@ -32,60 +31,30 @@ from support.fakeregistry import FakeRegistry, sha256_digest
 from support.images import FIXED_EPOCH, Compression, StreamLayer, build_oci_layout, push
 from support.registry import RegistryServer
 from support.schema1 import sign
+from support.tarstreams import MiB, letters, member_stream, tar_file, tar_header, zeros_tar
 
 import imgpull
-from imgpull._core import diff_id_file
 from imgpull.errors import LimitExceededError, SizeMismatchError
 from imgpull.manifest import DOCKER_MANIFEST_V1_SIGNED
 from imgpull.progress import ProgressEvent
 
-MiB = 1 << 20
-
-
-def _header(name: str, kind: bytes, size: int, fmt: Literal[0, 1, 2] = tarfile.GNU_FORMAT) -> bytes:
-    """One tar header block, as written (no payload)."""
-    info = tarfile.TarInfo(name)
-    info.type, info.size, info.mtime = kind, size, FIXED_EPOCH
-    return info.tobuf(fmt)
-
-
-def _file(name: str, data: bytes) -> bytes:
-    """A whole regular-file member: header, data, padding."""
-    padded = data + bytes(-len(data) % 512)
-    return _header(name, tarfile.REGTYPE, len(data)) + padded
-
-
-def _letters(size: int, letter: bytes = b"a") -> Iterator[bytes]:
-    """`size` bytes of `letter`, a MiB at a time."""
-    chunk = letter * MiB
-    for _ in range(size // MiB):
-        yield chunk
-    yield letter * (size % MiB)
-
-
-def _stream(head: bytes, size: int, letter: bytes = b"a") -> Iterator[bytes]:
-    """`head`, then `size` bytes of `letter`, padded to a block."""
-    yield head
-    yield from _letters(size, letter)
-    yield bytes(-size % 512)
-
 
 def _long_name_tar(size: int) -> Iterator[bytes]:
     """A benign file, then a GNU long name entry of `size` bytes for a file."""
-    yield _file("ok", b"ok\n")
-    yield from _stream(_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, size), size)
-    yield _file("x", b"x\n") + bytes(1024)
+    yield tar_file("ok", b"ok\n")
+    yield from member_stream(tar_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, size), size)
+    yield tar_file("x", b"x\n") + bytes(1024)
 
 
 def _pax_record_tar(size: int) -> Iterator[bytes]:
     """A benign file, then a PAX header holding one `path` record of `size` bytes."""
-    yield _file("ok", b"ok\n")
+    yield tar_file("ok", b"ok\n")
     # "<length> path=<value>\n", the length counting the whole record.
     prefix = f"{size} path=".encode()
-    yield _header("././@PaxHeader", tarfile.XHDTYPE, size, tarfile.USTAR_FORMAT) + prefix
-    yield from _letters(size - len(prefix) - 1)
+    yield tar_header("././@PaxHeader", tarfile.XHDTYPE, size, tarfile.USTAR_FORMAT) + prefix
+    yield from letters(size - len(prefix) - 1)
     yield b"\n" + bytes(-size % 512)
-    yield _file("x", b"x\n") + bytes(1024)
+    yield tar_file("x", b"x\n") + bytes(1024)
 
 
 def _run_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, int]:
@@ -166,12 +135,6 @@ def test_rootfs_refuses_huge_names_in_bounded_memory(
 # Pulls: decompression bombs ---------------------------------------------------------
 
 
-def _zeros_tar(size: int) -> Iterator[bytes]:
-    """A tar of one file of `size` zero bytes (a multiple of 512)."""
-    yield from _stream(_header("zeros", tarfile.REGTYPE, size), size, b"\0")
-    yield bytes(1024)
-
-
 def _assert_nothing_kept(root: Path, digest: str) -> None:
     hexpart = digest.removeprefix("sha256:")
     assert not (root / "blobs" / "sha256" / hexpart).exists()
@@ -185,7 +148,7 @@ def test_pull_refuses_a_decompression_bomb(
     fresh_registry: RegistryServer, tmp_path: Path, compression: Compression, size: int
 ) -> None:
     bomb = StreamLayer(
-        f"zeros-{compression}", lambda: _zeros_tar(size), compresslevel=9, compression=compression
+        f"zeros-{compression}", lambda: zeros_tar(size), compresslevel=9, compression=compression
     )
     image = build_oci_layout(tmp_path / "layout", [bomb])
     digest = image.layers[0].digest
@@ -214,7 +177,7 @@ def _text_tar(size: int) -> Iterator[bytes]:
     lines = b"".join(
         b"%08d lorem ipsum dolor %d\n" % (i, i * 7919 % 1000) for i in range(size // 30)
     )
-    yield _file("text", lines) + bytes(1024)
+    yield tar_file("text", lines) + bytes(1024)
 
 
 def test_pull_ratio_limit_from_the_cli(fresh_registry: RegistryServer, tmp_path: Path) -> None:
@@ -236,17 +199,6 @@ def test_pull_ratio_limit_from_the_cli(fresh_registry: RegistryServer, tmp_path:
     _assert_nothing_kept(root, info.digest)
     with imgpull.Client(root) as client:
         client.pull(ref)
-
-
-def test_diff_id_file_ratio(tmp_path: Path) -> None:
-    """The diffID of a layer already on disk (schema1, an older store) is bounded too."""
-    tar = b"".join(_zeros_tar(32 * MiB))
-    path = tmp_path / "bomb"
-    path.write_bytes(gzip.compress(tar, 9))
-    with pytest.raises(LimitExceededError, match="--max-ratio 200") as info:
-        diff_id_file(str(path))
-    assert info.value.kind == "ratio"
-    assert diff_id_file(str(path), max_ratio=0) == sha256_digest(tar)
 
 
 # Blobs of unknown size ------------------------------------------------------------------

@@ -32,7 +32,6 @@ from support.registry import RegistryServer
 
 import imgpull
 from imgpull.pull import Puller
-from imgpull.registry.errors import error_from_response
 
 
 def pulled(*args: str, root: Path) -> list[str]:
@@ -106,24 +105,6 @@ def test_unknown_tag_prints_only_the_error(tiny: tuple[str, str, str], tmp_path:
     proc = run_cli("pull", f"{name}:nosuchtag", "--root", str(tmp_path))
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr == f"Error: manifest for {name}:nosuchtag not found: manifest unknown\n"
-
-
-@pytest.mark.parametrize(
-    ("registry", "repo", "reference", "shown"),
-    [
-        ("docker.io", "library/alpine", "nosuchtag", "alpine:nosuchtag"),
-        ("docker.io", "user/app", "v9", "user/app:v9"),
-        ("ghcr.io", "org/app", "sha256:" + "a" * 64, "ghcr.io/org/app@sha256:" + "a" * 64),
-    ],
-)
-def test_unknown_manifest_is_named_as_docker_names_it(
-    registry: str, repo: str, reference: str, shown: str
-) -> None:
-    body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
-    err = error_from_response(
-        404, [], body.encode(), registry=registry, kind="manifest", repo=repo, reference=reference
-    )
-    assert str(err) == f"manifest for {shown} not found: manifest unknown"
 
 
 def test_all_tags_one_status(

@@ -18,9 +18,7 @@ from support.images import ImageInfo, LayoutCache, random_layer
 
 from imgpull import Client
 from imgpull.errors import AuthenticationError, FetchError, RegistryTimeoutError
-from imgpull.registry import RegistryClient, endpoint_for
 from imgpull.retry import RetryPolicy, StallPolicy
-from imgpull.safetext import printable, redact
 
 USER = "hostile-user"
 PASSWORD = "pw-Xq83-secret"
@@ -388,26 +386,3 @@ def test_credentials_echoed_by_the_token_server_are_not_printed(
     assert "wrong credentials (you sent" in output and "<redacted>" in output, output
     for secret in (wrong or identity, base64.b64encode(f"{USER}:{wrong}".encode()).decode()):
         assert secret not in output, output
-
-
-def test_printable_and_redact() -> None:
-    assert printable("a\x1b[1mb\x07\x00\x7f\x85\u200f\u2066\u2028 ok é 日本") == (
-        "a\\x1b[1mb\\x07\\x00\\x7f\\x85\\u200f\\u2066\\u2028 ok é 日本"
-    )
-    assert printable(printable("\x1b")) == "\\x1b"
-    assert redact("pw abc pwd", ["pwd", "pw", ""]) == "<redacted> abc <redacted>"
-
-
-def test_the_deadline_covers_proxied_connections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests through an environment proxy keep to the deadline too: every
-    connection pool of the client, the proxies' included, has it (deadline.py
-    reaches into httpx: this fails if a new httpx moves what it wraps)."""
-    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
-    with RegistryClient(endpoint_for("registry.example")) as rc:
-        http = rc._http
-        pools = [http._transport, *(t for t in http._mounts.values() if t is not None)]
-        assert len(pools) == 3  # direct, and a proxy per scheme
-        for transport in pools:
-            backend = transport._pool._network_backend  # type: ignore[attr-defined]
-            assert type(backend).__module__ == "imgpull.registry.deadline", backend

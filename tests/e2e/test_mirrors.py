@@ -21,11 +21,7 @@ from support.images import ImageInfo, push
 from support.registry import RegistryServer, free_port, require_tools
 
 import imgpull
-from imgpull.errors import RegistryError
-from imgpull.hosts import ConfigError, Mirror, load_config, parse_mirror, registry_key
 from imgpull.progress import ProgressEvent
-from imgpull.registry import Endpoint
-from imgpull.transport import Transport
 
 REPO_TAG = "mirror/small:v1"
 
@@ -243,73 +239,3 @@ def test_mirror_with_unusable_tls_files_is_skipped(
     warnings = [e.status for e in events if e.status.startswith("Warning")]
     assert len(warnings) == 1 and "missing key client.key" in warnings[0], warnings
     assert small_image.blob_digests <= stored_blobs(tmp_path / "store")
-
-
-def test_endpoint_order_and_settings(tmp_path: Path) -> None:
-    """Mirrors first, in order, then the registry; each mirror's own scheme
-    and TLS choice (an insecure one without a scheme may fall back to HTTP)."""
-    mirrors = {
-        "index.docker.io": [
-            "https://a.example:5000",
-            "http://b.example",
-            Mirror("c.example", insecure=True),
-        ]
-    }
-    with imgpull.Client(tmp_path, mirrors=mirrors, certs_dirs=[]) as client:
-        tried: list[Endpoint] = []
-
-        def attempt(transport: Transport, retry: object) -> None:
-            tried.append(transport.registry.endpoint)
-            raise RegistryError("unavailable", status=503)
-
-        with pytest.raises(RegistryError):
-            client._with_fallback("docker.io", lambda _: None, attempt)
-        endpoints = tried
-    assert [(e.base_url, e.insecure, e.http_fallback) for e in endpoints] == [
-        ("https://a.example:5000", False, False),
-        ("http://b.example", False, False),
-        ("https://c.example", True, True),
-        ("https://registry-1.docker.io", False, False),
-    ]
-
-
-def test_config_file_format(tmp_path: Path) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text(
-        'unqualified-search-registries = ["docker.io"]\n'
-        '[[registry]]\nprefix = "index.docker.io"\n'
-        '[[registry.mirror]]\nlocation = "mirror.example:5000"\n'
-        '[[registry.mirror]]\nlocation = "http://10.0.0.2:5000"\ninsecure = true\n'
-        '[[registry]]\nlocation = "quay.io"\n'
-    )
-    loaded = load_config(config)
-    assert loaded.for_registry("docker.io") == (
-        Mirror("mirror.example:5000"),
-        Mirror("10.0.0.2:5000", "http", insecure=True),
-    )
-    assert loaded.for_registry("quay.io") == ()
-    assert registry_key("registry-1.docker.io") == "docker.io"
-    bad = {
-        "prefix = [": "is not valid TOML",
-        '[[registry]]\nprefix = "docker.io/library"\n': "not a repository",
-        "[[registry]]\nmirror = []\n": "needs a prefix",
-        '[[registry]]\nprefix = "a"\n[[registry.mirror]]\nlocation = "m/x"\n': "without a path",
-        '[[registry]]\nprefix = "a"\n[[registry.mirror]]\nlocation = "m"\ninsecure = 1\n': (
-            "true or false"
-        ),
-        'registry = "a"\n': "array of tables",
-    }
-    for text, message in bad.items():
-        config.write_text(text)
-        with pytest.raises(ConfigError, match=message):
-            load_config(config)
-    with pytest.raises(ConfigError, match="scheme must be http or https"):
-        parse_mirror("ftp://m")
-
-
-def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
-    proc = run_cli("pull", "127.0.0.1:1/x:v1", "--root", str(tmp_path), config=tmp_path / "nope")
-    assert proc.returncode == 1
-    assert proc.stderr.splitlines() == [
-        f"Error: cannot read the configuration {tmp_path / 'nope'}: No such file or directory"
-    ]

@@ -1,8 +1,9 @@
-"""Layer registration fused with the download: diffIDs, chain IDs, known layers."""
+"""Layer registration fused with the download in real pulls: diffIDs (gzip,
+zstd, plain, resumed mid-layer), chain IDs, known layers not fetched again,
+store migration. The pure functions and the writer alone: unit/test_layers.py."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -13,9 +14,8 @@ from support.pushed import PushedImage
 from support.registry import RegistryServer
 
 import imgpull
-from imgpull._core import BlobWriter, sha256_bytes
 from imgpull.errors import ManifestError
-from imgpull.layers import chain_ids, check_diff_ids
+from imgpull.layers import chain_ids
 from imgpull.progress import ProgressEvent
 
 
@@ -47,51 +47,6 @@ def _check_registered(client: imgpull.Client, image: imgpull.Image, info: ImageI
         assert record.uncompressed_size == built.tar_size
     diff_ids = info.diff_ids
     assert meta.image_rootfs(image.id) == list(zip(diff_ids, chain_ids(diff_ids), strict=True))
-
-
-# Pure functions ----------------------------------------------------------------
-
-
-def test_chain_ids() -> None:
-    a, b, c = _sha("a"), _sha("b"), _sha("c")
-    assert chain_ids([]) == []
-    assert chain_ids([a]) == [a]
-    ab = _sha(f"{a} {b}")
-    assert chain_ids([a, b]) == [a, ab]
-    assert chain_ids([a, b, c]) == [a, ab, _sha(f"{ab} {c}")]
-    # The same layer twice still chains.
-    assert chain_ids([a, a])[1] == _sha(f"{a} {a}")
-
-
-def test_check_diff_ids() -> None:
-    a, b = _sha("a"), _sha("b")
-    check_diff_ids([a, b], [a, b])
-    for config in ([b, a], [a], [a, b, b], "nope", None):
-        with pytest.raises(ManifestError, match="layers from manifest don't match image"):
-            check_diff_ids(config, [a, b])
-
-
-def test_layer_writer_in_python(tmp_path: Path) -> None:
-    tar = bytearray(4096)
-    tar[257:262] = b"ustar"
-    members = gzip.compress(bytes(tar[:1000])) + gzip.compress(bytes(tar[1000:]))
-    w = BlobWriter(str(tmp_path / "p"), sha256_bytes(members), len(members), layer=True)
-    assert w.layer and w.diff_id is None
-    for i in range(0, len(members), 100):
-        w.write(members[i : i + 100])
-    w.commit(str(tmp_path / "b"))
-    assert w.diff_id == sha256_bytes(bytes(tar))
-    assert w.uncompressed_size == len(tar)
-
-    junk = b"definitely not a layer" * 50
-    w = BlobWriter(str(tmp_path / "q"), sha256_bytes(junk), layer=True)
-    w.write(junk)
-    with pytest.raises(ValueError, match="unknown layer compression"):
-        w.commit(str(tmp_path / "c"))
-    assert not (tmp_path / "c").exists() and not (tmp_path / "q").exists()
-
-
-# Pulls ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["v2s2", "oci"])

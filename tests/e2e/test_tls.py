@@ -24,7 +24,6 @@ from support.registry import RegistryServer, require_tools
 
 import imgpull
 from imgpull.errors import TLSVerificationError
-from imgpull.hosts import ConfigError, host_tls
 
 
 @dataclass(frozen=True)
@@ -189,28 +188,3 @@ def test_client_without_ca_refuses_the_registry(tls_image: Pushed, tmp_path: Pat
         pytest.raises(TLSVerificationError, match="TLS certificate verification failed"),
     ):
         client.pull(tls_image.ref)
-
-
-def test_certs_d_rules(tmp_path: Path) -> None:
-    """Docker's rules: *.crt are CAs, NAME.cert goes with NAME.key; the first
-    folder of the search path that has the host wins."""
-    first, second = tmp_path / "a", tmp_path / "b"
-    (second / "r:5000").mkdir(parents=True)
-    (second / "r:5000" / "ca.crt").write_text("x")
-    assert host_tls("r:5000", [first, second]).ca_files == (str(second / "r:5000" / "ca.crt"),)
-    (first / "r:5000").mkdir(parents=True)
-    assert host_tls("r:5000", [first, second]).ca_files == ()  # first folder wins, even empty
-    assert host_tls("other:1", [first, second]).folder is None
-    (first / "r:5000" / "me.cert").write_text("x")
-    with pytest.raises(ConfigError, match=r"missing key me\.key for client certificate"):
-        host_tls("r:5000", [first])
-    (first / "r:5000" / "me.key").write_text("x")
-    (first / "r:5000" / "stray.key").write_text("x")
-    with pytest.raises(ConfigError, match=r"missing client certificate stray\.cert for key"):
-        host_tls("r:5000", [first])
-    (first / "r:5000" / "stray.key").unlink()
-    found = host_tls("r:5000", [first])
-    assert (found.client_cert, found.client_key) == (
-        str(first / "r:5000" / "me.cert"),
-        str(first / "r:5000" / "me.key"),
-    )

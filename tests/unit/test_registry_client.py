@@ -1,10 +1,13 @@
-"""imgpull.registry: challenge parsing, token flow, error mapping, real registries.
+"""imgpull.registry without a server: challenge parsing, endpoints and
+credentials, the token flow, error mapping and Retry-After, manifest size
+limits, paginated tags, blob requests.
 
-Two halves. The first drives the client through httpx.MockTransport for what a
-real server cannot easily be made to do (odd challenges, expiring tokens,
-refresh tokens, error bodies, oversized manifests, paginated tags). The second
-talks to a real CNCF registry (tests/support/registry.py) over plain HTTP,
-TLS and htpasswd auth.
+The client is driven through httpx.MockTransport (MockRegistry: a
+scriptable registry and token server, no socket) for what a real server
+cannot easily be made to do (odd challenges, expiring tokens, refresh
+tokens, error bodies, oversized manifests, paginated tags), and fetch_blob
+through a scripted fetcher. Real sockets and real registries:
+e2e/test_registry_client_real.py.
 """
 
 from __future__ import annotations
@@ -12,13 +15,10 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
-import http.server
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,8 +31,6 @@ from imgpull.errors import (
     ManifestUnknownError,
     NameUnknownError,
     RegistryError,
-    RegistryUnreachableError,
-    TLSVerificationError,
 )
 from imgpull.registry import (
     DEFAULT_ACCEPT,
@@ -81,10 +79,10 @@ def _one_line(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# A scriptable fake registry + token server behind httpx.MockTransport
+# A scriptable registry + token server behind httpx.MockTransport (no socket)
 
 
-class FakeRegistry:
+class MockRegistry:
     """Registry at https://reg.example, token server at https://auth.example.
 
     `auth` is "bearer", "basic" or "none". Tokens are numbered; `reject` holds
@@ -340,7 +338,7 @@ def test_credential_store_is_asked_for_the_registry_name() -> None:
         asked.append(host)
         return Credentials("alice", SECRET)
 
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client(credential_store=store) as c:
         c.get_manifest("test/x", "v1")
     assert asked == [REG]
@@ -352,7 +350,7 @@ def test_credential_store_is_asked_for_the_registry_name() -> None:
 
 
 def test_anonymous_bearer_flow_and_headers() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client(headers=[("X-Meta-Who", "me")]) as c:
         ch = c.ping()
         assert ch is not None and ch.scheme == "bearer" and ch.realm == REALM
@@ -381,7 +379,7 @@ def test_default_accept_is_dockers_order() -> None:
 
 
 def test_token_cached_per_scope(clock: Clock) -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fake.manifests[("test/y", "v1")] = (MANIFEST, OCI)
     with fake.client() as c:
         c.get_manifest("test/x", "v1")
@@ -417,7 +415,7 @@ def test_token_expiry(
     monkeypatch.setattr(auth_mod, "_wall", lambda: wall)
     if extra.get("issued_at") == "AGED":
         extra = {"issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall - 100))}
-    fake = FakeRegistry(expires_in=expires_in)
+    fake = MockRegistry(expires_in=expires_in)
     fake.token_extra = extra
     with fake.client() as c:
         start = clock.t
@@ -432,14 +430,14 @@ def test_token_expiry(
 
 
 def test_access_token_field_accepted() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fake.token_key = "access_token"
     with fake.client() as c:
         assert c.get_manifest("test/x", "v1").body == MANIFEST
 
 
 def test_basic_credentials_sent_to_token_server() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client(credentials=Credentials("alice", SECRET)) as c:
         c.get_manifest("test/x", "v1")
     (req,) = fake.token_requests
@@ -452,7 +450,7 @@ def test_basic_credentials_sent_to_token_server() -> None:
 
 
 def test_identity_token_uses_oauth_refresh_grant() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fake.token_extra = {"refresh_token": "rotated-refresh"}
     fake.refresh_tokens.add("rotated-refresh")
     fake.manifests[("test/y", "v1")] = (MANIFEST, OCI)
@@ -474,7 +472,7 @@ def test_identity_token_uses_oauth_refresh_grant() -> None:
 
 
 def test_identity_token_falls_back_to_get_when_post_unsupported() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fake.post_supported = False
     with fake.client(credentials=Credentials(identity_token=IDENTITY)) as c:
         assert c.get_manifest("test/x", "v1").body == MANIFEST
@@ -482,7 +480,7 @@ def test_identity_token_falls_back_to_get_when_post_unsupported() -> None:
 
 
 def test_force_oauth_password_grant() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client(credentials=Credentials("alice", SECRET), force_oauth=True) as c:
         c.get_manifest("test/x", "v1")
     (req,) = fake.token_requests
@@ -492,7 +490,7 @@ def test_force_oauth_password_grant() -> None:
 
 
 def test_wrong_credentials_at_token_server() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with (
         fake.client(credentials=Credentials("alice", "wrong")) as c,
         pytest.raises(AuthenticationError) as ei,
@@ -506,7 +504,7 @@ def test_wrong_credentials_at_token_server() -> None:
 
 
 def test_reauth_once_on_401(clock: Clock) -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client() as c:
         c.get_manifest("test/x", "v1")
         fake.reject.add("tok1")  # revoked while still cached
@@ -521,7 +519,7 @@ def test_reauth_once_on_401(clock: Clock) -> None:
 
 
 def test_persistent_401_gives_authentication_error_after_one_retry() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fake.reject = _RejectAll()
     with fake.client() as c, pytest.raises(AuthenticationError) as ei:
         c.get_manifest("test/x", "v1")
@@ -540,7 +538,7 @@ class _RejectAll(set[str]):
 
 
 def test_basic_challenge_sends_credentials_every_time() -> None:
-    fake = FakeRegistry(auth="basic")
+    fake = MockRegistry(auth="basic")
     with fake.client(credentials=Credentials("alice", SECRET)) as c:
         c.get_manifest("test/x", "v1")
         c.get_manifest("test/x", MANIFEST_DIGEST)
@@ -552,7 +550,7 @@ def test_basic_challenge_sends_credentials_every_time() -> None:
 
 
 def test_basic_challenge_without_credentials() -> None:
-    fake = FakeRegistry(auth="basic")
+    fake = MockRegistry(auth="basic")
     with fake.client() as c, pytest.raises(AuthenticationError) as ei:
         c.get_manifest("test/x", "v1")
     assert "imgpull login" in str(ei.value)
@@ -560,7 +558,7 @@ def test_basic_challenge_without_credentials() -> None:
 
 
 def test_token_fetch_is_shared_between_threads() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     gate = threading.Event()
     inner = fake._token
 
@@ -593,7 +591,7 @@ def test_token_fetch_is_shared_between_threads() -> None:
 
 
 def test_client_repr_has_no_secrets() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client(credentials=Credentials("alice", SECRET)) as c:
         c.get_manifest("test/x", "v1")
         assert SECRET not in repr(c) and "tok1" not in repr(c)
@@ -760,7 +758,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 
 
 def test_rate_limit_error_carries_retry_after() -> None:
-    fake = FakeRegistry(auth="none")
+    fake = MockRegistry(auth="none")
     fake.routes["/v2/test/x/manifests/v1"] = lambda r: httpx.Response(
         429, headers={"Retry-After": "7"}, content=_err_body("TOOMANYREQUESTS", "slow down")
     )
@@ -782,7 +780,7 @@ def _stream_body(size: int, chunk: int = 65536) -> Iterator[bytes]:
 
 
 def test_oversized_manifest_refused_by_content_length() -> None:
-    fake = FakeRegistry(auth="none")
+    fake = MockRegistry(auth="none")
     served: list[int] = []
 
     def big(request: httpx.Request) -> httpx.Response:
@@ -798,7 +796,7 @@ def test_oversized_manifest_refused_by_content_length() -> None:
 
 
 def test_oversized_manifest_refused_while_streaming() -> None:
-    fake = FakeRegistry(auth="none")
+    fake = MockRegistry(auth="none")
     fake.routes["/v2/test/x/manifests/big"] = lambda r: httpx.Response(
         200, headers={"Content-Type": OCI}, content=_stream_body((4 << 20) + 1)
     )
@@ -815,7 +813,7 @@ def test_oversized_manifest_refused_while_streaming() -> None:
 
 
 def test_head_manifest() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fake.routes["/v2/test/x/manifests/nohead"] = lambda r: httpx.Response(405)
     with fake.client() as c:
         head = c.head_manifest("test/x", "v1", DEFAULT_ACCEPT)
@@ -829,7 +827,7 @@ def test_head_manifest() -> None:
 
 
 def test_manifest_errors_through_client() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client() as c:
         with pytest.raises(ManifestUnknownError) as ei:
             c.get_manifest("test/x", "nope")
@@ -842,7 +840,7 @@ def test_manifest_errors_through_client() -> None:
 
 
 def test_redirected_manifest_url_has_no_query() -> None:
-    fake = FakeRegistry(auth="none")
+    fake = MockRegistry(auth="none")
     fake.routes["/v2/test/x/manifests/moved"] = lambda r: httpx.Response(
         307, headers={"Location": "https://cdn.example/m?sig=SECRETSIG"}
     )
@@ -859,7 +857,7 @@ def test_redirected_manifest_url_has_no_query() -> None:
 
 
 def test_list_tags_follows_link_pagination() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     pages = {
         None: (["a", "b"], '</v2/test/x/tags/list?last=b&n=2>; rel="next"'),
         "b": (["c", "d"], f'<https://{REG}/v2/test/x/tags/list?last=d&n=2>; rel="next"'),
@@ -888,7 +886,7 @@ def test_list_tags_follows_link_pagination() -> None:
 
 
 def test_list_tags_refuses_link_to_another_host() -> None:
-    fake = FakeRegistry(auth="none")
+    fake = MockRegistry(auth="none")
     fake.routes["/v2/test/x/tags/list"] = lambda r: httpx.Response(
         200,
         json={"tags": ["a"]},
@@ -899,7 +897,7 @@ def test_list_tags_refuses_link_to_another_host() -> None:
 
 
 def test_list_tags_stops_on_a_link_loop() -> None:
-    fake = FakeRegistry(auth="none")
+    fake = MockRegistry(auth="none")
     fake.routes["/v2/test/x/tags/list"] = lambda r: httpx.Response(
         200, json={"tags": ["a"]}, headers={"Link": '</v2/test/x/tags/list>; rel="next"'}
     )
@@ -952,7 +950,7 @@ BLOB = "sha256:" + "b" * 64
 
 
 def test_blob_request_headers() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client() as c:
         url, headers = c.blob_request("test/x", BLOB)
         assert url == f"https://{REG}/v2/test/x/blobs/{BLOB}"
@@ -964,7 +962,7 @@ def test_blob_request_headers() -> None:
 
 
 def test_fetch_blob_reauths_once_on_401() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     challenge = (
         "www-authenticate",
         f'Bearer realm="{REALM}",service="{REG}",error="invalid_token"',
@@ -979,7 +977,7 @@ def test_fetch_blob_reauths_once_on_401() -> None:
 
 
 def test_fetch_blob_persistent_401() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     fetcher = ScriptedFetcher(FakeResult(401), FakeResult(401), FakeResult(200))
     with fake.client() as c, pytest.raises(AuthenticationError):
         c.fetch_blob("test/x", BLOB, FakeWriter(), fetcher)  # type: ignore[arg-type]
@@ -987,7 +985,7 @@ def test_fetch_blob_persistent_401() -> None:
 
 
 def test_fetch_blob_416_restarts_from_zero_once() -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     writer = FakeWriter(500)
     fetcher = ScriptedFetcher(FakeResult(416), FakeResult(200))
     with fake.client() as c:
@@ -1018,7 +1016,7 @@ def test_fetch_blob_416_restarts_from_zero_once() -> None:
 def test_fetch_blob_maps_errors(
     result: FakeResult, cls: type[RegistryError], code: str | None, retry_after: float | None
 ) -> None:
-    fake = FakeRegistry()
+    fake = MockRegistry()
     with fake.client() as c, pytest.raises(RegistryError) as ei:
         c.fetch_blob("test/x", BLOB, FakeWriter(), ScriptedFetcher(result))  # type: ignore[arg-type]
     err = ei.value
@@ -1027,287 +1025,19 @@ def test_fetch_blob_maps_errors(
     assert BLOB in str(err) or "test/x" in str(err) or "reg.example" in str(err)
 
 
-# ---------------------------------------------------------------------------
-# Network failures and the loopback http fallback (real sockets, no registry)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_connection_refused_message() -> None:
-    port = _closed_port()
-    with (
-        RegistryClient(endpoint_for(f"127.0.0.1:{port}", plain_http=True)) as c,
-        pytest.raises(RegistryUnreachableError) as ei,
-    ):
-        c.get_manifest("test/x", "v1")
-    assert (
-        str(ei.value)
-        == f"cannot reach registry 127.0.0.1:{port}: connection refused — is it running?"
-    )
-
-
-def test_timeout_message() -> None:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)  # accepts the connection, never answers
-    port = srv.getsockname()[1]
-    try:
-        ep = endpoint_for(f"127.0.0.1:{port}", plain_http=True)
-        expected = r"^cannot reach registry 127\.0\.0\.1:\d+: timed out"
-        with (
-            RegistryClient(ep, timeout=0.5) as c,
-            pytest.raises(RegistryUnreachableError, match=expected),
-        ):
-            c.ping()
-    finally:
-        srv.close()
-
-
-class _V2Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def plain_http_server() -> Iterator[int]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _V2Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
-def test_auto_falls_back_to_http_on_loopback(plain_http_server: int) -> None:
-    ep = endpoint_for(f"127.0.0.1:{plain_http_server}", plain_http=None)
-    with RegistryClient(ep) as c:
-        assert c.ping() is None
-        assert c.base_url == f"http://127.0.0.1:{plain_http_server}"
-        url, _ = c.blob_request("a/b", BLOB)
-        assert url.startswith("http://")
-
-
-def test_https_only_gives_tls_hint_for_plain_http_server(plain_http_server: int) -> None:
-    with (
-        RegistryClient(endpoint_for(f"127.0.0.1:{plain_http_server}")) as c,
-        pytest.raises(RegistryUnreachableError) as ei,
-    ):
-        c.ping()
-    msg = str(ei.value)
-    _one_line(msg)
-    assert "TLS" in msg and "plain_http" in msg
-
-
-def test_auto_fallback_reports_both_failures() -> None:
-    port = _closed_port()
-    with (
-        RegistryClient(endpoint_for(f"127.0.0.1:{port}", plain_http=None)) as c,
-        pytest.raises(RegistryUnreachableError) as ei,
-    ):
-        c.ping()
-    assert "over https: connection refused" in str(
-        ei.value
-    ) and "over http: connection refused" in str(ei.value)
-
-
-# ---------------------------------------------------------------------------
-# Real registries (tests/support/registry.py: Debian's docker-registry)
-
-MT_DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def _real(reg: Any, *, ca: bool = True, **kw: Any) -> RegistryClient:
-    ep = endpoint_for(
-        reg.host,
-        plain_http=not reg.tls,
-        ca_file=str(reg.ca_path) if ca and reg.ca_path else None,
-    )
-    return RegistryClient(ep, **kw)
-
-
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def test_real_ping_and_user_agent(registry: Any) -> None:
-    registry.clear_request_log()
-    with _real(registry) as c:
-        assert c.ping() is None
-    log = registry.request_log()
-    assert log and log[-1].path == "/v2/" and log[-1].user_agent == USER_AGENT
-
-
-@pytest.mark.parametrize(("fmt", "media_type"), [("v2s2", MT_DOCKER_V2), ("oci", OCI)])
-def test_real_get_manifest_by_tag_and_digest(pushed_image: Any, fmt: str, media_type: str) -> None:
-    with _real(pushed_image.registry) as c:
-        by_tag = c.get_manifest(pushed_image.repo, pushed_image.tags[fmt], DEFAULT_ACCEPT)
-        assert by_tag.media_type == media_type
-        assert by_tag.digest == _sha256(by_tag.body) == pushed_image.digests[fmt]
-        layers = [layer["digest"] for layer in json.loads(by_tag.body)["layers"]]
-        assert layers == pushed_image.layer_digests
-        by_digest = c.get_manifest(pushed_image.repo, by_tag.digest)
-        assert by_digest.body == by_tag.body and by_digest.digest == by_tag.digest
-        head = c.head_manifest(pushed_image.repo, pushed_image.tags[fmt], DEFAULT_ACCEPT)
-        assert head == ManifestHead(by_tag.digest, media_type, len(by_tag.body))
-
-
-def test_real_unknown_tag(pushed_image: Any) -> None:
-    with (
-        _real(pushed_image.registry) as c,
-        pytest.raises(ManifestUnknownError) as ei,
-    ):
-        c.get_manifest(pushed_image.repo, "nope")
-        assert c.head_manifest(pushed_image.repo, "nope") is None
-    assert str(ei.value) == (
-        f"manifest for {pushed_image.registry.ref(pushed_image.repo)}:nope not found: "
-        "manifest unknown"
-    )
-    assert ei.value.status == 404 and ei.value.code == "MANIFEST_UNKNOWN"
-
-
-def test_real_unknown_repository(registry: Any) -> None:
-    with (
-        _real(registry) as c,
-        pytest.raises((NameUnknownError, ManifestUnknownError)) as ei,
-    ):
-        c.get_manifest("test/does-not-exist", "v1")
-        _one_line(str(ei.value))
-        assert "test/does-not-exist" in str(ei.value) and ei.value.status == 404
-        with pytest.raises(NameUnknownError, match=r"^repository test/does-not-exist not found"):
-            c.list_tags("test/does-not-exist")
-
-
-def test_real_list_tags(pushed_image: Any) -> None:
-    with _real(pushed_image.registry) as c:
-        assert sorted(c.list_tags(pushed_image.repo)) == sorted(pushed_image.tags.values())
-
-
-def test_real_basic_auth(auth_registry: Any) -> None:
-    with _real(
-        auth_registry, credentials=Credentials(auth_registry.username, auth_registry.password)
-    ) as c:
-        ch = c.ping()
-        assert ch is not None and ch.scheme == "basic"
-        with pytest.raises(NameUnknownError):  # authenticated: the registry says what it has
-            c.list_tags("test/none")
-    wrong = Credentials(auth_registry.username, "wrong-password")
-    with _real(auth_registry, credentials=wrong) as c, pytest.raises(AuthenticationError) as ei:
-        c.get_manifest("test/none", "v1")
-    msg = str(ei.value)
-    _one_line(msg)
-    assert "check your credentials" in msg and f"imgpull login {auth_registry.host}" in msg
-    assert "wrong-password" not in msg and auth_registry.password not in msg
-    with _real(auth_registry) as c, pytest.raises(AuthenticationError, match="imgpull login"):
-        c.get_manifest("test/none", "v1")
-
-
-def test_real_basic_auth_pull_manifest(auth_registry: Any, small_image: Any) -> None:
-    from support.images import push
-
-    digest = push(small_image, auth_registry, "test/private:v1")
-    creds = Credentials(auth_registry.username, auth_registry.password)
-    with _real(auth_registry, credentials=creds) as c:
-        m = c.get_manifest("test/private", "v1")
-        assert m.digest == digest == _sha256(m.body)
-
-
-def test_real_tls(tls_registry: Any) -> None:
-    with _real(tls_registry) as c:
-        assert c.ping() is None
-        assert c.base_url == f"https://{tls_registry.host}"
-    with _real(tls_registry, ca=False) as c, pytest.raises(TLSVerificationError) as ei:
-        c.ping()
-    msg = str(ei.value)
-    _one_line(msg)
-    assert msg.startswith(
-        f"cannot reach registry {tls_registry.host}: TLS certificate verification failed"
-    )
-    assert "CA" in msg
-    insecure = Endpoint(tls_registry.host, insecure=True)
-    with RegistryClient(insecure) as c:
-        assert c.ping() is None
-
-
-def test_real_tls_auto_mode_never_downgrades_after_a_certificate_failure(tls_registry: Any) -> None:
-    ep = endpoint_for(tls_registry.host, plain_http=None)
-    assert ep.http_fallback
-    with RegistryClient(ep) as c, pytest.raises(TLSVerificationError, match="TLS certificate"):
-        c.ping()
-
-
-def test_real_auto_mode_falls_back_to_http(registry: Any) -> None:
-    with RegistryClient(endpoint_for(registry.host, plain_http=None)) as c:
-        assert c.ping() is None and c.base_url == registry.url
-        with pytest.raises(NameUnknownError):  # requests go to the http base too
-            c.list_tags("test/does-not-exist-either")
-    # https-only against a plain-HTTP registry: a clear hint.
-    with (
-        RegistryClient(endpoint_for(registry.host)) as c,
-        pytest.raises(RegistryUnreachableError) as ei,
-    ):
-        c.ping()
-    assert "plain_http" in str(ei.value)
-
-
-def _native_fetcher() -> Any:
-    from imgpull import _core
-
-    return _core
-
-
-@pytest.mark.parametrize("resume_at", [0, 100_000])
-def test_real_fetch_blob_end_to_end(pushed_image: Any, tmp_path: Path, resume_at: int) -> None:
-    core = _native_fetcher()
-    layer = pushed_image.image.layers[0]
-    data = pushed_image.image.blob(layer.digest)
-    partial = tmp_path / "partial"
-    partial.write_bytes(data[:resume_at])
-    writer = core.BlobWriter(str(partial), layer.digest, layer.size)
-    assert writer.offset == resume_at
-    fetcher = core.Fetcher(user_agent=USER_AGENT)
-    transfer = core.Transfer()
-    with _real(pushed_image.registry) as c:
-        result = c.fetch_blob(pushed_image.repo, layer.digest, writer, fetcher, transfer)
-    assert result.status == (206 if resume_at else 200)
-    assert result.written == len(data) - resume_at
-    dest = tmp_path / "blob"
-    writer.commit(str(dest))
-    assert dest.read_bytes() == data
-
-
-def test_real_fetch_blob_unknown(pushed_image: Any, tmp_path: Path) -> None:
-    core = _native_fetcher()
-    missing = "sha256:" + "0" * 64
-    writer = core.BlobWriter(str(tmp_path / "p"), missing, None)
-    with _real(pushed_image.registry) as c, pytest.raises(RegistryError) as ei:
-        c.fetch_blob(pushed_image.repo, missing, writer, core.Fetcher(user_agent=USER_AGENT))
-    assert ei.value.status == 404 and ei.value.code == "BLOB_UNKNOWN"
-    assert missing in str(ei.value)
-
-
-def test_real_fetch_blob_with_basic_auth(
-    auth_registry: Any, small_image: Any, tmp_path: Path
+@pytest.mark.parametrize(
+    ("registry", "repo", "reference", "shown"),
+    [
+        ("docker.io", "library/alpine", "nosuchtag", "alpine:nosuchtag"),
+        ("docker.io", "user/app", "v9", "user/app:v9"),
+        ("ghcr.io", "org/app", "sha256:" + "a" * 64, "ghcr.io/org/app@sha256:" + "a" * 64),
+    ],
+)
+def test_unknown_manifest_is_named_as_docker_names_it(
+    registry: str, repo: str, reference: str, shown: str
 ) -> None:
-    core = _native_fetcher()
-    from support.images import push
-
-    push(small_image, auth_registry, "test/private:v1")
-    layer = small_image.layers[-1]
-    writer = core.BlobWriter(str(tmp_path / "p"), layer.digest, layer.size)
-    creds = Credentials(auth_registry.username, auth_registry.password)
-    with _real(auth_registry, credentials=creds) as c:
-        c.fetch_blob("test/private", layer.digest, writer, core.Fetcher(user_agent=USER_AGENT))
-    writer.commit(str(tmp_path / "blob"))
-    assert (tmp_path / "blob").read_bytes() == small_image.blob(layer.digest)
+    body = json.dumps({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+    err = error_from_response(
+        404, [], body.encode(), registry=registry, kind="manifest", repo=repo, reference=reference
+    )
+    assert str(err) == f"manifest for {shown} not found: manifest unknown"
