@@ -7,7 +7,6 @@ demand (500, 429, a missing or corrupt blob) come from support.fakeregistry.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import support.cli
-from support.cli import stored_blobs
+from support.cli import cli_env, stored_blobs
 from support.fakeregistry import FakeRegistry
 from support.images import ImageInfo, push
 from support.registry import RegistryServer, free_port, require_tools
@@ -58,9 +57,8 @@ def blob_gets(registry: RegistryServer, *, by_imgpull: bool) -> set[str]:
 
 
 def run_cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
-    if config is not None:
-        env["IMGPULL_CONFIG"] = str(config)
+    """`imgpull ARGS`, with IMGPULL_CONFIG=`config` when given."""
+    env = cli_env() if config is None else cli_env(IMGPULL_CONFIG=str(config))
     return support.cli.run_cli(*args, env=env)
 
 

@@ -11,13 +11,12 @@ crafted OCI indexes pointing at the manifests skopeo pushed.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import run_cli
+from support.cli import cli_env, run_cli
 from support.images import (
     MT_OCI_INDEX,
     IndexInfo,
@@ -442,7 +441,7 @@ def test_single_platform_image_of_another_platform_warns(
     ref = pushed_image.ref("v2s2")  # a linux/amd64 image
 
     def warnings(*args: str, default_platform: str | None = None) -> list[str]:
-        env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
+        env = cli_env()
         if default_platform is not None:
             env["DOCKER_DEFAULT_PLATFORM"] = default_platform
         proc = run_cli("pull", *args, ref, "--root", str(tmp_path), env=env)
