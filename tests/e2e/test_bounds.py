@@ -17,16 +17,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
-import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import cli_env, imgpull_argv, run_cli
+from support.cli import run_cli, run_cli_measured
 from support.fakeregistry import FakeRegistry, sha256_digest
 from support.images import FIXED_EPOCH, Compression, StreamLayer, build_oci_layout, push
 from support.registry import RegistryServer
@@ -55,27 +52,6 @@ def _pax_record_tar(size: int) -> Iterator[bytes]:
     yield from letters(size - len(prefix) - 1)
     yield b"\n" + bytes(-size % 512)
     yield tar_file("x", b"x\n") + bytes(1024)
-
-
-def _run_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, int]:
-    """`imgpull ARGS` in a child: its exit code, stdout, stderr and its own
-    peak RSS in KiB (os.wait4: that child's alone, not every child's so far)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(imgpull_argv(*args), stdout=out, stderr=err, env=cli_env())
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise AssertionError(f"imgpull {' '.join(args)} still ran after {timeout} s")
-            time.sleep(0.02)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss
 
 
 # rootfs: names and tar headers ---------------------------------------------------
@@ -118,7 +94,7 @@ def test_rootfs_refuses_huge_names_in_bounded_memory(
     (outside / "sentinel").write_text("untouched\n")
     dest = work / "rootfs"
     # No ratio limit either: the name's own bound must hold alone.
-    code, _, err, rss_kib = _run_measured(
+    code, _, err, rss_kib = run_cli_measured(
         "export", ref, str(dest), "-f", "rootfs", "--max-ratio", "0", "--root", str(root)
     )
     assert code == 1, err

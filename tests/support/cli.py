@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +43,54 @@ def run_cli(
         timeout=timeout,
         env=dict(env),
     )
+
+
+# Runs ARGV, then writes "EXIT_CODE MAXRSS_KIB" of it to the file named first.
+_MEASURE = """\
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def run_cli_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, int]:
+    """`imgpull ARGS` (environment: cli_env()) in a child: its exit code,
+    stdout, stderr and its own peak RSS in KiB.
+
+    The child is started by a small launcher process, which waits for it
+    with os.wait4 (that child's usage alone): a process's ru_maxrss counts
+    the resident memory of the process that forked it, as it was at the
+    fork, and pytest's own can be hundreds of MB after the tests before."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result")
+        with (
+            open(os.path.join(tmp, "out"), "w+b") as out,
+            open(os.path.join(tmp, "err"), "w+b") as err,
+        ):
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", _MEASURE, result, *imgpull_argv(*args)],
+                stdout=out,
+                stderr=err,
+                env=cli_env(),
+                start_new_session=True,  # the launcher and imgpull: one group to kill
+            )
+            try:
+                launcher.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+                raise AssertionError(
+                    f"imgpull {' '.join(args)} still ran after {timeout} s"
+                ) from None
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
+        assert launcher.returncode == 0, f"the launcher failed: {stderr}"
+        with open(result) as f:
+            code, rss_kib = (int(word) for word in f.read().split())
+    return code, stdout, stderr, rss_kib
 
 
 def stored_blobs(root: Path) -> set[str]:
