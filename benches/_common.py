@@ -6,9 +6,7 @@ import contextlib
 import os
 import resource
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from imgpull.bench import measure
 
 HERE = Path(__file__).resolve().parent
 # tests/support (RegistryServer, image builders, push) is importable as `support`.
@@ -72,36 +72,17 @@ def timed(
     rss_file = stderr.with_suffix(".rss") if exact_rss and stderr and not shell else None
     if rss_file is not None:
         cmd = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd]
-    start = time.perf_counter()
-    err = stderr.open("wb") if stderr else None
     # stdout dropped unless asked for: only the report goes to ours (`--json`
     # must stay parseable).
-    out = stdout.open("wb") if stdout else None
-    proc = subprocess.Popen(
-        cmd if not shell else cmd[0],
-        shell=shell,
-        stdout=out if out else subprocess.DEVNULL,
-        stderr=err,
-        start_new_session=True,  # a process group of its own, for the kill below
-    )
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    except BaseException:
-        # ^C (or SIGTERM) of the bench: the command's whole tree ends with it,
-        # before the bench removes the folders it writes in.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    wall = time.perf_counter() - start
-    for f in (err, out):
-        if f:
-            f.close()
-    if os.waitstatus_to_exitcode(status) != 0:
+    with contextlib.ExitStack() as stack:
+        err = stack.enter_context(stderr.open("wb")) if stderr else None
+        out = stack.enter_context(stdout.open("wb")) if stdout else None
+        used = measure(cmd if not shell else cmd[0], stdout=out, stderr=err, shell=shell)
+    if used.exit_code != 0:
         tail = stderr.read_text(errors="replace")[-2000:] if stderr else ""
         raise SystemExit(f"command failed: {cmd}\n{tail}")
-    rss = int(rss_file.read_text().split()[-1]) if rss_file else usage.ru_maxrss
-    return wall, usage.ru_utime + usage.ru_stime, rss * 1024
+    rss = int(rss_file.read_text().split()[-1]) * 1024 if rss_file else used.peak_rss_bytes
+    return used.wall_seconds, used.cpu_seconds, rss
 
 
 def timed_steps(

@@ -66,7 +66,7 @@ phase() {
 # --- system packages -------------------------------------------------------
 install_system_packages() {
     local missing=() pair
-    # command:package. umoci: tests/test_export.py compares rootfs exports with it.
+    # command:package. umoci: tests/e2e/test_export*.py compare rootfs exports with it.
     # nasm, autoconf, automake, libtool, make: the isal-sys crate builds
     # Intel's ISA-L (our gzip inflater) from source.
     for pair in docker-registry:docker-registry skopeo:skopeo openssl:openssl umoci:umoci \
@@ -178,7 +178,7 @@ mypy_check() {
     # support (tests' other files may be looser, so they aren't held to it).
     local rc=0
     "$PY" -m mypy || rc=$?
-    "$PY" -m mypy --strict tests/support tests/conftest.py || rc=$?
+    "$PY" -m mypy --strict tests/support tests/conftest.py tests/e2e/conftest.py || rc=$?
     # The hand-written stubs of the native module against the built module.
     (cd / && "$PY" -m mypy.stubtest imgpull._core) || rc=$?
     return $rc
@@ -191,6 +191,7 @@ run_pytest() {
     fi
     # From the repo root with the installed package: tests import imgpull
     # from site-packages, tests/support via tests/conftest.py's folder.
+    # testpaths (pyproject.toml): tests/unit, then tests/e2e.
     "$PY" -m pytest -q "$@"
 }
 

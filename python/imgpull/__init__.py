@@ -1,26 +1,33 @@
 """imgpull: a fast, verifying container-image puller for v2 registries.
 
-The errors (and `__version__`) are always loaded, so `except imgpull.XError`
-costs nothing. Every other public name is loaded on first use (PEP 562), so
-that `import imgpull` and the command's start-up stay cheap (no httpx). Type
-checkers see all of them through the `TYPE_CHECKING` imports; the module
+The errors (all from imgpull.errors) and `__version__` are always loaded, so
+`except imgpull.XError` costs nothing. Every other public name is loaded on
+first use (PEP 562), so that `import imgpull` and the command's start-up stay
+cheap (no httpx). Type checkers see all of them through the `TYPE_CHECKING` imports; the module
 `__getattr__` is hidden from them, so a name not exported here is an error
 for mypy as it is at run time.
 """
 
 import typing as _typing
 
-from imgpull._core import ExtractError, __version__
+from imgpull._core import __version__
 from imgpull.errors import (
     AuthenticationError,
+    ConfigError,
+    CorruptLayerError,
+    CredentialsError,
     DigestMismatchError,
     DiskFullError,
+    ExportError,
+    ExtractError,
     FetchError,
     ForeignLayerError,
     ImageConflictError,
     ImageNotFoundError,
     ImgpullError,
+    InvalidPlatformError,
     InvalidReferenceError,
+    LayerMismatchError,
     LimitExceededError,
     ManifestError,
     ManifestUnknownError,
@@ -42,11 +49,8 @@ from imgpull.errors import (
 if _typing.TYPE_CHECKING:
     from imgpull.aio import AsyncClient
     from imgpull.client import Client, ImageSummary, Removal
-    from imgpull.credentials import CredentialsError
-    from imgpull.export import ExportError
-    from imgpull.hosts import ConfigError, Mirror
-    from imgpull.layers import LayerMismatchError
-    from imgpull.platform import InvalidPlatformError, Platform, parse_platform
+    from imgpull.hosts import Mirror
+    from imgpull.platform import Platform, parse_platform
     from imgpull.progress import ProgressEvent
     from imgpull.pull import Image
     from imgpull.reference import Reference, parse_reference
@@ -60,12 +64,7 @@ _LAZY = {
     "Client": "imgpull.client",
     "ImageSummary": "imgpull.client",
     "Removal": "imgpull.client",
-    "CredentialsError": "imgpull.credentials",
-    "ExportError": "imgpull.export",
-    "ConfigError": "imgpull.hosts",
     "Mirror": "imgpull.hosts",
-    "LayerMismatchError": "imgpull.layers",
-    "InvalidPlatformError": "imgpull.platform",
     "Platform": "imgpull.platform",
     "parse_platform": "imgpull.platform",
     "ProgressEvent": "imgpull.progress",
@@ -99,6 +98,7 @@ __all__ = [
     "CancelToken",
     "Client",
     "ConfigError",
+    "CorruptLayerError",
     "CredentialsError",
     "DigestMismatchError",
     "DiskFullError",

@@ -5,14 +5,13 @@ touches a file or the network releases the GIL for its whole duration.
 """
 
 from collections.abc import Sequence
-from typing import final
-
-from typing_extensions import Self
+from typing import Self, final
 
 __all__ = [
     "DEFAULT_MAX_RATIO",
     "DEFAULT_MAX_UNSIZED",
     "BlobWriter",
+    "CorruptLayerError",
     "DigestMismatchError",
     "ExtractError",
     "Extraction",
@@ -83,6 +82,11 @@ class LimitExceededError(ImgpullError):
     kind: str
     limit: int
 
+class CorruptLayerError(ImgpullError, ValueError):
+    """A layer blob that does not decompress: an unknown compression, corrupt
+    gzip/zstd data, an unreadable tar. Also a ValueError (what it was before
+    it had a class)."""
+
 def sha256_bytes(data: bytes) -> str:
     """'sha256:<hex>' of data."""
 
@@ -117,16 +121,16 @@ def diff_id_file(path: str, *, max_ratio: int = ...) -> str:
     """'sha256:<hex>' of a layer blob's uncompressed content (GIL released).
 
     gzip (multi-member), zstd or a plain tar, told by the magic bytes.
-    ValueError for an unknown compression or corrupt data; OSError for file
-    errors; LimitExceededError past `max_ratio` (default DEFAULT_MAX_RATIO).
+    CorruptLayerError for an unknown compression or corrupt data; OSError for
+    file errors; LimitExceededError past `max_ratio` (default DEFAULT_MAX_RATIO).
     """
 
 def decompress_to(src: str, dest: str) -> str:
     """Write the decompressed content of the layer blob `src` (gzip, zstd or
     plain, as diff_id_file tells it) to `dest` (created or truncated, then
     fsynced); return its 'sha256:<hex>', the diffID (GIL released).
-    ValueError for an unknown compression or corrupt data; OSError for file
-    errors."""
+    CorruptLayerError for an unknown compression or corrupt data; OSError for
+    file errors."""
 
 class ExtractError(ImgpullError):
     """A layer could not be applied to a root filesystem.
@@ -153,15 +157,13 @@ class Extraction:
     decompressed:compressed bytes past 8 MiB (0: none); `max_bytes` the
     decompressed bytes of all layers applied by this object."""
 
-    def __init__(
-        self, root: str, *, max_ratio: int = ..., max_bytes: int | None = None
-    ) -> None: ...
+    def __new__(cls, root: str, *, max_ratio: int = ..., max_bytes: int | None = None) -> Self: ...
     def apply(self, layers: Sequence[tuple[str, str | None]]) -> list[tuple[str, int]]:
         """Apply (blob path, diffID or None) pairs in order (GIL released);
         return each layer's (diffID, decompressed size). A layer whose tar
         hashes to another diffID than the one given raises ExtractError kind
-        "diffid" once it is applied. ExtractError as above; ValueError/OSError
-        for a corrupt or unreadable blob. What was written before an error
+        "diffid" once it is applied. ExtractError as above; CorruptLayerError/
+        OSError for a corrupt or unreadable blob. What was written before an error
         stays."""
 
     def cancel(self) -> None:
@@ -236,7 +238,7 @@ class BlobWriter:
         SizeMismatchError is raised; nothing appears at dest. The parent of
         dest must exist. If dest already exists with this content the partial
         file is just removed. A layer writer whose verified bytes do not
-        decompress (unknown compression, corrupt data) raises ValueError
+        decompress (unknown compression, corrupt data) raises CorruptLayerError
         ("layer sha256:…: …"), the partial file removed, nothing at dest.
         """
     def close(self) -> None:

@@ -2,15 +2,17 @@
 (of one image, or of several at once: one `imgpull pull REF...`, one scheduler).
 
 Each pull runs as its own process so that its CPU time and peak RSS are its
-own (os.wait4 gives both), and so that nothing is cached between runs but
-what the kernel caches.
+own (os.wait4 gives both: measure(), which the benchmarks in benches/ use
+too), and so that nothing is cached between runs but what the kernel caches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 from imgpull.errors import ImgpullError
 
@@ -35,6 +38,53 @@ class RunResult:
         return self.bytes / self.wall_seconds / 1e6 if self.wall_seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What a finished child process took."""
+
+    exit_code: int
+    wall_seconds: float
+    cpu_seconds: float  # user + system, its waited-for children's included
+    peak_rss_bytes: int
+
+
+def measure(
+    cmd: Sequence[str] | str,
+    *,
+    stdout: IO[bytes] | None = None,
+    stderr: IO[bytes] | None = None,
+    shell: bool = False,
+) -> Measured:
+    """Run `cmd` (its stdout dropped unless `stdout` is given, its stderr to
+    `stderr`) and wait for it: its exit code, wall and CPU seconds and peak
+    RSS (os.wait4). Interrupted (Ctrl-C), the command's whole process group
+    is killed before the exception goes on, so that nothing it started
+    outlives the measurement."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        shell=shell,
+        stdout=stdout if stdout is not None else subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,  # a process group of its own, for the kill below
+    )
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        exit_code=proc.returncode,
+        wall_seconds=wall,
+        cpu_seconds=usage.ru_utime + usage.ru_stime,
+        peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+    )
+
+
 def _store_bytes(root: Path) -> int:
     blobs = root / "blobs" / "sha256"
     return sum(p.stat().st_size for p in blobs.iterdir()) if blobs.is_dir() else 0
@@ -46,23 +96,18 @@ def run_once(references: str | Sequence[str], pull_args: Sequence[str]) -> RunRe
     root = Path(tempfile.mkdtemp(prefix="imgpull-bench-"))
     try:
         cmd = [sys.executable, "-m", "imgpull", "pull", *refs, "--root", str(root), "--quiet"]
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [*cmd, *pull_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-        if proc.returncode != 0:
-            raise ImgpullError(f"bench pull failed (exit {proc.returncode}): {err}")
+        # A file, not a pipe: a chatty failure cannot block the child.
+        with tempfile.TemporaryFile() as err:
+            used = measure([*cmd, *pull_args], stderr=err)
+            if used.exit_code != 0:
+                err.seek(0)
+                said = err.read().decode(errors="replace").strip()
+                raise ImgpullError(f"bench pull failed (exit {used.exit_code}): {said}")
         return RunResult(
             bytes=_store_bytes(root),
-            wall_seconds=wall,
-            cpu_seconds=usage.ru_utime + usage.ru_stime,
-            peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
+            wall_seconds=used.wall_seconds,
+            cpu_seconds=used.cpu_seconds,
+            peak_rss_bytes=used.peak_rss_bytes,
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)

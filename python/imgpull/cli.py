@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -40,6 +40,7 @@ from imgpull.progress import (  # noqa: E402
 from imgpull.pull import Image  # noqa: E402
 from imgpull.reference import DEFAULT_TAG, Reference, parse_reference  # noqa: E402
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
+from imgpull.rfc3339 import parse_rfc3339  # noqa: E402
 from imgpull.safetext import printable  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
 
@@ -718,14 +719,10 @@ def _ago(created: str | None) -> str:
     """Docker's "2 weeks ago" for a config's RFC 3339 `created` (nanoseconds allowed)."""
     if not created:
         return "N/A"
-    text = re.sub(r"(\.\d{6})\d+", r"\1", created.replace("Z", "+00:00"))
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
+    when = parse_rfc3339(created)
+    if when is None:
         return created
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    seconds = (datetime.now(timezone.utc) - when).total_seconds()
+    seconds = (datetime.now(UTC) - when).total_seconds()
     spans = (
         ("year", 31536000),
         ("month", 2592000),

@@ -15,16 +15,18 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from imgpull import hosts
 from imgpull._core import DEFAULT_MAX_UNSIZED
-from imgpull.credentials import CredentialsError, DockerCredentials
+from imgpull.credentials import DockerCredentials
 from imgpull.errors import (
+    ConfigError,
+    CredentialsError,
     DigestMismatchError,
+    ExportError,
     FetchError,
     ImageConflictError,
     ImageNotFoundError,
@@ -37,8 +39,8 @@ from imgpull.errors import (
     RegistryError,
     SizeMismatchError,
 )
-from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, ExportError, export_image
-from imgpull.hosts import ConfigError, Mirror, parse_mirror, registry_key
+from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, export_image
+from imgpull.hosts import Mirror, parse_mirror, registry_key
 from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent, with_refs
@@ -47,6 +49,7 @@ from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_refe
 from imgpull.registry import Credentials, Endpoint, endpoint_for
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
 from imgpull.retry import RetryPolicy, StallPolicy
+from imgpull.rfc3339 import parse_rfc3339
 from imgpull.rootfs import RootfsTarget
 from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.transfer import CancelToken, TransferService
@@ -564,7 +567,7 @@ class Client:
         except ImgpullError:
             ref = None
         if ref is not None:
-            found = meta.resolve(_key(ref))
+            found = meta.resolve(ref.key)
             if found is not None:
                 return found, ref
         wanted = reference.removeprefix("sha256:")
@@ -590,7 +593,7 @@ class Client:
         meta = self.store.meta
         with meta.transaction():  # so that no removal comes between lookup and tag
             image_id, _ = self._lookup(source)
-            meta.set_reference(_key(ref), ref.name, ref.tag, None, image_id)
+            meta.point(ref, image_id)
         return ref
 
     def remove(self, reference: str, *, force: bool = False) -> list[Removal]:
@@ -620,7 +623,7 @@ class Client:
                     records.append(Removal(untagged=_familiar_ref(r)))
 
             if ref is not None:
-                given = [r for r in refs if r.reference == _key(ref)]
+                given = [r for r in refs if r.reference == ref.key]
                 untag(given)
                 left = [r for r in refs if r not in given]
                 if ref.digest is None and not any(
@@ -749,11 +752,6 @@ def _familiar_ref(r: ReferenceRecord) -> str:
     return _familiar(r.name) + (f":{r.tag}" if r.tag is not None else f"@{r.digest}")
 
 
-def _key(ref: Reference) -> str:
-    """The reference store's key for `ref`: `name@digest` or `name:tag`."""
-    return f"{ref.name}@{ref.digest}" if ref.digest else f"{ref.name}:{ref.tag}"
-
-
 def _single_reference(refs: list[ReferenceRecord]) -> bool:
     """Docker's isSingleReference: at most one tag, and every reference in
     one repository (False when there are none)."""
@@ -763,16 +761,8 @@ def _single_reference(refs: list[ReferenceRecord]) -> bool:
 
 def _timestamp(created: str | None) -> float:
     """Seconds since the epoch of an RFC 3339 `created` (0 when unknown)."""
-    if not created:
-        return 0.0
-    text = re.sub(r"(\.\d{6})\d+", r"\1", created.replace("Z", "+00:00"))
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return 0.0
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+    when = parse_rfc3339(created) if created else None
+    return when.timestamp() if when is not None else 0.0
 
 
 __all__ = ["Client", "Image", "ImageSummary", "Platform", "Removal"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgpull.errors import ImgpullError
+from imgpull.errors import CredentialsError
 from imgpull.registry.auth import Credentials
 from imgpull.registry.errors import one_line
 
@@ -54,10 +54,6 @@ _NOT_FOUND = "credentials not found in native keychain"
 # Username a helper stores with an identity token as its secret.
 _TOKEN_USERNAME = "<token>"
 _HELPER_TIMEOUT = 60.0
-
-
-class CredentialsError(ImgpullError):
-    """The Docker config file or a credential helper cannot be used."""
 
 
 def config_path() -> Path:

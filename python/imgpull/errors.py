@@ -1,30 +1,80 @@
-"""The error hierarchy. Every message says what went wrong and what to do.
+"""The error hierarchy: every error imgpull raises, defined or re-exported here.
 
-The native module defines the base and the byte-level errors; everything else
-is defined here as a subclass of the same base, so `except ImgpullError`
-catches all of them.
+Every message says what went wrong and what to do. `except ImgpullError`
+catches all of them::
+
+    Exception
+    └── ImgpullError ·························· native: the base of them all
+        ├── DigestMismatchError ················ native: bytes ≠ their digest
+        ├── SizeMismatchError ·················· native: more/fewer bytes than the size
+        ├── FetchError ························· native: a transfer failed below HTTP
+        ├── LimitExceededError ················· native: a decompression bomb, an endless body
+        ├── CorruptLayerError (+ ValueError) ··· native: a layer that does not decompress
+        ├── ExtractError ······················· native: a layer not applied to a rootfs
+        ├── Schema1Error ······················· native, internal: turned into a ManifestError
+        ├── InvalidReferenceError (+ ValueError)
+        ├── InvalidPlatformError (+ ValueError)
+        ├── RegistryError ······················ the registry answered with an error
+        │   ├── AuthenticationError
+        │   ├── NameUnknownError
+        │   ├── ManifestUnknownError
+        │   ├── ForeignLayerError
+        │   ├── TLSVerificationError
+        │   └── RegistryUnreachableError
+        │       └── RegistryTimeoutError
+        ├── ManifestError ······················ a manifest that cannot be used
+        │   ├── UnsupportedManifestError
+        │   ├── ManifestVerificationError
+        │   └── LayerMismatchError
+        ├── NoMatchingPlatformError
+        ├── PullCancelledError
+        │   └── PullTimeoutError
+        ├── StoreError
+        │   └── DiskFullError
+        ├── ImageNotFoundError
+        ├── ImageConflictError
+        ├── RootfsError
+        ├── ExportError
+        ├── ConfigError
+        └── CredentialsError
+
+The "native" classes are created by the extension module (rust/py/src/errors.rs
+maps each core failure to one of them, in one place) and imported from it here;
+the rest are defined here. Besides these, the native module raises ValueError
+for a bad argument (a malformed digest, an invalid setting) or I/O on a closed
+BlobWriter, and OSError (FileNotFoundError, ...) for a file error.
 """
 
 from __future__ import annotations
 
 from imgpull._core import (
+    CorruptLayerError,
     DigestMismatchError,
+    ExtractError,
     FetchError,
     ImgpullError,
     LimitExceededError,
+    Schema1Error,
     SizeMismatchError,
 )
 
 __all__ = [
     "AuthenticationError",
+    "ConfigError",
+    "CorruptLayerError",
+    "CredentialsError",
     "DigestMismatchError",
     "DiskFullError",
+    "ExportError",
+    "ExtractError",
     "FetchError",
     "ForeignLayerError",
     "ImageConflictError",
     "ImageNotFoundError",
     "ImgpullError",
+    "InvalidPlatformError",
     "InvalidReferenceError",
+    "LayerMismatchError",
     "LimitExceededError",
     "ManifestError",
     "ManifestUnknownError",
@@ -36,6 +86,8 @@ __all__ = [
     "RegistryError",
     "RegistryTimeoutError",
     "RegistryUnreachableError",
+    "RootfsError",
+    "Schema1Error",
     "SizeMismatchError",
     "StoreError",
     "TLSVerificationError",
@@ -45,6 +97,10 @@ __all__ = [
 
 class InvalidReferenceError(ImgpullError, ValueError):
     """A reference string that is not valid docker reference syntax."""
+
+
+class InvalidPlatformError(ImgpullError, ValueError):
+    """A platform string or manifest platform object that cannot be used."""
 
 
 class RegistryError(ImgpullError):
@@ -69,11 +125,6 @@ class RegistryError(ImgpullError):
         self.retry_after = retry_after
 
 
-class ForeignLayerError(RegistryError):
-    """A foreign (non-distributable) layer could not be fetched from its
-    URLs, or foreign layers are refused (`allow_foreign=False`)."""
-
-
 class AuthenticationError(RegistryError):
     """Credentials missing, wrong, or refused for this repository."""
 
@@ -86,6 +137,15 @@ class ManifestUnknownError(RegistryError):
     """The tag or digest does not exist in the repository."""
 
 
+class ForeignLayerError(RegistryError):
+    """A foreign (non-distributable) layer could not be fetched from its
+    URLs, or foreign layers are refused (`allow_foreign=False`)."""
+
+
+class TLSVerificationError(RegistryError):
+    """The registry's certificate is not trusted: waiting will not fix it."""
+
+
 class RegistryUnreachableError(RegistryError):
     """No connection could be made to the registry."""
 
@@ -93,10 +153,6 @@ class RegistryUnreachableError(RegistryError):
 class RegistryTimeoutError(RegistryUnreachableError):
     """A request (manifest, tag page, ping, token) did not complete within
     its overall deadline: retried like any network failure."""
-
-
-class TLSVerificationError(RegistryError):
-    """The registry's certificate is not trusted: waiting will not fix it."""
 
 
 class ManifestError(ImgpullError):
@@ -109,6 +165,10 @@ class UnsupportedManifestError(ManifestError):
 
 class ManifestVerificationError(ManifestError):
     """A manifest whose bytes do not match the digest asked for."""
+
+
+class LayerMismatchError(ManifestError):
+    """The layers' diffIDs are not the config's rootfs.diff_ids."""
 
 
 class NoMatchingPlatformError(ImgpullError):
@@ -145,3 +205,16 @@ class ImageConflictError(ImgpullError):
 class RootfsError(ImgpullError):
     """A directory cannot take a root filesystem (`pull --rootfs DIR`): not a
     directory, not empty, being written by another process."""
+
+
+class ExportError(ImgpullError):
+    """An export that cannot be made: a bad destination, a missing blob, a
+    layer whose content does not match the config's diffID."""
+
+
+class ConfigError(ImgpullError):
+    """A certs.d folder or the mirror configuration cannot be used."""
+
+
+class CredentialsError(ImgpullError):
+    """The Docker config file or a credential helper cannot be used."""

@@ -36,15 +36,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from imgpull._core import (
-    DEFAULT_MAX_RATIO,
+from imgpull._core import DEFAULT_MAX_RATIO, Extraction, decompress_to, sha256_bytes
+from imgpull.errors import (
+    CorruptLayerError,
+    ExportError,
     ExtractError,
-    Extraction,
-    decompress_to,
-    sha256_bytes,
+    ImgpullError,
+    LayerMismatchError,
 )
-from imgpull.errors import ImgpullError
-from imgpull.layers import LayerMismatchError
 from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
 from imgpull.reference import Reference
 from imgpull.rootfs import check_dir_dest, empty_dir, remove_tree
@@ -64,11 +63,6 @@ ExportFormat = Literal["oci", "docker-archive", "rootfs"]
 FORMATS: tuple[ExportFormat, ...] = ("oci", "docker-archive", "rootfs")
 REF_NAME = "org.opencontainers.image.ref.name"
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-class ExportError(ImgpullError):
-    """An export that cannot be made: a bad destination, a missing blob, a
-    layer whose content does not match the config's diffID."""
 
 
 def export_image(
@@ -96,9 +90,9 @@ def export_image(
             _export_rootfs(store, image_id, out, max_ratio=max_ratio, max_bytes=max_bytes)
         else:
             raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    except ImgpullError:
-        raise
     except (OSError, ValueError) as exc:  # a corrupt blob, a file error
+        if isinstance(exc, ImgpullError) and not isinstance(exc, CorruptLayerError):
+            raise  # a bad reference or platform: already says what is wrong
         raise ExportError(f"export to {out} failed: {exc}") from exc
     return out
 

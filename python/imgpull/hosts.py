@@ -23,22 +23,17 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 import threading
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from imgpull.errors import ImgpullError
+from imgpull.errors import ConfigError
 from imgpull.registry import Endpoint
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 __all__ = [
     "ConfigError",
@@ -57,10 +52,6 @@ __all__ = [
 CERTS_D_ENV = "IMGPULL_CERTS_D"
 # The mirror configuration file, instead of ~/.config/imgpull/config.toml.
 CONFIG_ENV = "IMGPULL_CONFIG"
-
-
-class ConfigError(ImgpullError):
-    """A certs.d folder or the mirror configuration cannot be used."""
 
 
 def certs_dirs(given: Sequence[str | os.PathLike[str]] | None = None) -> tuple[Path, ...]:

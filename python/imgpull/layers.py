@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from imgpull._core import sha256_bytes
-from imgpull.errors import ManifestError
+from imgpull.errors import LayerMismatchError
 
-
-class LayerMismatchError(ManifestError):
-    """The layers' diffIDs are not the config's rootfs.diff_ids."""
+__all__ = ["LayerMismatchError", "chain_ids", "check_diff_ids"]
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:

@@ -13,8 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgpull._core import Schema1Error, schema1_payload, sha256_bytes
-from imgpull.errors import ManifestError, ManifestVerificationError, UnsupportedManifestError
+from imgpull._core import schema1_payload, sha256_bytes
+from imgpull.errors import (
+    ManifestError,
+    ManifestVerificationError,
+    Schema1Error,
+    UnsupportedManifestError,
+)
 from imgpull.platform import Platform
 
 DOCKER_MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"

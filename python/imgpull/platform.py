@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 from urllib.parse import unquote
 
-from imgpull.errors import ImgpullError
+from imgpull.errors import InvalidPlatformError
 
 __all__ = [
     "InvalidPlatformError",
@@ -41,10 +41,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class InvalidPlatformError(ImgpullError, ValueError):
-    """A platform string or manifest platform object that cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,12 @@ from typing import Any
 
 from imgpull import schema1
 from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED, diff_id_file, sha256_bytes
-from imgpull.errors import ForeignLayerError, ImgpullError, StoreError, UnsupportedManifestError
+from imgpull.errors import (
+    CorruptLayerError,
+    ForeignLayerError,
+    StoreError,
+    UnsupportedManifestError,
+)
 from imgpull.layers import check_diff_ids
 from imgpull.manifest import (
     DOCKER_CONFIG,
@@ -178,7 +183,7 @@ class Puller:
         top = self._resolver.resolve(ref)
         # As docker: named once the manifest is found (an unknown tag gets the
         # error alone); by digest, by the whole canonical reference, tag dropped.
-        label = ref.tag if ref.digest is None else f"{ref.name}@{ref.digest}"
+        label = ref.tag if ref.digest is None else ref.key
         self.emit(ProgressEvent(f"{label}: Pulling from {ref.repository}"))
         manifest = self._resolver.select(ref, top) if isinstance(top, ManifestIndex) else top
         if isinstance(manifest, Schema1Manifest):
@@ -251,7 +256,7 @@ class Puller:
                 if attempt == 2:
                     raise
                 self._download_all(config_desc, [])
-        if self.options.fetch_only and unpacker is None:
+        if self.options.fetch_only:  # never with a root filesystem (Client.pull)
             self._registered(downloaded, extracted=False)
             return self._record(ref, top, manifest, config, (), verified=False)
         diff_ids = self._diff_ids(manifest.layers)
@@ -266,8 +271,6 @@ class Puller:
         asked for, its diffIDs checked if a fetch-only pull stored it (and
         this pull is not one)."""
         store = self.store
-        if store.meta.get_image(image_id) is None:
-            raise _ImageGone(image_id)
         if self._rootfs is not None:
             unpacker = self._start_unpacker(layers)
             assert unpacker is not None
@@ -539,5 +542,5 @@ def _diff_id(path: Path, max_ratio: int) -> str:
     """The diffID of a stored layer blob."""
     try:
         return diff_id_file(str(path), max_ratio=max_ratio)
-    except ValueError as exc:
-        raise ImgpullError(f"cannot read layer {path.name}: {exc}") from None
+    except CorruptLayerError as exc:
+        raise CorruptLayerError(f"cannot read layer {path.name}: {exc}") from None

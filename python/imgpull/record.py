@@ -221,14 +221,11 @@ class Recorder:
                 [LayerRecord(d.digest, d.size, d.media_type) for d in manifest.layers],
                 manifests=[top.digest],
             )
-        by_digest = f"{ref.name}@{top.digest}"
-        current = meta.resolve(by_digest)
-        if current is None:
-            updated = meta.set_reference(by_digest, ref.name, None, top.digest, image_id)
-        else:
-            updated = False
+        by_digest = ref.name_only().with_digest(top.digest)
+        current = meta.resolve(by_digest.key)
+        updated = meta.point(by_digest, image_id) if current is None else False
         if ref.digest is None:
-            updated = meta.set_reference(f"{ref.name}:{ref.tag}", ref.name, ref.tag, None, image_id)
+            updated = meta.point(ref, image_id)
         kept = current if ref.digest is not None and current not in (None, image_id) else None
         return updated, kept
 

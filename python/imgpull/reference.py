@@ -224,6 +224,14 @@ class Reference:
         return self.tag is None and self.digest is None
 
     @property
+    def key(self) -> str:
+        """The local store's key for this reference: "name@digest" when it has
+        a digest (the tag is then only for display), else "name:tag"."""
+        if self.digest is not None:
+            return f"{self.name}@{self.digest}"
+        return f"{self.name}:{self.tag}"
+
+    @property
     def manifest_reference(self) -> str | None:
         """What to ask /v2/<name>/manifests/ for: the digest if any, else the tag."""
         return self.digest if self.digest is not None else self.tag

@@ -29,8 +29,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from imgpull._core import DEFAULT_MAX_RATIO, ExtractError, Extraction
-from imgpull.errors import ImgpullError, ManifestError, PullCancelledError, RootfsError
+from imgpull._core import DEFAULT_MAX_RATIO, Extraction
+from imgpull.errors import (
+    ExtractError,
+    ImgpullError,
+    ManifestError,
+    PullCancelledError,
+    RootfsError,
+)
 from imgpull.manifest import Descriptor, short_id
 from imgpull.progress import EXTRACTING, PULL_COMPLETE, ProgressCallback, ProgressEvent
 from imgpull.store import Store

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from imgpull._core import Schema1Error, fix_schema1_layers, sha256_bytes
-from imgpull.errors import ManifestError, ManifestVerificationError
+from imgpull._core import fix_schema1_layers, sha256_bytes
+from imgpull.errors import ManifestError, ManifestVerificationError, Schema1Error
 from imgpull.manifest import Descriptor, Schema1Manifest, schema1_canonical_payload
 
 # What docker stores a schema1 layer as (schema1 has no media types).

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from imgpull._core import BlobWriter, DigestMismatchError, Fetcher, Transfer
 from imgpull.errors import (
+    CorruptLayerError,
     FetchError,
     ForeignLayerError,
     ImgpullError,
@@ -605,8 +606,8 @@ class TransferService:
                         job.emit(ProgressEvent(VERIFYING, label))
                     try:
                         content.commit(writer)
-                    except ValueError as exc:  # verified, but does not decompress
-                        raise ImgpullError(f"failed to register layer: {exc}") from None
+                    except CorruptLayerError as exc:  # verified, but does not decompress
+                        raise CorruptLayerError(f"failed to register layer: {exc}") from None
                     if writer.diff_id is not None:
                         self.store.meta.record_layer(
                             desc.digest,

@@ -12,7 +12,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from imgpull._core import Fetcher
-from imgpull.hosts import ConfigError
+from imgpull.errors import ConfigError
 from imgpull.registry import Credentials, Endpoint, RegistryClient, is_loopback
 from imgpull.registry.errors import one_line
 from imgpull.retry import StallPolicy

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from imgpull._core import DEFAULT_MAX_RATIO, diff_id_file, sha256_file
-from imgpull.errors import ImgpullError, StoreError
-from imgpull.layers import LayerMismatchError, chain_ids
+from imgpull.errors import CorruptLayerError, LayerMismatchError, StoreError
+from imgpull.layers import chain_ids
 from imgpull.store import Store
 
 # Layers hashed at once: inflating is one core's work per layer.
@@ -101,8 +101,8 @@ def verify_image(
     def compute(digest: str) -> str:
         try:
             return diff_id_file(str(stored_blob(store, digest)), max_ratio=max_ratio)
-        except ValueError as exc:
-            raise ImgpullError(f"cannot read layer {digest}: {exc}") from None
+        except CorruptLayerError as exc:
+            raise CorruptLayerError(f"cannot read layer {digest}: {exc}") from None
 
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="imgpull-verify") as pool:
         known.update(zip(todo, pool.map(compute, todo), strict=True))

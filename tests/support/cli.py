@@ -4,27 +4,93 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 
+def imgpull_argv(*args: str) -> list[str]:
+    """The command line of `imgpull ARGS` (this Python, ``-m imgpull``): for
+    the tests that must hold the process (Popen) to signal, kill or watch it;
+    everything else goes through run_cli."""
+    return [sys.executable, "-m", "imgpull", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """run_cli's default environment: this one with certs.d turned off (never
+    the machine's own TLS files), plus ``extra``."""
+    return {**os.environ, "IMGPULL_CERTS_D": os.devnull, **extra}
+
+
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`imgpull ARGS` in a child process, output captured. `env` is its whole
-    environment; by default this one with certs.d turned off (never the
-    machine's own TLS files)."""
+    """`imgpull ARGS` in a child process, output captured, ``input`` (if any)
+    on its stdin. `env` is its whole environment; by default cli_env()."""
     if env is None:
-        env = {**os.environ, "IMGPULL_CERTS_D": os.devnull}
+        env = cli_env()
     return subprocess.run(
-        [sys.executable, "-m", "imgpull", *args],
+        imgpull_argv(*args),
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
         env=dict(env),
     )
+
+
+# Runs ARGV, then writes "EXIT_CODE MAXRSS_KIB" of it to the file named first.
+_MEASURE = """\
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
+def run_cli_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, int]:
+    """`imgpull ARGS` (environment: cli_env()) in a child: its exit code,
+    stdout, stderr and its own peak RSS in KiB.
+
+    The child is started by a small launcher process, which waits for it
+    with os.wait4 (that child's usage alone): a process's ru_maxrss counts
+    the resident memory of the process that forked it, as it was at the
+    fork, and pytest's own can be hundreds of MB after the tests before."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result")
+        with (
+            open(os.path.join(tmp, "out"), "w+b") as out,
+            open(os.path.join(tmp, "err"), "w+b") as err,
+        ):
+            launcher = subprocess.Popen(
+                [sys.executable, "-c", _MEASURE, result, *imgpull_argv(*args)],
+                stdout=out,
+                stderr=err,
+                env=cli_env(),
+                start_new_session=True,  # the launcher and imgpull: one group to kill
+            )
+            try:
+                launcher.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+                raise AssertionError(
+                    f"imgpull {' '.join(args)} still ran after {timeout} s"
+                ) from None
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
+        assert launcher.returncode == 0, f"the launcher failed: {stderr}"
+        with open(result) as f:
+            code, rss_kib = (int(word) for word in f.read().split())
+    return code, stdout, stderr, rss_kib
 
 
 def stored_blobs(root: Path) -> set[str]:

@@ -401,7 +401,7 @@ class _Body:
         """Waits up to `timeout` s for the client to close; True if it did."""
         try:
             data = await asyncio.wait_for(self.client_reader.read(1), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         except ConnectionError:
             return True

@@ -1,4 +1,4 @@
-"""A hostile v2 registry on loopback, for the trust tests (test_hostile.py).
+"""A hostile v2 registry on loopback, for the trust tests (e2e/test_hostile.py).
 
 Three small servers, threads of the test process, each on a free port and
 each logging every request it gets (with its ``Authorization`` header and

@@ -68,6 +68,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+# What every test against a registry needs (the e2e fixtures check them first).
+REQUIRED_TOOLS = ("docker-registry", "skopeo", "openssl")
+
+
+def require_tools() -> None:
+    """pytest.fail (never skip) when a tool the registry tests need is missing."""
+    import pytest
+
+    try:
+        for tool in REQUIRED_TOOLS:
+            require_tool(tool)
+    except MissingToolError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago.
 

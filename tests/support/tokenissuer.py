@@ -136,7 +136,7 @@ class _State:
             "access": self.granted(user, scopes),
         }
         token = self.sign(claims)
-        issued = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+        issued = datetime.datetime.fromtimestamp(now, datetime.UTC)
         out: dict[str, Any] = {
             "token": token,
             "access_token": token,
@@ -263,7 +263,7 @@ def make_signing_cert(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imgpull test token issuer")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -9,13 +9,10 @@ the credentials on every request. Secrets never reach a message or a repr.
 from __future__ import annotations
 
 import base64
-import json
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -24,10 +21,12 @@ from imgpull.errors import AuthenticationError, RegistryError
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, deadline
 from imgpull.registry.errors import (
     header_values,
+    json_object,
     one_line,
     parse_retry_after,
     request_failure,
 )
+from imgpull.rfc3339 import parse_rfc3339
 from imgpull.safetext import redact
 
 __all__ = [
@@ -263,33 +262,14 @@ def _lifetime(data: Mapping[str, object]) -> float:
     life = max(life, MIN_TOKEN_LIFETIME)
     issued = data.get("issued_at")
     if isinstance(issued, str) and issued:
-        ts = _parse_rfc3339(issued)
-        if ts is not None:
-            age = _wall() - ts
+        when = parse_rfc3339(issued)
+        if when is not None:
+            age = _wall() - when.timestamp()
             # Only trust issued_at when it is plausible; a skewed server clock
             # must not make every fresh token look expired.
             if 0 <= age < life:
                 life -= age
     return life
-
-
-_RFC3339 = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", re.IGNORECASE
-)
-
-
-def _parse_rfc3339(text: str) -> float | None:
-    # Token servers send nanoseconds ("...:00.123456789Z"); older Pythons'
-    # fromisoformat takes neither 9 digits nor "Z", so normalise first.
-    m = _RFC3339.match(text.strip())
-    if m is None:
-        return None
-    frac = (m.group(2) or "0")[:6].ljust(6, "0")
-    zone = "+00:00" if m.group(3).upper() == "Z" else m.group(3)
-    try:
-        return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}").timestamp()
-    except ValueError:
-        return None
 
 
 class Authenticator:
@@ -571,11 +551,8 @@ class Authenticator:
                     next(iter(header_values(headers, "retry-after")), None)
                 ),
             )
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):  # RecursionError: very deep nesting
-            data = None
-        if not isinstance(data, dict):
+        data = json_object(body)
+        if data is None:
             raise RegistryError(f"token server {host} sent a response that is not a JSON object")
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
@@ -601,11 +578,8 @@ def _host_of(url: httpx.URL) -> str:
 def _token_error_message(body: bytes, secrets: Iterable[str]) -> str:
     """The reason a token server gave, from the shapes seen in the wild
     (`secrets` redacted: a server may echo the credentials back)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: very deep nesting
-        return ""
-    if not isinstance(data, dict):
+    data = json_object(body)
+    if data is None:
         return ""
     for key in ("details", "error_description", "message", "error"):
         v = data.get(key)

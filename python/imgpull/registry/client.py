@@ -9,7 +9,6 @@ one client, one connection pool and one token cache.
 from __future__ import annotations
 
 import ipaddress
-import json
 import ssl
 import threading
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from imgpull.registry.errors import (
     error_from_response,
     header_values,
     is_tls_verify_failure,
+    json_object,
     network_reason,
     one_line,
     request_failure,
@@ -719,11 +719,8 @@ def _replay(resp: httpx.Response, body: bytes) -> httpx.Response:
 
 
 def _parse_tags(body: bytes, repo: str, registry: str) -> list[str]:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: very deep nesting
-        data = None
-    if not isinstance(data, dict):
+    data = json_object(body)
+    if data is None:
         raise RegistryError(f"tag list of {repo} from {registry} is not a JSON object")
     raw = data.get("tags")
     if raw is None:

@@ -18,10 +18,10 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -39,6 +39,7 @@ from imgpull.safetext import printable, redact
 __all__ = [
     "ErrorDetail",
     "error_from_response",
+    "json_object",
     "parse_error_body",
     "parse_retry_after",
     "request_failure",
@@ -68,13 +69,21 @@ class ErrorDetail:
     detail: object = None
 
 
-def parse_error_body(body: bytes) -> list[ErrorDetail]:
-    """The registry errors in a response body; [] for anything else (HTML, …)."""
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """`body` as a JSON object; None for anything else: not JSON (bad UTF-8,
+    integers past Python's digit limit, nesting deep enough for a
+    RecursionError) or JSON that is not an object."""
     try:
         data = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: very deep nesting
-        return []
-    if not isinstance(data, dict):
+    except (ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def parse_error_body(body: bytes) -> list[ErrorDetail]:
+    """The registry errors in a response body; [] for anything else (HTML, …)."""
+    data = json_object(body)
+    if data is None:
         return []
     errs = data.get("errors")
     if not isinstance(errs, list):
@@ -135,6 +144,128 @@ def _subject(kind: Kind, repo: str | None, reference: str | None) -> str:
     return "/v2/"
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A non-2xx answer, as the messages of _RULES need it."""
+
+    status: int
+    code: str | None  # the first registry error code, if any
+    msg: str  # what the server said (one line, secrets redacted), or ""
+    headers: Sequence[tuple[str, str]]
+    registry: str
+    kind: Kind
+    repo: str | None
+    reference: str | None
+    authenticated: bool
+    redirected_to: str | None
+    retry_after: float | None
+
+    @property
+    def name(self) -> str:
+        return self.repo or "?"
+
+    @property
+    def why(self) -> str:
+        return f": {self.msg}" if self.msg else ""
+
+
+def _name_unknown(a: _Answer) -> str:
+    return f"repository {a.name} not found: does it exist and may you pull from it?"
+
+
+def _manifest_unknown(a: _Answer) -> str:
+    # The whole familiar reference, registry included, as docker names it.
+    shown = familiar_name(a.registry, a.repo) if a.repo else a.name
+    return f"{_subject('manifest', shown, a.reference)} not found: {a.msg or 'manifest unknown'}"
+
+
+def _blob_unknown(a: _Answer) -> str:
+    return f"blob {a.reference} not found in {a.name}: {a.msg or 'blob unknown to registry'}"
+
+
+def _redirected_unauthorized(a: _Answer) -> str:
+    # Credentials stay with the host they were stored for (docker's too).
+    return (
+        f"{a.registry} redirected the request for {_subject(a.kind, a.repo, a.reference)} to "
+        f"{one_line(a.redirected_to or '', 100)}, which asks for credentials (401): imgpull "
+        f"sends none of {a.registry}'s there; the registry's redirect (storage) is misconfigured"
+    )
+
+
+def _unauthorized(a: _Answer) -> str:
+    # A Bearer 401 with error="insufficient_scope": the token was good, its
+    # rights were not (docker: "pull access denied").
+    denied = any(
+        re.search(r'error="?insufficient_scope', v)
+        for v in header_values(a.headers, "www-authenticate")
+    )
+    if a.authenticated and denied:
+        return (
+            f"pull access denied for {a.name}: the repository does not exist or your "
+            f"account may not pull it; check your permissions (imgpull login {a.registry})"
+        )
+    if a.authenticated:
+        return (
+            f"authentication to {a.registry} failed for {a.name}{a.why}; "
+            f"check your credentials (imgpull login {a.registry})"
+        )
+    return (
+        f"pull access denied for {a.name}: the repository does not exist or needs "
+        f"credentials (imgpull login {a.registry}){a.why}"
+    )
+
+
+def _denied(a: _Answer) -> str:
+    return (
+        f"access to {a.name} denied by {a.registry}{a.why}; "
+        f"check your credentials and permissions (imgpull login {a.registry})"
+    )
+
+
+def _too_many_requests(a: _Answer) -> str:
+    wait = f"; retry after {a.retry_after:.0f}s" if a.retry_after is not None else ""
+    return f"too many requests to {a.registry}{a.why}{wait}"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """An answer that is `code`, or has `status`: raised as `cls`, with
+    `code` when the body gave none. `only_kind`: the status alone counts
+    only for that kind of request, and only without a code (any 404 with a
+    code is that code's). `redirected`: the status alone counts, and only
+    when a redirect led off the registry."""
+
+    code: str
+    status: int
+    cls: type[RegistryError]
+    message: Callable[[_Answer], str]
+    only_kind: Kind | None = None
+    redirected: bool = False
+
+    def matches(self, a: _Answer) -> bool:
+        if self.redirected:
+            return a.status == self.status and a.redirected_to is not None
+        if a.code == self.code:
+            return True
+        if self.only_kind is not None:
+            return a.code is None and a.status == self.status and a.kind == self.only_kind
+        return a.status == self.status
+
+
+# The first rule that matches decides (go-containerregistry's transport/error.go
+# keeps its table of codes the same way); no match: a plain RegistryError
+# naming the status and the code.
+_RULES: tuple[_Rule, ...] = (
+    _Rule("NAME_UNKNOWN", 404, NameUnknownError, _name_unknown, only_kind="tags"),
+    _Rule("MANIFEST_UNKNOWN", 404, ManifestUnknownError, _manifest_unknown, only_kind="manifest"),
+    _Rule("BLOB_UNKNOWN", 404, RegistryError, _blob_unknown, only_kind="blob"),
+    _Rule("UNAUTHORIZED", 401, AuthenticationError, _redirected_unauthorized, redirected=True),
+    _Rule("UNAUTHORIZED", 401, AuthenticationError, _unauthorized),
+    _Rule("DENIED", 403, AuthenticationError, _denied),
+    _Rule("TOOMANYREQUESTS", 429, RegistryError, _too_many_requests),
+)
+
+
 def error_from_response(
     status: int,
     headers: Sequence[tuple[str, str]],
@@ -148,7 +279,8 @@ def error_from_response(
     secrets: Iterable[str] = (),
     redirected_to: str | None = None,
 ) -> RegistryError:
-    """The error for a non-2xx answer.
+    """The error for a non-2xx answer: the class and message of the first of
+    _RULES it matches.
 
     `registry` names the registry as the user wrote it (for `imgpull login`);
     `authenticated` says whether credentials were held, which decides between
@@ -167,83 +299,14 @@ def error_from_response(
         if text and "<" not in text and len(text) <= 200:
             msg = one_line(redact(text, secrets))
     retry_after = parse_retry_after(next(iter(header_values(headers, "retry-after")), None))
-    name = repo or "?"
-
-    if code == "NAME_UNKNOWN" or (status == 404 and kind == "tags" and code is None):
-        return NameUnknownError(
-            f"repository {name} not found: does it exist and may you pull from it?",
-            status=status,
-            code=code or "NAME_UNKNOWN",
-            retry_after=retry_after,
-        )
-    if code == "MANIFEST_UNKNOWN" or (status == 404 and kind == "manifest" and code is None):
-        # The whole familiar reference, registry included, as docker names it.
-        shown = familiar_name(registry, repo) if repo else name
-        return ManifestUnknownError(
-            f"{_subject('manifest', shown, reference)} not found: {msg or 'manifest unknown'}",
-            status=status,
-            code=code or "MANIFEST_UNKNOWN",
-            retry_after=retry_after,
-        )
-    if code == "BLOB_UNKNOWN" or (status == 404 and kind == "blob" and code is None):
-        return RegistryError(
-            f"blob {reference} not found in {name}: {msg or 'blob unknown to registry'}",
-            status=status,
-            code=code or "BLOB_UNKNOWN",
-            retry_after=retry_after,
-        )
-    if status == 401 and redirected_to is not None:
-        # Credentials stay with the host they were stored for (docker's too).
-        return AuthenticationError(
-            f"{registry} redirected the request for {_subject(kind, repo, reference)} to "
-            f"{one_line(redirected_to, 100)}, which asks for credentials (401): imgpull sends "
-            f"none of {registry}'s there; the registry's redirect (storage) is misconfigured",
-            status=status,
-            code=code or "UNAUTHORIZED",
-            retry_after=retry_after,
-        )
-    if status == 401 or code == "UNAUTHORIZED":
-        why = f": {msg}" if msg else ""
-        # A Bearer 401 with error="insufficient_scope": the token was good, its
-        # rights were not (docker: "pull access denied").
-        denied = any(
-            re.search(r'error="?insufficient_scope', v)
-            for v in header_values(headers, "www-authenticate")
-        )
-        if authenticated and denied:
-            text = (
-                f"pull access denied for {name}: the repository does not exist or your "
-                f"account may not pull it; check your permissions (imgpull login {registry})"
-            )
-        elif authenticated:
-            text = (
-                f"authentication to {registry} failed for {name}{why}; "
-                f"check your credentials (imgpull login {registry})"
-            )
-        else:
-            text = (
-                f"pull access denied for {name}: the repository does not exist or needs "
-                f"credentials (imgpull login {registry}){why}"
-            )
-        return AuthenticationError(text, status=status, code=code or "UNAUTHORIZED",
-                                   retry_after=retry_after)  # fmt: skip
-    if status == 403 or code == "DENIED":
-        why = f": {msg}" if msg else ""
-        return AuthenticationError(
-            f"access to {name} denied by {registry}{why}; "
-            f"check your credentials and permissions (imgpull login {registry})",
-            status=status,
-            code=code or "DENIED",
-            retry_after=retry_after,
-        )
-    if status == 429 or code == "TOOMANYREQUESTS":
-        wait = f"; retry after {retry_after:.0f}s" if retry_after is not None else ""
-        return RegistryError(
-            f"too many requests to {registry}{': ' + msg if msg else ''}{wait}",
-            status=status,
-            code=code or "TOOMANYREQUESTS",
-            retry_after=retry_after,
-        )
+    answer = _Answer(
+        status, code, msg, headers, registry, kind, repo, reference, authenticated,
+        redirected_to, retry_after,
+    )  # fmt: skip
+    for rule in _RULES:
+        if rule.matches(answer):
+            message = rule.message(answer)
+            return rule.cls(message, status=status, code=code or rule.code, retry_after=retry_after)
     reason = _reason(status)
     said = f": {one_line(redact(code.lower().replace('_', ' '), secrets), 80)}" if code else ""
     if msg and msg.lower() != (code or "").lower().replace("_", " "):

@@ -16,9 +16,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgpull.errors import StoreError
 from imgpull.store.content import disk_full
+
+if TYPE_CHECKING:
+    from imgpull.reference import Reference
 
 # SQLITE_FULL, and SQLITE_IOERR_SHMSIZE: the WAL index (-shm) could not grow.
 _DISK_FULL_CODES = frozenset({13, 4874})
@@ -548,6 +552,12 @@ class MetadataStore:
                 (reference, name, tag, digest, image_id, time.time()),
             )
             return True
+
+    def point(self, ref: Reference, image_id: str) -> bool:
+        """Point `ref` (by its key, Reference.key: by digest when it has one,
+        else by tag) at `image_id`; True when that changed something."""
+        tag = ref.tag if ref.digest is None else None
+        return self.set_reference(ref.key, ref.name, tag, ref.digest, image_id)
 
     def delete_reference(self, reference: str) -> bool:
         """Remove `reference`; True when it existed."""

@@ -121,7 +121,7 @@ impl<R: BufRead> BufRead for Tracked<R> {
 /// compressed bytes read so far.
 ///
 /// Errors: `CoreError::File` when the file cannot be opened or read;
-/// `CoreError::Invalid` for an unknown compression, or for any other error
+/// `CoreError::CorruptLayer` for an unknown compression, or for any other error
 /// `f` returns (taken as corrupt data: callers that fail for their own
 /// reasons keep the reason themselves).
 pub fn read_layer<T>(
@@ -141,7 +141,7 @@ pub fn read_layer<T>(
     // 512 bytes is a whole tar header; fill_buf gives more unless the file is short.
     let head = &head[..head.len().min(512)];
     let kind = detect_compression(head)
-        .map_err(|m| CoreError::Invalid(format!("{}: {m}", path.display())))?;
+        .map_err(|m| CoreError::CorruptLayer(format!("{}: {m}", path.display())))?;
     let result = match kind {
         Compression::None => f(&mut reader, &consumed),
         Compression::Gzip => f(&mut GzipReader::new(&mut reader), &consumed),
@@ -153,7 +153,7 @@ pub fn read_layer<T>(
     match result {
         Ok(v) => Ok(v),
         Err(e) if reader.failed => Err(CoreError::file("read", path, e)),
-        Err(e) => Err(CoreError::Invalid(format!(
+        Err(e) => Err(CoreError::CorruptLayer(format!(
             "{}: corrupt {} data: {e}",
             path.display(),
             match kind {
@@ -169,7 +169,7 @@ pub fn read_layer<T>(
 /// refused once it decompresses past `max_ratio` (see [`over_ratio`]).
 ///
 /// Errors: `CoreError::File` when the file cannot be opened or read;
-/// `CoreError::Invalid` for an unknown compression or corrupt data;
+/// `CoreError::CorruptLayer` for an unknown compression or corrupt data;
 /// `CoreError::RatioExceeded` past the ratio.
 pub fn diff_id_file(path: &Path, max_ratio: u64) -> Result<Digest> {
     let mut over = false;
@@ -354,7 +354,7 @@ mod tests {
         blob.truncate(n - 4);
         let path = write(&dir, "c", &blob);
         match diff_id_file(&path, DEFAULT_MAX_RATIO).unwrap_err() {
-            CoreError::Invalid(m) => assert!(m.contains("corrupt gzip"), "{m}"),
+            CoreError::CorruptLayer(m) => assert!(m.contains("corrupt gzip"), "{m}"),
             other => panic!("{other:?}"),
         }
         match diff_id_file(&dir.path().join("missing"), 0).unwrap_err() {

@@ -67,15 +67,16 @@ pub fn sha256_bytes(data: &[u8]) -> Digest {
     Digest(Sha256::digest(data).into())
 }
 
-/// Feeds everything `reader` yields into `hasher`; returns the byte count.
-pub(crate) fn hash_reader(hasher: &mut Sha256, reader: &mut impl Read) -> io::Result<u64> {
+/// Hands everything `reader` yields to `each`, chunk by chunk; returns the
+/// byte count.
+pub(crate) fn read_chunks(reader: &mut impl Read, mut each: impl FnMut(&[u8])) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
     loop {
         match reader.read(&mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
-                hasher.update(&buf[..n]);
+                each(&buf[..n]);
                 total += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -87,7 +88,8 @@ pub(crate) fn hash_reader(hasher: &mut Sha256, reader: &mut impl Read) -> io::Re
 pub fn sha256_file(path: &Path) -> Result<Digest> {
     let mut file = File::open(path).map_err(|e| CoreError::file("open", path, e))?;
     let mut hasher = Sha256::new();
-    hash_reader(&mut hasher, &mut file).map_err(|e| CoreError::file("read", path, e))?;
+    read_chunks(&mut file, |chunk| hasher.update(chunk))
+        .map_err(|e| CoreError::file("read", path, e))?;
     Ok(Digest::from_hasher(hasher))
 }
 

@@ -71,6 +71,11 @@ pub enum CoreError {
     #[error("{0}")]
     Invalid(String),
 
+    /// A layer blob that does not decompress: an unknown compression, corrupt
+    /// gzip/zstd data, a tar that cannot be read. The message names the layer.
+    #[error("{0}")]
+    CorruptLayer(String),
+
     /// A layer decompressing to more than `max_ratio` times its compressed
     /// size (see diffid::over_ratio): a decompression bomb, most likely.
     #[error(

@@ -373,7 +373,7 @@ mod tests {
     fn unknown_compression_and_corrupt_data() {
         let blob = b"hello, this is not a layer at all".repeat(100);
         match write_layer(&blob, 0, 1000).unwrap_err() {
-            CoreError::Invalid(m) => assert!(m.contains("unknown layer compression"), "{m}"),
+            CoreError::CorruptLayer(m) => assert!(m.contains("unknown layer compression"), "{m}"),
             other => panic!("{other:?}"),
         }
         let blob = b"BZh91AY&SY".repeat(100);
@@ -384,7 +384,7 @@ mod tests {
         let n = gz.len();
         gz.truncate(n - 100);
         match write_layer(&gz, 0, 1000).unwrap_err() {
-            CoreError::Invalid(m) => assert!(m.contains("corrupt gzip"), "{m}"),
+            CoreError::CorruptLayer(m) => assert!(m.contains("corrupt gzip"), "{m}"),
             other => panic!("{other:?}"),
         }
 
@@ -392,7 +392,7 @@ mod tests {
         let n = zs.len();
         zs.truncate(n - 10);
         match write_layer(&zs, 0, 1000).unwrap_err() {
-            CoreError::Invalid(m) => assert!(m.contains("corrupt zstd"), "{m}"),
+            CoreError::CorruptLayer(m) => assert!(m.contains("corrupt zstd"), "{m}"),
             other => panic!("{other:?}"),
         }
     }

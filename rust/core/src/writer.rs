@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::diffid::DEFAULT_MAX_RATIO;
-use crate::digest::{Digest, CHUNK};
+use crate::digest::{read_chunks, Digest};
 use crate::error::{CoreError, Result};
 use crate::layer::{LayerDigest, Unpacked, Unpacker};
 
@@ -365,7 +365,10 @@ impl BlobWriter {
                 }
                 Err(Unpacked::Corrupt(why)) => {
                     self.discard();
-                    return Err(CoreError::Invalid(format!("layer {}: {why}", self.digest)));
+                    return Err(CoreError::CorruptLayer(format!(
+                        "layer {}: {why}",
+                        self.digest
+                    )));
                 }
             }
         }
@@ -394,22 +397,12 @@ fn replay(
     hasher: &mut Sha256,
     mut unpacker: Option<&mut Unpacker>,
 ) -> io::Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                if let Some(u) = unpacker.as_deref_mut() {
-                    u.feed(&buf[..n]);
-                }
-                total += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    read_chunks(reader, |chunk| {
+        hasher.update(chunk);
+        if let Some(u) = unpacker.as_deref_mut() {
+            u.feed(chunk);
         }
-    }
+    })
 }
 
 /// Makes a rename durable: the directory entry lives in the parent.

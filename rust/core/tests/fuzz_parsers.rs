@@ -420,7 +420,7 @@ fn diff_ids_of_mangled_blobs() {
         let written = w.commit(&dir.path().join("committed"));
         match (&read, written) {
             (Ok(d), Ok(())) => assert_eq!(w.layer_digest().map(|l| l.diff_id), Some(*d)),
-            (Err(_), Err(CoreError::Invalid(_))) => {}
+            (Err(_), Err(CoreError::CorruptLayer(_))) => {}
             (r, w) => panic!("file path gave {r:?}, writer gave {w:?}"),
         }
         let _ = fs::remove_file(dir.path().join("committed"));
@@ -429,7 +429,7 @@ fn diff_ids_of_mangled_blobs() {
                 assert!(d.to_string().starts_with("sha256:"));
                 seen.ok += 1;
             }
-            Err(CoreError::Invalid(message)) => {
+            Err(CoreError::CorruptLayer(message)) => {
                 assert!(!message.is_empty());
                 seen.err += 1;
             }
@@ -638,7 +638,7 @@ fn rootfs_extraction_of_hostile_tars() {
             Err(ExtractError::Unsafe { .. }) => seen.err += 1,
             Err(ExtractError::Io { .. })
             | Err(ExtractError::TooLarge { .. })
-            | Err(ExtractError::Layer(CoreError::Invalid(_))) => {}
+            | Err(ExtractError::Layer(CoreError::CorruptLayer(_))) => {}
             Err(other) => panic!("unexpected error {other:?}"),
         }
         assert_eq!(

@@ -1,23 +1,15 @@
 //! Exports for Python: decompress_to (docker-archive layer tars) and
-//! Extraction (rootfs), with the ExtractError they raise.
+//! Extraction (rootfs). Their errors are mapped in errors.rs.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use imgpull_core::rootfs::{self, ExtractError as CoreExtractError, ExtractOptions};
+use imgpull_core::rootfs::{self, ExtractOptions};
 use imgpull_core::Digest;
-use pyo3::create_exception;
 use pyo3::prelude::*;
 
-use crate::errors::{self, ImgpullError};
-
-create_exception!(
-    imgpull._core,
-    ExtractError,
-    ImgpullError,
-    "A layer could not be applied to a root filesystem: an unsafe entry, a limit, a file error."
-);
+use crate::errors;
 
 /// Writes the decompressed layer `src` to `dest`; returns its diffID (GIL released).
 #[pyfunction]
@@ -63,47 +55,27 @@ impl Extraction {
         &self,
         py: Python<'_>,
         layers: Vec<(PathBuf, Option<String>)>,
-    ) -> PyResult<Vec<(String, u64)>> {
+    ) -> errors::Result<Vec<(String, u64)>> {
         let mut parsed = Vec::with_capacity(layers.len());
         for (path, want) in layers {
             let want = match want {
-                Some(d) => Some(Digest::parse(&d).map_err(errors::Error::from)?),
+                Some(d) => Some(Digest::parse(&d)?),
                 None => None,
             };
             parsed.push((path, want));
         }
-        let result = py.detach(|| {
+        let done = py.detach(|| {
             let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
             inner.apply(&parsed)
-        });
-        match result {
-            Ok(done) => Ok(done
-                .into_iter()
-                .map(|i| (i.diff_id.to_string(), i.size))
-                .collect()),
-            Err(CoreExtractError::Layer(e)) => Err(errors::Error::from(e).into()),
-            Err(e) => {
-                let kind = match &e {
-                    CoreExtractError::Unsafe { .. } => "unsafe",
-                    CoreExtractError::Ratio { .. } => "ratio",
-                    CoreExtractError::TooLarge { .. } => "size",
-                    CoreExtractError::TooLong { .. } => "header",
-                    CoreExtractError::DiffId { .. } => "diffid",
-                    CoreExtractError::Cancelled => "cancelled",
-                    _ => "io",
-                };
-                let err = ExtractError::new_err(e.to_string());
-                err.value(py).setattr("kind", kind)?;
-                Err(err)
-            }
-        }
+        })?;
+        Ok(done
+            .into_iter()
+            .map(|i| (i.diff_id.to_string(), i.size))
+            .collect())
     }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let extract = m.py().get_type::<ExtractError>();
-    extract.setattr("kind", "io")?;
-    m.add("ExtractError", extract)?;
     m.add("DEFAULT_MAX_RATIO", rootfs::DEFAULT_MAX_RATIO)?;
     m.add_function(wrap_pyfunction!(decompress_to, m)?)?;
     m.add_class::<Extraction>()?;

@@ -1,25 +1,13 @@
 //! Schema1 helpers and layer diffIDs for Python: fix_schema1_layers,
-//! schema1_payload, diff_id_file, and the Schema1Error they raise.
+//! schema1_payload, diff_id_file. Their errors are mapped in errors.rs.
 
 use std::path::PathBuf;
 
-use imgpull_core::schema1::{self, Schema1Error as CoreSchema1Error};
-use pyo3::create_exception;
+use imgpull_core::schema1;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::{self, ImgpullError};
-
-create_exception!(
-    imgpull._core,
-    Schema1Error,
-    ImgpullError,
-    "A Docker schema1 manifest whose layer chain or signature block is invalid."
-);
-
-fn to_py(e: CoreSchema1Error) -> PyErr {
-    Schema1Error::new_err(e.0)
-}
+use crate::errors;
 
 /// Indexes of the history entries to keep, top first (see the stub).
 #[pyfunction]
@@ -27,14 +15,14 @@ fn to_py(e: CoreSchema1Error) -> PyErr {
 fn fix_schema1_layers(
     layers: Vec<(String, String)>,
     allow_base_parent: bool,
-) -> PyResult<Vec<usize>> {
-    schema1::fix_layers(&layers, allow_base_parent).map_err(to_py)
+) -> errors::Result<Vec<usize>> {
+    Ok(schema1::fix_layers(&layers, allow_base_parent)?)
 }
 
 /// The canonical payload of a schema1 manifest (signatures stripped).
 #[pyfunction]
-fn schema1_payload<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    let payload = schema1::canonical_payload(raw).map_err(to_py)?;
+fn schema1_payload<'py>(py: Python<'py>, raw: &[u8]) -> errors::Result<Bound<'py, PyBytes>> {
+    let payload = schema1::canonical_payload(raw)?;
     Ok(PyBytes::new(py, &payload))
 }
 
@@ -48,7 +36,6 @@ fn diff_id_file(py: Python<'_>, path: PathBuf, max_ratio: u64) -> errors::Result
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("Schema1Error", m.py().get_type::<Schema1Error>())?;
     m.add_function(wrap_pyfunction!(fix_schema1_layers, m)?)?;
     m.add_function(wrap_pyfunction!(schema1_payload, m)?)?;
     m.add_function(wrap_pyfunction!(diff_id_file, m)?)?;

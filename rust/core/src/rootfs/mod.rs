@@ -262,7 +262,7 @@ fn apply_layer(
     let n = stream.finish()?;
     match unreadable {
         None => Ok(n),
-        Some(e) => Err(ExtractError::Layer(CoreError::Invalid(format!(
+        Some(e) => Err(ExtractError::Layer(CoreError::CorruptLayer(format!(
             "layer {name}: corrupt tar data: {e}"
         )))),
     }

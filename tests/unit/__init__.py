@@ -1,0 +1,2 @@
+"""Tests that need no registry, server or skopeo: they run alone in seconds
+(`python -m pytest tests/unit`)."""
