@@ -46,9 +46,9 @@ from imgpull.errors import (
 )
 from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
 from imgpull.reference import Reference
-from imgpull.rootfs import check_dir_dest, empty_dir, remove_tree
+from imgpull.rootfs import check_dir_dest, remove_tree, restore_dir
 from imgpull.store import Store
-from imgpull.verify import stored_blob
+from imgpull.verify import stored_blob, stored_layers
 
 __all__ = [
     "DEFAULT_MAX_RATIO",
@@ -98,11 +98,6 @@ def export_image(
 
 
 # Shared ----------------------------------------------------------------------
-
-
-def _config(store: Store, image_id: str) -> dict[str, Any]:
-    config: dict[str, Any] = json.loads(store.content.read(image_id))
-    return config
 
 
 def _manifest(store: Store, image_id: str) -> tuple[bytes, str]:
@@ -158,17 +153,6 @@ def _oci_layer(layer: dict[str, Any]) -> dict[str, Any]:
     if layer.get("urls"):
         out["urls"] = layer["urls"]
     return out
-
-
-def _layers(store: Store, image_id: str) -> list[tuple[str, str]]:
-    """(layer blob digest, diffID) in order, checked against the config."""
-    digests = [lr.digest for lr in store.meta.image_layers(image_id)]
-    diff_ids = list(_config(store, image_id).get("rootfs", {}).get("diff_ids") or [])
-    if len(digests) != len(diff_ids):
-        raise ExportError(
-            f"image {image_id}: {len(digests)} layers but {len(diff_ids)} diffIDs in its config"
-        )
-    return list(zip(digests, diff_ids, strict=True))
 
 
 def _share(src: Path, dst: Path) -> None:
@@ -236,7 +220,7 @@ def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, d
         raise ExportError(f"{dest} exists")
     if not dest.parent.is_dir():
         raise ExportError(f"{dest.parent} is not a directory")
-    layers = _layers(store, image_id)
+    layers = stored_layers(store, image_id)
     config_hex = image_id.split(":", 1)[1]
     repo_tags: list[str] = []
     repositories: dict[str, dict[str, str]] = {}
@@ -314,19 +298,14 @@ def _export_rootfs(
     existed = check_dir_dest(dest, ExportError)
     # Each layer's tar is hashed as it is applied: a layer that is not its
     # diffID stops the export there.
-    layers = [
-        (str(stored_blob(store, digest)), diff_id) for digest, diff_id in _layers(store, image_id)
-    ]
+    pairs = stored_layers(store, image_id)
+    layers = [(str(stored_blob(store, digest)), diff_id) for digest, diff_id in pairs]
     if not existed:
         dest.mkdir(mode=0o755)
     try:
         Extraction(str(dest), max_ratio=max_ratio, max_bytes=max_bytes).apply(layers)
     except BaseException as exc:
-        # Leave DEST as it was: gone, or an empty directory.
-        if existed:
-            empty_dir(dest)
-        else:
-            remove_tree(dest)
+        restore_dir(dest, made=not existed)
         if isinstance(exc, ExtractError) and exc.kind == "diffid":
             raise LayerMismatchError(f"image {image_id}: {exc}") from None
         raise

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TextIO
 
+from imgpull.manifest import Descriptor, short_id
 from imgpull.safetext import printable
 
 # Layer statuses, as docker words them.
@@ -63,6 +64,14 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+
+def layer_event(
+    status: str, layer: Descriptor, current: int | None = None, total: int | None = None
+) -> ProgressEvent:
+    """A layer's event: its short id and full digest, its size when known."""
+    size = total if total is not None else (layer.size if layer.size >= 0 else None)
+    return ProgressEvent(status, short_id(layer.digest), current, size, digest=layer.digest)
 
 
 def with_refs(emit: ProgressCallback, refs: tuple[str, ...]) -> ProgressCallback:

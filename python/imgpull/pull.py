@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ from imgpull.manifest import (
     Manifest,
     ManifestIndex,
     Schema1Manifest,
-    short_id,
 )
 from imgpull.platform import Platform, format_platform, platform_matches_image
 from imgpull.progress import (
@@ -48,6 +48,7 @@ from imgpull.progress import (
     WAITING,
     ProgressCallback,
     ProgressEvent,
+    layer_event,
 )
 from imgpull.record import Recorder, _ImageGone, image_size, load_config
 from imgpull.reference import Reference
@@ -57,7 +58,7 @@ from imgpull.retry import RetryPolicy
 from imgpull.rootfs import RootfsTarget, Unpacker
 from imgpull.store import Store
 from imgpull.store.content import BlobLimits
-from imgpull.transfer import BlobSource, PullTransfers
+from imgpull.transfer import BlobSource, PullTransfers, settle
 from imgpull.transport import Transport
 from imgpull.verify import config_diff_ids, ensure_verified, record_verified
 
@@ -315,13 +316,13 @@ class Puller:
         todo: list[Descriptor] = []
         for layer in layers:
             if self.store.content.exists(layer.digest):
-                self.emit(_layer_event(ALREADY_EXISTS, layer))
+                self.emit(layer_event(ALREADY_EXISTS, layer))
             elif layer.digest not in seen:
                 seen.add(layer.digest)
                 todo.append(layer)
-                self.emit(_layer_event(PULLING_FS_LAYER, layer))
+                self.emit(layer_event(PULLING_FS_LAYER, layer))
         for layer in todo[limit:]:
-            self.emit(_layer_event(WAITING, layer))
+            self.emit(layer_event(WAITING, layer))
 
         done = threading.Event()
         reporter = threading.Thread(target=self._report, args=(done,), daemon=True)
@@ -346,9 +347,15 @@ class Puller:
             # still well ahead of the unpacker.
             later: dict[str, Future[None]] = {d.digest: Future() for d in todo[1:]}
 
-            def start_rest(_: Future[None]) -> None:
+            def start_rest(first: Future[None]) -> None:
+                failed = first.exception()
                 for d in todo[1:]:
-                    _chain(fetch(self._source, d, layer=True, diff_id=diff_id), later[d.digest])
+                    mine = later[d.digest]
+                    if failed is not None:  # the pull stops: nothing more is started
+                        settle(mine, failed)
+                        continue
+                    fetched = fetch(self._source, d, layer=True, diff_id=diff_id)
+                    fetched.add_done_callback(partial(_settle_from, mine))
 
             pending[todo[0].digest].add_done_callback(start_rest)
             pending.update(later)
@@ -402,8 +409,8 @@ class Puller:
             # With its byte count, as docker's (so no plain line shows it).
             size = layer.size if layer.size >= 0 else self.store.content.size(layer.digest)
             if extracted:
-                self.emit(_layer_event(EXTRACTING, layer, size, size))
-            self.emit(_layer_event(PULL_COMPLETE, layer, total=size))
+                self.emit(layer_event(EXTRACTING, layer, size, size))
+            self.emit(layer_event(PULL_COMPLETE, layer, total=size))
 
     def _diff_ids(self, layers: Sequence[Descriptor]) -> list[str]:
         """Each layer's diffID: as recorded when it was downloaded, else (a blob
@@ -517,25 +524,9 @@ class Puller:
         )
 
 
-def _layer_event(
-    status: str, layer: Descriptor, current: int | None = None, total: int | None = None
-) -> ProgressEvent:
-    """A layer's event: its short id and full digest, its size when known."""
-    size = total if total is not None else (layer.size if layer.size >= 0 else None)
-    return ProgressEvent(status, short_id(layer.digest), current, size, digest=layer.digest)
-
-
-def _chain(source: Future[None], target: Future[None]) -> None:
-    """`target` ends as `source` does."""
-
-    def copy(f: Future[None]) -> None:
-        error = f.exception()
-        if error is not None:
-            target.set_exception(error)
-        else:
-            target.set_result(None)
-
-    source.add_done_callback(copy)
+def _settle_from(target: Future[None], source: Future[None]) -> None:
+    """`target` ends as `source` did."""
+    settle(target, source.exception())
 
 
 def _diff_id(path: Path, max_ratio: int) -> str:

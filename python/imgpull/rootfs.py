@@ -37,8 +37,14 @@ from imgpull.errors import (
     PullCancelledError,
     RootfsError,
 )
-from imgpull.manifest import Descriptor, short_id
-from imgpull.progress import EXTRACTING, PULL_COMPLETE, ProgressCallback, ProgressEvent
+from imgpull.manifest import Descriptor
+from imgpull.progress import (
+    EXTRACTING,
+    PULL_COMPLETE,
+    ProgressCallback,
+    ProgressEvent,
+    layer_event,
+)
 from imgpull.store import Store
 from imgpull.verify import mismatch
 
@@ -66,6 +72,15 @@ def empty_dir(path: Path) -> None:
             remove_tree(child)
         else:
             child.unlink()
+
+
+def restore_dir(path: Path, *, made: bool) -> None:
+    """Leave the directory `path` as it was before it was written to: gone
+    when the writer `made` it, else empty."""
+    if made:
+        remove_tree(path)
+    else:
+        empty_dir(path)
 
 
 def check_dir_dest(dest: Path, error: type[ImgpullError] = RootfsError) -> bool:
@@ -165,10 +180,7 @@ class RootfsTarget:
         path = self.path
         done, total = self.applied
         try:
-            if self._created:
-                remove_tree(path)
-            else:
-                empty_dir(path)
+            restore_dir(path, made=self._created)
         except OSError as err:
             # The job stays recorded: a rerun empties DIR itself.
             exc.add_note(
@@ -256,7 +268,7 @@ class Unpacker:
             self._check()
             told = layer.digest in self.announce
             if told:
-                self.emit(_event(EXTRACTING, layer))
+                self.emit(layer_event(EXTRACTING, layer))
             blob = str(self.target.store.content.path(layer.digest))
             try:
                 [(got, size)] = extraction.apply([(blob, None)])
@@ -270,7 +282,7 @@ class Unpacker:
             diff_ids.append(got)
             self.target.applied = (i + 1, total)
             if told:
-                self.emit(_event(PULL_COMPLETE, layer))
+                self.emit(layer_event(PULL_COMPLETE, layer))
         return diff_ids
 
     def stop(self) -> None:
@@ -286,8 +298,3 @@ class Unpacker:
     def _check(self) -> None:
         if self._stopped:
             raise PullCancelledError("pull cancelled")
-
-
-def _event(status: str, layer: Descriptor) -> ProgressEvent:
-    size = layer.size if layer.size >= 0 else None
-    return ProgressEvent(status, short_id(layer.digest), None, size, digest=layer.digest)

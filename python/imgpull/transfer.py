@@ -464,7 +464,7 @@ class TransferService:
         self._attach(pull, source, desc, kind, mine, retried=False)
 
         def cancelled() -> None:
-            _resolve(mine, pull.token.error or PullCancelledError("pull cancelled"))
+            settle(mine, pull.token.error or PullCancelledError("pull cancelled"))
 
         unwatch = pull.token.on_cancel(cancelled)
         mine.add_done_callback(lambda _: unwatch())
@@ -518,7 +518,7 @@ class TransferService:
                 # endpoint (a mirror): this pull tries its own way.
                 self._attach(pull, source, desc, kind, mine, retried=True)
                 return
-            _resolve(mine, error)
+            settle(mine, error)
 
         job.future.add_done_callback(done)
 
@@ -700,9 +700,9 @@ class TransferService:
             raise RegistryError(f"answered HTTP {status}", status=status)
 
 
-def _resolve(future: Future[None], error: BaseException | None) -> None:
-    """Settle `future`, unless another thread did meanwhile (the job's end
-    and the pull's cancel race)."""
+def settle(future: Future[None], error: BaseException | None) -> None:
+    """Settle `future` with `error` (None: success), unless another thread
+    did meanwhile (the job's end and the pull's cancel race)."""
     with suppress(InvalidStateError):
         if error is None:
             future.set_result(None)

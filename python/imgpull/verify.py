@@ -38,6 +38,18 @@ def config_diff_ids(store: Store, image_id: str) -> list[str]:
     return diff_ids
 
 
+def stored_layers(store: Store, image_id: str) -> list[tuple[str, str]]:
+    """(layer blob digest, the config's diffID) of a stored image, bottom
+    first; LayerMismatchError when their counts differ."""
+    want = config_diff_ids(store, image_id)
+    layers = [lr.digest for lr in store.meta.image_layers(image_id)]
+    if len(layers) != len(want):
+        raise LayerMismatchError(
+            f"image {image_id}: {len(layers)} layers but {len(want)} diffIDs in its configuration"
+        )
+    return list(zip(layers, want, strict=True))
+
+
 def mismatch(image: str, layer: str, got: str, want: str) -> LayerMismatchError:
     """The error of a layer of `image` (a reference or an ID) whose tar is
     not the config's diffID."""
@@ -75,12 +87,8 @@ def verify_image(
     meta = store.meta
     if meta.get_image(image_id) is None:
         raise StoreError(f"No such image: {image_id}")
-    want = config_diff_ids(store, image_id)
-    layers = [lr.digest for lr in meta.image_layers(image_id)]
-    if len(layers) != len(want):
-        raise LayerMismatchError(
-            f"image {image_id}: {len(layers)} layers but {len(want)} diffIDs in its configuration"
-        )
+    pairs = stored_layers(store, image_id)
+    layers = [digest for digest, _ in pairs]
     if full:
         for digest in dict.fromkeys([image_id, *layers]):
             got = sha256_file(str(stored_blob(store, digest)))
@@ -106,13 +114,14 @@ def verify_image(
 
     with ThreadPoolExecutor(_WORKERS, thread_name_prefix="imgpull-verify") as pool:
         known.update(zip(todo, pool.map(compute, todo), strict=True))
-    for digest, diff_id in zip(layers, want, strict=True):
+    for digest, diff_id in pairs:
         if known[digest] != diff_id:
             raise mismatch(f"image {image_id}", digest, known[digest], diff_id)
-    sources = {d: meta.blob_sources(d) for d in todo}
     for digest in todo:
-        registry, repository = sources[digest][0] if sources[digest] else ("", "")
+        sources = meta.blob_sources(digest)
+        registry, repository = sources[0] if sources else ("", "")
         meta.record_layer(digest, known[digest], None, registry, repository)
+    want = [diff_id for _, diff_id in pairs]
     record_verified(store, image_id, want)
     return want
 
