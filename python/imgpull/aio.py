@@ -319,9 +319,10 @@ class AsyncClient:
         cancel: CancelToken | None = None,
         rootfs: str | os.PathLike[str] | None = None,
         fetch_only: bool = False,
+        force: bool = False,
     ) -> Image:
         """Client.pull, awaited; `progress` is called on the event loop."""
-        call = self._pulling(reference, platform, timeout, rootfs, fetch_only)
+        call = self._pulling(reference, platform, timeout, rootfs, fetch_only, force)
         return await _Run(call, _plain_callback(progress), cancel).wait()
 
     def stream_pull(
@@ -333,6 +334,7 @@ class AsyncClient:
         cancel: CancelToken | None = None,
         rootfs: str | os.PathLike[str] | None = None,
         fetch_only: bool = False,
+        force: bool = False,
     ) -> PullStream:
         """Pull with the events as an async iterator (PullStream):
 
@@ -341,7 +343,7 @@ class AsyncClient:
                 ...
         image = events.image
         """
-        call = self._pulling(reference, platform, timeout, rootfs, fetch_only)
+        call = self._pulling(reference, platform, timeout, rootfs, fetch_only, force)
         return PullStream(lambda sink: _Run(call, sink, cancel))
 
     async def pull_many(
@@ -376,6 +378,7 @@ class AsyncClient:
         timeout: float | None,
         rootfs: str | os.PathLike[str] | None,
         fetch_only: bool,
+        force: bool = False,
     ) -> _Call[Image]:
         def call(token: CancelToken, emit: ProgressCallback | None) -> Image:
             return self._client.pull(
@@ -386,6 +389,7 @@ class AsyncClient:
                 cancel=token,
                 rootfs=rootfs,
                 fetch_only=fetch_only,
+                force=force,
             )
 
         return call

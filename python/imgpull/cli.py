@@ -285,6 +285,14 @@ def pull(
             metavar="DIR",
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Empty the --rootfs DIR first even when it holds what imgpull did not write "
+            "(a stopped pull's partial tree is emptied anyway).",
+        ),
+    ] = False,
     fetch_only: Annotated[
         bool,
         typer.Option(
@@ -307,6 +315,8 @@ def pull(
             raise ImgpullError("--all-tags/-a takes one repository NAME")
         if rootfs is not None and (all_tags or len(refs) > 1 or from_file is not None):
             raise ImgpullError("--rootfs DIR takes one image: give one reference")
+        if force and rootfs is None:
+            raise ImgpullError("--force empties a --rootfs DIR: give --rootfs DIR too")
     bulk = len(refs) > 1 or from_file is not None
     reference = refs[0]
     with (
@@ -364,7 +374,12 @@ def pull(
             typer.echo(f"Using default tag: {DEFAULT_TAG}")
         start = time.monotonic()
         image = client.pull(
-            reference, platform=platform, progress=progress, rootfs=rootfs, fetch_only=fetch_only
+            reference,
+            platform=platform,
+            progress=progress,
+            rootfs=rootfs,
+            fetch_only=fetch_only,
+            force=force,
         )
         if text:
             typer.echo(str(image.reference))

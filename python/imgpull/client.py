@@ -50,7 +50,7 @@ from imgpull.registry import Credentials, Endpoint, endpoint_for
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.rfc3339 import parse_rfc3339
-from imgpull.rootfs import RootfsTarget
+from imgpull.rootfs import RootfsTarget, check_outside_store
 from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.transfer import CancelToken, TransferService
 from imgpull.transport import Transport, Transports
@@ -240,6 +240,7 @@ class Client:
         cancel: CancelToken | None = None,
         rootfs: str | os.PathLike[str] | None = None,
         fetch_only: bool = False,
+        force: bool = False,
     ) -> Image:
         """Pull one image. `timeout` (seconds): past it the pull stops with
         PullTimeoutError; `cancel`: a token whose cancel() (from any thread)
@@ -250,6 +251,9 @@ class Client:
         filesystem to in the same pass, each layer applied as soon as it and
         those below it are stored (imgpull.rootfs); after a failure it is
         emptied (removed if the pull made it), which the error's notes say.
+        It must not hold anything imgpull cannot show it wrote (a killed
+        pull's partial tree, marked as this store's job) unless `force`:
+        then it is emptied first (`force` goes with `rootfs` only).
         `fetch_only`: check the blobs' digests only, not the layers'
         diffIDs; the image is recorded unverified, and its diffIDs are
         checked at their first use (export, inspect, verify, a `rootfs`
@@ -263,7 +267,9 @@ class Client:
             )
         target = None
         if rootfs is not None:
-            target = RootfsTarget(rootfs, self.store, ref.familiar(), max_ratio=self._max_ratio)
+            target = RootfsTarget(
+                rootfs, self.store, ref.familiar(), max_ratio=self._max_ratio, force=force
+            )
             target.open(emit)
         try:
             with self._running(cancel, timeout) as token:
@@ -665,6 +671,7 @@ class Client:
         bound a rootfs extraction. Returns `dest`."""
         if fmt not in FORMATS:
             raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+        check_outside_store(Path(dest), self.store, ExportError)  # before a pull, too
         try:
             image_id, ref = self._lookup(reference)
         except ImageNotFoundError:

@@ -19,8 +19,9 @@
   headers past their bounds (PATH_MAX, 1 MiB) raise ExtractError.
 
 Every format is built beside DEST and appears there only once complete
-(rootfs: extracted into DEST, which is emptied again on failure). DEST must
-not exist or be an empty directory (docker-archive: must not exist).
+(rootfs: extracted into DEST, which is emptied again on failure, its mode and
+owner as before). DEST must not exist or be an empty directory (docker-archive:
+must not exist), and must be neither inside the store nor hold it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from imgpull.errors import (
 )
 from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
 from imgpull.reference import Reference
-from imgpull.rootfs import check_dir_dest, remove_tree, restore_dir
+from imgpull.rootfs import check_dir_dest, check_outside_store, remove_tree, restore_dir
 from imgpull.store import Store
 from imgpull.verify import stored_blob, stored_layers
 
@@ -81,6 +82,7 @@ def export_image(
     docker-archive RepoTags); None for an image given by ID.
     """
     out = Path(dest)
+    check_outside_store(out, store, ExportError)
     try:
         if fmt == "oci":
             _export_oci(store, image_id, ref, out)
@@ -305,7 +307,10 @@ def _export_rootfs(
     try:
         Extraction(str(dest), max_ratio=max_ratio, max_bytes=max_bytes).apply(layers)
     except BaseException as exc:
-        restore_dir(dest, made=not existed)
+        try:
+            restore_dir(dest, before=existed)
+        except OSError as err:
+            exc.add_note(f"{dest} holds part of the image: it could not be emptied ({err})")
         if isinstance(exc, ExtractError) and exc.kind == "diffid":
             raise LayerMismatchError(f"image {image_id}: {exc}") from None
         raise

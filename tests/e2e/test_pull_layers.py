@@ -201,5 +201,5 @@ def test_schema_2_store_is_migrated(pushed_image: PushedImage, tmp_path: Path) -
         ] == pushed_image.image.diff_ids
     assert blob_gets(pushed_image.registry) == []
     db = sqlite3.connect(tmp_path / "imgpull.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
     db.close()

@@ -57,7 +57,7 @@ def check_store(root: Path) -> None:
         assert db.execute("SELECT * FROM blob_pins").fetchall() == []
         assert col("SELECT digest FROM layer_diff_ids") <= used
         assert col("SELECT image_id FROM image_rootfs") <= images
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
     finally:
         db.close()
     assert not any((root / "ingest" / "sha256").iterdir()), "litter in ingest/"

@@ -8,6 +8,7 @@ change, never between.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -36,7 +37,11 @@ _DISK_FULL_CODES = frozenset({13, 4874})
 #    diffIDs and chain IDs, in order).
 # 4: unverified_images (pulled with --fetch-only: diffIDs not checked yet),
 #    rootfs_jobs (root filesystems a `pull --rootfs` is writing).
-_SCHEMA_VERSION = 4
+# 5: rootfs_jobs keyed by a random job ID, which DIR's marker file holds too
+#    (a path, device and inode match a directory recreated since), with
+#    DIR's state before the pull; the schema 4 rows, with no marker to match,
+#    are dropped.
+_SCHEMA_VERSION = 5
 
 # A pin older than this is from a pull that crashed: it protects nothing.
 PIN_TTL = 24 * 3600.0
@@ -114,11 +119,14 @@ CREATE TABLE IF NOT EXISTS unverified_images (  -- fetch-only pulls: diffIDs che
     image_id TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE
 );
 CREATE TABLE IF NOT EXISTS rootfs_jobs (  -- a `pull --rootfs DIR` in progress (or killed)
-    path       TEXT PRIMARY KEY,      -- DIR, absolute
-    device     INTEGER NOT NULL,      -- DIR's st_dev and st_ino: the same directory
-    inode      INTEGER NOT NULL,
+    id         TEXT PRIMARY KEY,      -- random, also in DIR's marker file (imgpull.rootfs)
+    path       TEXT NOT NULL,         -- DIR, absolute
     reference  TEXT NOT NULL,
-    started_at REAL NOT NULL
+    started_at REAL NOT NULL,
+    made       INTEGER NOT NULL,      -- 1: the pull created DIR
+    mode       INTEGER NOT NULL,      -- DIR's permission bits and owner before the pull
+    uid        INTEGER NOT NULL,
+    gid        INTEGER NOT NULL
 );
 """
 
@@ -152,6 +160,21 @@ class LayerDiffRecord:
     uncompressed_size: int | None
     registry: str
     repository: str
+
+
+@dataclass(frozen=True)
+class RootfsJob:
+    """A `pull --rootfs DIR` in progress, or stopped (kill -9) before it ended:
+    its ID (also in DIR's marker file), DIR, and DIR's state before it."""
+
+    id: str
+    path: str
+    reference: str
+    started_at: float
+    made: bool  # the pull created DIR: a failure removes it
+    mode: int  # DIR's permission bits, owner and group before the pull
+    uid: int
+    gid: int
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,10 @@ class MetadataStore:
                     f"the store at {self.path} was written by a newer imgpull "
                     f"(schema {version}); upgrade imgpull to use it"
                 )
+            if version == 4:
+                # Rows matched DIR by path, device and inode: nothing to prove
+                # a directory there now is the one they wrote (see schema 5).
+                db.execute("DROP TABLE IF EXISTS rootfs_jobs")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -343,27 +370,25 @@ class MetadataStore:
         rows = self._query("SELECT 1 FROM unverified_images WHERE image_id = ?", (image_id,))
         return not rows
 
-    def start_rootfs_job(self, path: str, device: int, inode: int, reference: str) -> None:
+    def start_rootfs_job(self, job: RootfsJob) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO rootfs_jobs(path, device, inode, reference, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (path, device, inode, reference, time.time()),
+                "INSERT OR REPLACE INTO rootfs_jobs(id, path, reference, started_at, made, mode,"
+                " uid, gid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                dataclasses.astuple(job),
             )
 
-    def rootfs_job(self, path: str, device: int, inode: int) -> tuple[str, float] | None:
-        """(reference, start time) of the rootfs job that was writing this
-        very directory, if one did not finish."""
-        rows = self._query(
-            "SELECT reference, started_at FROM rootfs_jobs WHERE path = ? AND device = ?"
-            " AND inode = ?",
-            (path, device, inode),
-        )
-        return (str(rows[0][0]), float(rows[0][1])) if rows else None  # type: ignore[arg-type]
+    def rootfs_jobs(self, job_id: str | None = None) -> list[RootfsJob]:
+        """The rootfs jobs that did not end (in progress, or killed); only
+        the one of `job_id` if given."""
+        sql = "SELECT id, path, reference, started_at, made, mode, uid, gid FROM rootfs_jobs"
+        rows = self._query(sql + " WHERE id = ?", (job_id,)) if job_id else self._query(sql)
+        # SQLite gives back the types stored; `made` is stored as 0/1.
+        return [RootfsJob(*r[:4], bool(r[4]), *r[5:]) for r in rows]  # type: ignore[arg-type, call-arg]
 
-    def end_rootfs_job(self, path: str) -> None:
+    def end_rootfs_job(self, job_id: str) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM rootfs_jobs WHERE path = ?", (path,))
+            db.execute("DELETE FROM rootfs_jobs WHERE id = ?", (job_id,))
 
     def image_rootfs(self, image_id: str) -> list[tuple[str, str]]:
         """(diffID, chain ID) of each layer of an image, bottom first."""
