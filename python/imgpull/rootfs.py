@@ -302,6 +302,7 @@ class RootfsTarget:
         """Empty DIR if need be and allowed, write the marker, record the job."""
         assert self._fd is not None and self._job is not None
         path, meta = self.path, self.store.meta
+        self._expire_jobs()
         entries = sorted(os.listdir(self._fd))
         if entries:
             found = read_marker(".", dir_fd=self._fd)
@@ -334,7 +335,6 @@ class RootfsTarget:
                 )
         self._write_marker()
         meta.start_rootfs_job(self._job)
-        self._expire_jobs()
 
     def _clear(self, keep: str | None = None) -> None:
         try:

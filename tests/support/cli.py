@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+NOBODY = 65534  # uid and gid of the user `nobody`
 
 
 def imgpull_argv(*args: str) -> list[str]:
@@ -17,6 +20,40 @@ def imgpull_argv(*args: str) -> list[str]:
     the tests that must hold the process (Popen) to signal, kill or watch it;
     everything else goes through run_cli."""
     return [sys.executable, "-m", "imgpull", *args]
+
+
+def with_mounts(mounts: Sequence[Sequence[str]], argv: Sequence[str]) -> list[str]:
+    """The command line of `argv` run in a mount namespace of its own, after
+    the `mount` commands `mounts` (each an argv): nothing they mount is seen
+    outside it or outlives it (needs root)."""
+    script = " && ".join(shlex.join(m) for m in mounts) + ' && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv]
+
+
+def nobody_imgpull_argv(python_mount: Path, *args: str) -> list[str]:
+    """The command line of `imgpull ARGS` run as user nobody (no
+    capabilities, no groups), needing root to start. This Python's
+    installation may lie in root's home (mode 0700): it is bind-mounted at
+    `python_mount`, an empty directory nobody can reach, in a mount namespace
+    of the command's own. Give it `nobody_env(python_mount)`."""
+    prefix = os.path.realpath(sys.base_prefix)
+    python = Path(os.path.realpath(sys.executable)).relative_to(prefix)
+    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return with_mounts(
+        [["mount", "--bind", prefix, str(python_mount)]],
+        [*setpriv, str(python_mount / python), "-m", "imgpull", *args],
+    )
+
+
+def nobody_env(python_mount: Path, home: Path) -> dict[str, str]:
+    """cli_env() for nobody_imgpull_argv: HOME `home` (and Docker's config
+    there: the suite's is root's), and the Python's shared library found in
+    its mount (its rpath names root's home)."""
+    return cli_env(
+        HOME=str(home),
+        DOCKER_CONFIG=str(home / ".docker"),
+        LD_LIBRARY_PATH=str(python_mount / "lib"),
+    )
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -33,15 +70,25 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`imgpull ARGS` in a child process, output captured, ``input`` (if any)
     on its stdin. `env` is its whole environment; by default cli_env()."""
-    if env is None:
-        env = cli_env()
+    return run_argv(imgpull_argv(*args), env=env, timeout=timeout, input=input)
+
+
+def run_argv(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """A command line (imgpull's, e.g. as nobody_imgpull_argv gives it) run
+    as run_cli runs it."""
     return subprocess.run(
-        imgpull_argv(*args),
+        list(argv),
         input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=dict(env),
+        env=dict(cli_env() if env is None else env),
     )
 
 
