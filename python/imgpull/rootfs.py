@@ -351,9 +351,14 @@ class RootfsTarget:
         try:
             os.write(fd, _MARKER_TEXT.format(self._job.id).encode())
             os.fsync(fd)
+            os.fsync(self._fd)
+        except OSError:
+            # A marker in part (a full disk) would not be recognised again.
+            with contextlib.suppress(OSError):
+                os.unlink(MARKER, dir_fd=self._fd)
+            raise
         finally:
             os.close(fd)
-        os.fsync(self._fd)
 
     def _ours(self) -> bool:
         """Whether DIR's marker is this job's (a layer may replace it)."""
@@ -388,7 +393,10 @@ class RootfsTarget:
         """A new extraction into DIR (for a pull attempt); DIR is emptied
         first if an earlier attempt wrote to it."""
         if self._dirty:
-            self._empty()
+            try:
+                self._empty()
+            except OSError as exc:
+                raise RootfsError(f"{self.path} could not be emptied ({_os_error(exc)})") from None
         self._dirty = True
         return Extraction(str(self.path), max_ratio=self.max_ratio, max_bytes=self.max_bytes)
 
@@ -404,19 +412,25 @@ class RootfsTarget:
         """The tree is whole: the marker goes (unless a layer replaced it,
         then it is the image's), DIR's mode and times as the image set them."""
         assert self._fd is not None and self._job is not None
-        if self._ours():
-            st = os.fstat(self._fd)
-            writable = st.st_mode & 0o300 == 0o300
-            try:
-                if not writable:  # the image's root is read-only, for a user
-                    os.chmod(self._fd, stat.S_IMODE(st.st_mode) | 0o300)
-                os.unlink(MARKER, dir_fd=self._fd)
-            finally:
-                if not writable:
-                    os.chmod(self._fd, stat.S_IMODE(st.st_mode))
-                os.utime(self._fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        fd = self._fd
+        try:
+            if self._ours():
+                st = os.fstat(fd)
+                mode = stat.S_IMODE(st.st_mode)
+                if mode & 0o300 != 0o300:  # the image's root is read-only (for a user)
+                    os.chmod(fd, mode | 0o300)
+                os.unlink(MARKER, dir_fd=fd)
+                os.chmod(fd, mode)
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError as exc:
+            # The job stays: a rerun empties DIR and writes it again.
+            raise RootfsError(
+                f"{self.path} holds the whole tree but its marker {MARKER} could not be "
+                f"removed ({exc.strerror}): remove it yourself, or run the same pull again"
+            ) from None
+        finally:
+            self._unlock()
         self.store.meta.end_rootfs_job(self._job.id)
-        self._unlock()
 
     def failed(self, exc: BaseException) -> None:
         """Empty DIR (remove it if this job made it) and say so on `exc`:
