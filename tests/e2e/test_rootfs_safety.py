@@ -9,6 +9,7 @@ session registry; kills through a throttling relay; a user's run as
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -210,6 +211,23 @@ def test_a_file_of_the_marker_s_name_in_an_image_is_the_image_s(
     assert (dest / MARKER).read_bytes() == b"the image's\n"
     assert (dest / "etc" / "hostname").read_bytes() == b"tiny\n"
     assert _job_rows(tmp_path / "store") == 0
+
+
+def test_force_through_the_api(images: Images, tmp_path: Path) -> None:
+    dest = tmp_path / "rootfs"
+    dest.mkdir()
+    (dest / "mine").write_text("not kept")
+    with imgpull.Client(tmp_path / "store") as client:
+        with pytest.raises(RootfsError, match="pass --force"):
+            client.pull(images.ref("tiny"), rootfs=dest)
+        assert os.listdir(dest) == ["mine"]
+
+    async def pull() -> None:
+        async with imgpull.AsyncClient(tmp_path / "store") as client:
+            await client.pull(images.ref("tiny"), rootfs=dest, force=True)
+
+    asyncio.run(asyncio.wait_for(pull(), TIMEOUT))
+    assert sorted(os.listdir(dest)) == sorted(["etc", MARKER])
 
 
 # Cleanup: nothing outside DIR, DIR's own mode and owner ---------------------
