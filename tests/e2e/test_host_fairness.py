@@ -1,0 +1,279 @@
+"""One bad registry cannot hold up the others (issue 16).
+
+A bulk pull (Client.pull_many, the CLI's `imgpull pull A B C`) lists
+references to a bad host before three good ones, on the real registry: the
+bad host stalls its manifests (headers, then silence), answers `429
+Retry-After: 10` for ever, trickles its layers above the stall rate, or (the
+hostile registry) names a good image's layer and trickles it. Each time the
+good references must finish while the bad host is still at it, within a
+couple of seconds of their time alone (printed, asserted with headroom).
+
+Each run is bounded: the good ones are waited for at most GOOD_WITHIN s,
+then the run is cancelled; the bad host's faults end by themselves too.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support.bulkimages import push_http
+from support.cli import cli_env, imgpull_argv
+from support.faultproxy import FaultProxy
+from support.hostile import HostileRegistry
+from support.images import ImageInfo, LayoutCache, random_layer
+from support.registry import RegistryServer
+from support.scheduling import partials
+
+import imgpull
+from imgpull.progress import ProgressEvent
+
+# The good references take a second or two alone; before the fix they took
+# 40 s (429) or never finished (stall, trickle, shared transfer).
+GOOD_WITHIN = 12.0
+# The issue's target is 2 s over their time alone; headroom for a loaded machine.
+SLACK = 5.0
+# A bad host's stall ends by itself after this long (so nothing hangs).
+STALL = 20.0
+TRICKLE_RATE = 30 * 1024  # above the stall detector's 16 KiB/s
+
+
+@dataclass(frozen=True)
+class Images:
+    registry: RegistryServer
+    good: tuple[str, ...]  # repo:tag of the three good images
+    shared: str  # the digest of good-0's layer, which the hostile image names too
+    slow: ImageInfo  # three layers of 1 MB
+    hostile: ImageInfo  # good-0's layer and one of its own
+
+
+@pytest.fixture(scope="module")
+def images(registry: RegistryServer, layout_cache: LayoutCache) -> Images:
+    good = [
+        layout_cache.get((random_layer(300_000, seed=1600 + i),), ref=f"fair-good-{i}")
+        for i in range(3)
+    ]
+    bad = layout_cache.get((random_layer(2_000, seed=1609),), ref="fair-bad")
+    slow = layout_cache.get(
+        tuple(random_layer(1_000_000, seed=1610 + i) for i in range(3)), ref="fair-slow"
+    )
+    hostile = layout_cache.get(
+        (random_layer(300_000, seed=1600), random_layer(2_000, seed=1620)), ref="fair-hostile"
+    )
+    with registry.client() as client:
+        for i, image in enumerate(good):
+            push_http(client, image, f"fair/good-{i}:v1")
+        for t in range(4):
+            push_http(client, bad, f"fair/bad:t{t}")
+        push_http(client, slow, "fair/slow:v1")
+    return Images(
+        registry,
+        tuple(f"fair/good-{i}:v1" for i in range(3)),
+        good[0].layer_digests[0],
+        slow,
+        hostile,
+    )
+
+
+@dataclass
+class Run:
+    """A bulk pull watched from outside: when each reference's Status came."""
+
+    start: float = field(default_factory=time.monotonic)
+    finished: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def event(self, event: ProgressEvent) -> None:
+        if event.status.startswith("Status: ") and len(event.refs) == 1:
+            with self.lock:
+                self.finished.setdefault(event.refs[0], time.monotonic() - self.start)
+
+    def took(self, refs: Sequence[str]) -> float:
+        """When the last of `refs` finished (seconds from the start)."""
+        with self.lock:
+            return max(self.finished[r] for r in refs)
+
+    def wait(self, refs: Sequence[str], within: float) -> bool:
+        deadline = self.start + within
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(r in self.finished for r in refs):
+                    return True
+            time.sleep(0.05)
+        return False
+
+
+def _bulk(root: Path, refs: list[str], good: list[str], **client: object) -> tuple[Run, bool]:
+    """pull_many(refs) in a thread: once the `good` ones finished (or
+    GOOD_WITHIN s), whether the run was still going (the bad host's pulls);
+    then it is cancelled."""
+    run = Run()
+    token = imgpull.CancelToken()
+    with imgpull.Client(root, **client) as c:  # type: ignore[arg-type]
+        thread = threading.Thread(
+            target=c.pull_many, args=(refs,), kwargs={"progress": run.event, "cancel": token}
+        )
+        thread.start()
+        try:
+            done = run.wait(good, GOOD_WITHIN)
+            still_running = thread.is_alive()
+            assert done, f"the good references were not pulled in {GOOD_WITHIN} s: {run.finished}"
+        finally:
+            token.cancel()
+            thread.join(STALL + 15)
+        assert not thread.is_alive()
+    return run, still_running
+
+
+def _alone(root: Path, good: list[str]) -> float:
+    """The good references' time alone (a bulk pull of them, a fresh store)."""
+    run, _ = _bulk(root, good, good)
+    return run.took(good)
+
+
+def _report(case: str, alone: float, mixed: float) -> None:
+    print(f"{case}: good references alone {alone:.2f} s, beside the bad host {mixed:.2f} s")
+    assert mixed < alone + SLACK, (alone, mixed)
+
+
+@contextmanager
+def _delayed(images: Images) -> Iterator[FaultProxy]:
+    """The real registry behind a proxy holding each manifest body 1 s: the
+    bad host's pulls are under way (their slots and transfers taken) when
+    the good ones need theirs."""
+    with FaultProxy(images.registry.host) as proxy:
+        proxy.add("stall", path="/manifests/", after=0, seconds=1.0, count=None)
+        yield proxy
+
+
+def test_a_stalling_host_holds_its_share_of_the_pull_workers(
+    images: Images, tmp_path: Path
+) -> None:
+    """4 references to a host whose manifests stall (headers, then silence)
+    listed before 3 good ones: the good ones are pulled while those stall."""
+    good = [images.registry.ref(r) for r in images.good]
+    alone = _alone(tmp_path / "alone", good)
+    with FaultProxy(images.registry.host) as bad:
+        bad.add("stall", path="/fair/bad/manifests/", after=0, seconds=STALL, count=None)
+        refs = [bad.ref(f"fair/bad:t{t}") for t in range(4)] + good
+        run, still_running = _bulk(tmp_path / "mixed", refs, good)
+        assert still_running  # the bad host's pulls were still stalled
+        assert bad.stats().get("stall", 0) >= 1
+    _report("stall", alone, run.took(good))
+
+
+def test_a_host_answering_429_for_ever_holds_its_share_of_the_pull_workers(
+    images: Images, tmp_path: Path
+) -> None:
+    """4 references answered `429 Retry-After: 10` for ever: their pulls
+    sleep holding their host's share of the workers only."""
+    good = [images.registry.ref(r) for r in images.good]
+    alone = _alone(tmp_path / "alone", good)
+    with FaultProxy(images.registry.host) as bad:
+        bad.add("status", path="/fair/bad/", method=None, status=429, retry_after=10, count=None)
+        refs = [bad.ref(f"fair/bad:t{t}") for t in range(4)] + good
+        run, still_running = _bulk(tmp_path / "mixed", refs, good)
+        assert still_running
+        assert bad.stats().get("status 429 retry-after seconds", 0) >= 4
+    _report("429", alone, run.took(good))
+
+
+def test_a_trickling_host_holds_its_share_of_the_download_slots(
+    images: Images, tmp_path: Path
+) -> None:
+    """A host trickling its 3 layers at 30 KiB/s (above the stall rate)
+    took all 3 download slots first: a good host's layers get a slot back."""
+    with _delayed(images) as proxy:
+        good = [proxy.ref(r) for r in images.good]
+        alone = _alone(tmp_path / "alone", good)
+        with FaultProxy(images.registry.host) as bad:
+            layers = "|".join(images.slow.layer_digests)
+            bad.add("trickle", path=layers, rate=TRICKLE_RATE, count=None)
+            refs = [bad.ref("fair/slow:v1"), *good]
+            run, still_running = _bulk(tmp_path / "mixed", refs, good)
+            assert still_running
+            # The slow host had its 3 layers on the way (it held every slot).
+            assert len(bad.requests("/blobs/sha256:")) >= 3
+    _report("trickle", alone, run.took(good))
+
+
+def test_a_hostile_host_trickling_a_shared_layer_cannot_hold_up_its_owner(
+    images: Images, tmp_path: Path
+) -> None:
+    """A hostile registry names good-0's layer (and trickles every blob),
+    listed first, so good-0 joins its transfer of that layer: after a grace
+    good-0 fetches it from its own registry, which is stored, and the
+    hostile transfer is stopped and its partial removed."""
+    with _delayed(images) as proxy:
+        good = [proxy.ref(r) for r in images.good]
+        alone = _alone(tmp_path / "alone", good)
+        proxy.reset()
+        proxy.add("stall", path="/manifests/", after=0, seconds=1.0, count=None)
+        with HostileRegistry() as hostile:
+            hostile.add_image("fair/hostile", "v1", images.hostile)
+            hostile.trickle = {"blob"}
+            hostile.trickle_interval = 0.05
+            hostile.registry.trickle_limit = STALL
+            refs = [hostile.ref("fair/hostile:v1"), *good]
+            root = tmp_path / "mixed"
+            run, still_running = _bulk(root, refs, good)
+            assert still_running
+            shared = images.shared
+            # The hostile host was asked for the shared layer first...
+            assert any(s.target.endswith(shared) for s in hostile.registry.seen())
+        # ...and good-0's own registry served it.
+        own = [e for e in proxy.requests(shared) if e.status in (200, 206)]
+        assert own, proxy.log()
+    hexpart = shared.removeprefix("sha256:")
+    with imgpull.Client(root) as client:
+        assert client.store.content.exists(shared)
+    # No partial of the shared layer is left, from either copy.
+    assert not [name for name in partials(root) if name.startswith(hexpart)]
+    _report("shared transfer", alone, run.took(good))
+
+
+def test_the_cli_bulk_pull_goes_on_past_a_host_answering_429(
+    images: Images, tmp_path: Path
+) -> None:
+    """`imgpull pull BAD... GOOD...`: the good ones are reported pulled while
+    the bad host's are still waiting out its 429s; Ctrl-C then stops it."""
+    good = [images.registry.ref(r) for r in images.good]
+    with FaultProxy(images.registry.host) as bad:
+        bad.add("status", path="/fair/bad/", method=None, status=429, retry_after=10, count=None)
+        refs = [bad.ref(f"fair/bad:t{t}") for t in range(4)] + good
+        proc = subprocess.Popen(
+            imgpull_argv("pull", "--root", str(tmp_path), *refs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        lines: list[str] = []
+        stdout = proc.stdout
+        assert stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(x.rstrip("\n") for x in stdout))
+        reader.start()
+        try:
+            deadline = time.monotonic() + GOOD_WITHIN
+            wanted = {f"{r}: Status: Downloaded newer image for {r}" for r in good}
+            while time.monotonic() < deadline and not wanted <= set(lines):
+                time.sleep(0.1)
+            assert wanted <= set(lines), lines
+            assert proc.poll() is None  # the bad host's pulls still wait
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            reader.join(10)
+            assert proc.stderr is not None
+            proc.stderr.close()
