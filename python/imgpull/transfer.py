@@ -3,9 +3,11 @@
 A pull (pull.py) resolves what it needs and records what it got; the bytes
 in between come from here. The service owns what must be counted across
 pulls: the download slots (a limit per Client, as docker's daemon-wide
-`max-concurrent-downloads`, and one per registry host), the blobs in flight
-(each fetched once per Client: a second pull wanting one waits on the first
-transfer, holding no slot and no file lock), the retries with their
+`max-concurrent-downloads`, shared fairly between registry hosts, and an
+optional cap per host), the blobs in flight (each fetched once per Client: a
+second pull wanting one waits on the first transfer, holding no slot and no
+file lock; unless that transfer is another host's and slow, see
+TransferService), the retries with their
 "Retrying in N seconds" countdown, the resume and restart rules, foreign
 URLs, and the commit of a layer with its diffID. Across processes the
 per-digest file locks of store/content.py still make one writer per blob.
@@ -651,16 +653,25 @@ class TransferService:
             return list(live)
 
     def _submit(self, job: _Job) -> None:
+        """Run `job` on its host's threads (or fail it: the Client closed)."""
         with self._lock:
-            if self._closed:
-                raise PullCancelledError("this Client is closed: pull with a new Client")
             key = (job.host, job.small)
             pool = self._pools.get(key)
-            if pool is None:
+            if pool is None and not self._closed:
                 threads = 2 if job.small else 2 * self.limit
                 name = "imgpull-config" if job.small else "imgpull-layer"
                 pool = self._pools[key] = ThreadPoolExecutor(threads, thread_name_prefix=name)
-        pool.submit(self._run, job)
+        try:
+            if pool is not None:
+                pool.submit(self._run, job)
+                return
+        except RuntimeError:  # shut down meanwhile
+            pass
+        self._forget(job)
+        job.finish()
+        job.future.set_exception(
+            PullCancelledError("this Client is closed: pull with a new Client")
+        )
 
     def _follow(self, wait: _Wait, job: _Job) -> None:
         with wait.lock:
@@ -727,12 +738,7 @@ class TransferService:
         if not job.want(wait.pull):
             return  # stopping: the pull keeps waiting on the one it joined
         if created:
-            try:
-                self._submit(job)
-            except PullCancelledError as exc:  # the Client closed meanwhile
-                self._forget(job)
-                job.finish()
-                job.future.set_exception(exc)
+            self._submit(job)
         self._follow(wait, job)
 
     def _run(self, job: _Job) -> None:

@@ -34,6 +34,7 @@ from support.scheduling import partials
 
 import imgpull
 from imgpull.progress import ProgressEvent
+from imgpull.transfer import TransferService
 
 # The good references take a second or two alone; before the fix they took
 # 40 s (429) or never finished (stall, trickle, shared transfer).
@@ -110,13 +111,19 @@ class Run:
         return False
 
 
-def _bulk(root: Path, refs: list[str], good: list[str], **client: object) -> tuple[Run, bool]:
+@dataclass
+class Bulk:
+    run: Run
+    still_running: bool  # when the good ones had finished (the bad host's pulls)
+    transfers: TransferService  # its counters: slots taken back, copies raced
+
+
+def _bulk(root: Path, refs: list[str], good: list[str]) -> Bulk:
     """pull_many(refs) in a thread: once the `good` ones finished (or
-    GOOD_WITHIN s), whether the run was still going (the bad host's pulls);
-    then it is cancelled."""
+    GOOD_WITHIN s), whether the run was still going; then it is cancelled."""
     run = Run()
     token = imgpull.CancelToken()
-    with imgpull.Client(root, **client) as c:  # type: ignore[arg-type]
+    with imgpull.Client(root) as c:
         thread = threading.Thread(
             target=c.pull_many, args=(refs,), kwargs={"progress": run.event, "cancel": token}
         )
@@ -129,13 +136,12 @@ def _bulk(root: Path, refs: list[str], good: list[str], **client: object) -> tup
             token.cancel()
             thread.join(STALL + 15)
         assert not thread.is_alive()
-    return run, still_running
+    return Bulk(run, still_running, c._transfers)
 
 
 def _alone(root: Path, good: list[str]) -> float:
     """The good references' time alone (a bulk pull of them, a fresh store)."""
-    run, _ = _bulk(root, good, good)
-    return run.took(good)
+    return _bulk(root, good, good).run.took(good)
 
 
 def _report(case: str, alone: float, mixed: float) -> None:
@@ -163,10 +169,10 @@ def test_a_stalling_host_holds_its_share_of_the_pull_workers(
     with FaultProxy(images.registry.host) as bad:
         bad.add("stall", path="/fair/bad/manifests/", after=0, seconds=STALL, count=None)
         refs = [bad.ref(f"fair/bad:t{t}") for t in range(4)] + good
-        run, still_running = _bulk(tmp_path / "mixed", refs, good)
-        assert still_running  # the bad host's pulls were still stalled
+        bulk = _bulk(tmp_path / "mixed", refs, good)
+        assert bulk.still_running  # the bad host's pulls were still stalled
         assert bad.stats().get("stall", 0) >= 1
-    _report("stall", alone, run.took(good))
+    _report("stall", alone, bulk.run.took(good))
 
 
 def test_a_host_answering_429_for_ever_holds_its_share_of_the_pull_workers(
@@ -179,10 +185,10 @@ def test_a_host_answering_429_for_ever_holds_its_share_of_the_pull_workers(
     with FaultProxy(images.registry.host) as bad:
         bad.add("status", path="/fair/bad/", method=None, status=429, retry_after=10, count=None)
         refs = [bad.ref(f"fair/bad:t{t}") for t in range(4)] + good
-        run, still_running = _bulk(tmp_path / "mixed", refs, good)
-        assert still_running
+        bulk = _bulk(tmp_path / "mixed", refs, good)
+        assert bulk.still_running
         assert bad.stats().get("status 429 retry-after seconds", 0) >= 4
-    _report("429", alone, run.took(good))
+    _report("429", alone, bulk.run.took(good))
 
 
 def test_a_trickling_host_holds_its_share_of_the_download_slots(
@@ -197,11 +203,13 @@ def test_a_trickling_host_holds_its_share_of_the_download_slots(
             layers = "|".join(images.slow.layer_digests)
             bad.add("trickle", path=layers, rate=TRICKLE_RATE, count=None)
             refs = [bad.ref("fair/slow:v1"), *good]
-            run, still_running = _bulk(tmp_path / "mixed", refs, good)
-            assert still_running
-            # The slow host had its 3 layers on the way (it held every slot).
+            bulk = _bulk(tmp_path / "mixed", refs, good)
+            assert bulk.still_running
+            # The slow host had its 3 layers on the way (it held every slot)
+            # and gave one back.
             assert len(bad.requests("/blobs/sha256:")) >= 3
-    _report("trickle", alone, run.took(good))
+            assert bulk.transfers.preempted >= 1
+    _report("trickle", alone, bulk.run.took(good))
 
 
 def test_a_hostile_host_trickling_a_shared_layer_cannot_hold_up_its_owner(
@@ -223,8 +231,9 @@ def test_a_hostile_host_trickling_a_shared_layer_cannot_hold_up_its_owner(
             hostile.registry.trickle_limit = STALL
             refs = [hostile.ref("fair/hostile:v1"), *good]
             root = tmp_path / "mixed"
-            run, still_running = _bulk(root, refs, good)
-            assert still_running
+            bulk = _bulk(root, refs, good)
+            assert bulk.still_running
+            assert bulk.transfers.raced >= 1
             shared = images.shared
             # The hostile host was asked for the shared layer first...
             assert any(s.target.endswith(shared) for s in hostile.registry.seen())
@@ -236,7 +245,23 @@ def test_a_hostile_host_trickling_a_shared_layer_cannot_hold_up_its_owner(
         assert client.store.content.exists(shared)
     # No partial of the shared layer is left, from either copy.
     assert not [name for name in partials(root) if name.startswith(hexpart)]
-    _report("shared transfer", alone, run.took(good))
+    _report("shared transfer", alone, bulk.run.took(good))
+
+
+def test_a_host_alone_uses_every_download_slot(images: Images, tmp_path: Path) -> None:
+    """The common case keeps its speed: one registry's layers (~1 s each
+    through the proxy) download 3 at once, no slot taken back."""
+    with FaultProxy(images.registry.host) as proxy:
+        layers = images.slow.layer_digests
+        proxy.add("trickle", path="|".join(layers), rate=1_000_000, count=None)
+        with imgpull.Client(tmp_path) as client:
+            assert client.pull(proxy.ref("fair/slow:v1")).id == images.slow.config_digest
+            assert client._transfers.peak == 3
+            assert client._transfers.preempted == 0
+        gets = [e for e in proxy.log() if e.method == "GET" and any(d in e.path for d in layers)]
+    assert len(gets) == 3
+    # Each layer's first byte was asked for before any layer's last one left.
+    assert max(e.t for e in gets) < min(e.last or 0.0 for e in gets)
 
 
 def test_the_cli_bulk_pull_goes_on_past_a_host_answering_429(
