@@ -305,7 +305,6 @@ class _Job:
         self._preempted = False
         self._finished = False
         self._live: tuple[Transfer, int, int] | None = None
-        self.started = time.monotonic()
 
     # Who wants it ----------------------------------------------------------
 
