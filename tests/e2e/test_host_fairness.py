@@ -53,6 +53,7 @@ class Images:
     shared: str  # the digest of good-0's layer, which the hostile image names too
     slow: ImageInfo  # three layers of 1 MB
     hostile: ImageInfo  # good-0's layer and one of its own
+    near: str  # repo:tag of an image with slow's first layer and one of its own
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +75,17 @@ def images(registry: RegistryServer, layout_cache: LayoutCache) -> Images:
         for t in range(4):
             push_http(client, bad, f"fair/bad:t{t}")
         push_http(client, slow, "fair/slow:v1")
+        near = layout_cache.get(
+            (random_layer(1_000_000, seed=1610), random_layer(2_000, seed=1621)), ref="fair-near"
+        )
+        push_http(client, near, "fair/near:v1")
     return Images(
         registry,
         tuple(f"fair/good-{i}:v1" for i in range(3)),
         good[0].layer_digests[0],
         slow,
         hostile,
+        "fair/near:v1",
     )
 
 
@@ -246,6 +252,23 @@ def test_a_hostile_host_trickling_a_shared_layer_cannot_hold_up_its_owner(
     # No partial of the shared layer is left, from either copy.
     assert not [name for name in partials(root) if name.startswith(hexpart)]
     _report("shared transfer", alone, bulk.run.took(good))
+
+
+def test_a_shared_transfer_about_to_end_is_not_raced(images: Images, tmp_path: Path) -> None:
+    """Another host's transfer of a shared layer of 1 MB, at 64 KiB every
+    0.1 s (the proxy's pace), ~1.5 s: the pull joining it (~1 s in) waits
+    for it, as it ends within the grace (or within another at its rate),
+    rather than fetch a second copy."""
+    shared = images.slow.layer_digests[0]
+    with _delayed(images) as own, FaultProxy(images.registry.host) as other:
+        other.add("trickle", path=shared, rate=65_536 * 10, count=None)
+        refs = [other.ref("fair/slow:v1"), own.ref(images.near)]
+        with imgpull.Client(tmp_path) as client:
+            results = client.pull_many(refs, timeout=STALL)
+            assert client._transfers.raced == 0
+        assert all(isinstance(r, imgpull.Image) for r in results), results
+        assert [e.status for e in other.requests(shared)] == [200]
+        assert own.requests(shared) == []
 
 
 def test_a_host_alone_uses_every_download_slot(images: Images, tmp_path: Path) -> None:
