@@ -298,8 +298,9 @@ class Client:
         Image, or the error that stopped it (one failure does not stop the
         others). A few pulls run at a time, so that the next images resolve
         while earlier layers download, shared between the registry hosts
-        (a stalled host holds its share of them only). `timeout` and `cancel` apply to the
-        whole run: a pull they stop gets PullTimeoutError/PullCancelledError.
+        (a stalled host holds its share of them only). `timeout` and
+        `cancel` apply to the whole run: a pull they stop gets
+        PullTimeoutError/PullCancelledError.
         `fetch_only`: as for pull()."""
         refs = list(references)
         want = parse_platform(platform) if isinstance(platform, str) else platform
