@@ -54,6 +54,7 @@ class Images:
     slow: ImageInfo  # three layers of 1 MB
     hostile: ImageInfo  # good-0's layer and one of its own
     near: str  # repo:tag of an image with slow's first layer and one of its own
+    bad_configs: tuple[str, ...]  # the config digests of fair/bad:t0..t3
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,11 @@ def images(registry: RegistryServer, layout_cache: LayoutCache) -> Images:
         layout_cache.get((random_layer(300_000, seed=1600 + i),), ref=f"fair-good-{i}")
         for i in range(3)
     ]
-    bad = layout_cache.get((random_layer(2_000, seed=1609),), ref="fair-bad")
+    # Four images of their own (four configs, four config transfers).
+    bad = [
+        layout_cache.get((random_layer(2_000, seed=1630 + t),), ref=f"fair-bad-{t}")
+        for t in range(4)
+    ]
     slow = layout_cache.get(
         tuple(random_layer(1_000_000, seed=1610 + i) for i in range(3)), ref="fair-slow"
     )
@@ -72,8 +77,8 @@ def images(registry: RegistryServer, layout_cache: LayoutCache) -> Images:
     with registry.client() as client:
         for i, image in enumerate(good):
             push_http(client, image, f"fair/good-{i}:v1")
-        for t in range(4):
-            push_http(client, bad, f"fair/bad:t{t}")
+        for t, image in enumerate(bad):
+            push_http(client, image, f"fair/bad:t{t}")
         push_http(client, slow, "fair/slow:v1")
         near = layout_cache.get(
             (random_layer(1_000_000, seed=1610), random_layer(2_000, seed=1621)), ref="fair-near"
@@ -86,6 +91,7 @@ def images(registry: RegistryServer, layout_cache: LayoutCache) -> Images:
         slow,
         hostile,
         "fair/near:v1",
+        tuple(image.config_digest for image in bad),
     )
 
 
@@ -165,20 +171,25 @@ def _delayed(images: Images) -> Iterator[FaultProxy]:
         yield proxy
 
 
+@pytest.mark.parametrize("stalled", ["manifests", "configs"])
 def test_a_stalling_host_holds_its_share_of_the_pull_workers(
-    images: Images, tmp_path: Path
+    images: Images, tmp_path: Path, stalled: str
 ) -> None:
-    """4 references to a host whose manifests stall (headers, then silence)
-    listed before 3 good ones: the good ones are pulled while those stall."""
+    """4 references to a host whose manifests, or configs, stall (headers,
+    then silence) listed before 3 good ones: the good ones are pulled while
+    those stall (neither the pull workers nor the config threads are all
+    the bad host's)."""
     good = [images.registry.ref(r) for r in images.good]
     alone = _alone(tmp_path / "alone", good)
+    configs = "|".join(images.bad_configs)
+    path = "/fair/bad/manifests/" if stalled == "manifests" else configs
     with FaultProxy(images.registry.host) as bad:
-        bad.add("stall", path="/fair/bad/manifests/", after=0, seconds=STALL, count=None)
+        bad.add("stall", path=path, after=0, seconds=STALL, count=None)
         refs = [bad.ref(f"fair/bad:t{t}") for t in range(4)] + good
         bulk = _bulk(tmp_path / "mixed", refs, good)
         assert bulk.still_running  # the bad host's pulls were still stalled
-        assert bad.stats().get("stall", 0) >= 1
-    _report("stall", alone, bulk.run.took(good))
+        assert bad.stats().get("stall", 0) >= 2
+    _report(f"stalled {stalled}", alone, bulk.run.took(good))
 
 
 def test_a_host_answering_429_for_ever_holds_its_share_of_the_pull_workers(
