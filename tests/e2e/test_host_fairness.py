@@ -282,6 +282,28 @@ def test_a_shared_transfer_about_to_end_is_not_raced(images: Images, tmp_path: P
         assert own.requests(shared) == []
 
 
+def test_a_raced_copy_that_loses_is_stopped_and_removed(images: Images, tmp_path: Path) -> None:
+    """Another host's transfer of a shared layer is silent for 3 s, then
+    fast; the pull joined to it races it from its own registry, which
+    trickles: the other copy is stored first, the raced one is stopped
+    (its GET cut short) and its ingest file removed."""
+    shared = images.slow.layer_digests[0]
+    with _delayed(images) as own, FaultProxy(images.registry.host) as other:
+        other.add("stall", path=shared, after=0, seconds=3.0, count=None)
+        own.add("trickle", path=shared, rate=TRICKLE_RATE, count=None)
+        refs = [other.ref("fair/slow:v1"), own.ref(images.near)]
+        with imgpull.Client(tmp_path) as client:
+            results = client.pull_many(refs, timeout=STALL)
+            assert client._transfers.raced == 1
+        assert all(isinstance(r, imgpull.Image) for r in results), results
+        (raced,) = own.requests(shared)
+        size = images.slow.blob_path(shared).stat().st_size
+        assert raced.sent < size
+        assert [(e.status, e.sent) for e in other.requests(shared)] == [(200, size)]
+    assert list((tmp_path / "ingest" / "sha256").glob("*.side")) == []
+    assert not [n for n in partials(tmp_path) if n.startswith(shared.removeprefix("sha256:"))]
+
+
 def test_a_host_alone_uses_every_download_slot(images: Images, tmp_path: Path) -> None:
     """The common case keeps its speed: one registry's layers (~1 s each
     through the proxy) download 3 at once, no slot taken back."""
