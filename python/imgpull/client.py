@@ -62,6 +62,10 @@ _T = TypeVar("_T")
 # manifests and configs come while earlier layers download; the transfers
 # themselves stay within the Client's download slots.
 _PULL_WORKERS = 4
+# Workers are shared between registry hosts (_ByHost): with more hosts than
+# _PULL_WORKERS, one each, up to this many, so that the hosts that stall
+# cannot hold every worker.
+_MAX_WORKERS = 16
 # How long close() waits for the pulls it cancelled to stop.
 _CLOSE_WAIT = 10.0
 
@@ -117,8 +121,11 @@ class Client:
     Transfers: every pull of a Client shares one TransferService: at most
     `max_concurrent_downloads` blob bodies download at once over all of
     them (as docker's daemon-wide setting), at most
-    `max_concurrent_per_host` (default the same) from one registry host, and
-    a blob several pulls want is fetched once. Image configs take no slot.
+    `max_concurrent_per_host` (default no cap of its own) from one registry
+    host, shared fairly between hosts (a host alone uses every slot; a slow
+    host keeps its share only), and a blob several pulls want is fetched
+    once (a pull whose registry did not start that transfer fetches its own
+    copy when it is slow). Image configs take no slot.
 
     Threads: a Client may be used from several threads at once (pull,
     pull_many, pull_all_tags and the local queries); close() may be called
@@ -296,29 +303,32 @@ class Client:
         blob fetched once). Returns one result per reference, in order: its
         Image, or the error that stopped it (one failure does not stop the
         others). A few pulls run at a time, so that the next images resolve
-        while earlier layers download. `timeout` and `cancel` apply to the
-        whole run: a pull they stop gets PullTimeoutError/PullCancelledError.
+        while earlier layers download, shared between the registry hosts
+        (a stalled host holds its share of them only). `timeout` and
+        `cancel` apply to the whole run: a pull they stop gets
+        PullTimeoutError/PullCancelledError.
         `fetch_only`: as for pull()."""
         refs = list(references)
         want = parse_platform(platform) if isinstance(platform, str) else platform
         emit = progress or _ignore
         results: list[Image | ImgpullError | None] = [None] * len(refs)
-        todo = iter(enumerate(refs))
-        todo_lock = threading.Lock()
+        todo = _ByHost(refs)
         with self._running(cancel, timeout) as token:
 
             def work() -> None:
                 while True:
-                    with todo_lock:
-                        item = next(todo, None)
+                    item = todo.take()
                     if item is None:
                         return
                     i, reference = item
-                    results[i] = self._pull_one(reference, want, emit, token, fetch_only)
+                    try:
+                        results[i] = self._pull_one(reference, want, emit, token, fetch_only)
+                    finally:
+                        todo.done(i)
 
             threads = [
                 threading.Thread(target=work, name=f"imgpull-pull-{n}", daemon=True)
-                for n in range(min(len(refs), _PULL_WORKERS))
+                for n in range(min(len(refs), max(_PULL_WORKERS, min(todo.hosts, _MAX_WORKERS))))
             ]
             for t in threads:
                 t.start()
@@ -724,6 +734,50 @@ class Client:
             "RootFS": config.get("rootfs"),
             "History": config.get("history"),
         }
+
+
+class _ByHost:
+    """The references of a pull_many, handed to its workers host by host:
+    the next one is the first waiting of the registry host with the fewest
+    pulls running (then the earliest listed), so a host that stalls, or
+    answers 429 for ever, holds its share of the workers only and the other
+    hosts' pulls go on (issue 16). One host alone gets every worker."""
+
+    def __init__(self, refs: Sequence[str | Reference]) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, list[tuple[int, str | Reference]]] = {}
+        self._host_of: dict[int, str] = {}
+        self._running: dict[str, int] = {}
+        for i, ref in enumerate(refs):
+            host = _host_key(ref)
+            self._queues.setdefault(host, []).append((i, ref))
+            self._host_of[i] = host
+        self.hosts = len(self._queues)
+        for queue in self._queues.values():
+            queue.reverse()  # popped from the end: first listed first
+
+    def take(self) -> tuple[int, str | Reference] | None:
+        with self._lock:
+            waiting = [h for h, q in self._queues.items() if q]
+            if not waiting:
+                return None
+            host = min(waiting, key=lambda h: (self._running.get(h, 0), self._queues[h][-1][0]))
+            self._running[host] = self._running.get(host, 0) + 1
+            return self._queues[host].pop()
+
+    def done(self, i: int) -> None:
+        with self._lock:
+            self._running[self._host_of[i]] -= 1
+
+
+def _host_key(reference: str | Reference) -> str:
+    """The registry a reference names ("" for one that does not parse: its
+    pull reports the error)."""
+    try:
+        ref = parse_reference(reference) if isinstance(reference, str) else reference
+    except ImgpullError:
+        return ""
+    return registry_key(ref.domain)
 
 
 def _endpoint_failure(exc: ImgpullError) -> bool:

@@ -3,9 +3,11 @@
 A pull (pull.py) resolves what it needs and records what it got; the bytes
 in between come from here. The service owns what must be counted across
 pulls: the download slots (a limit per Client, as docker's daemon-wide
-`max-concurrent-downloads`, and one per registry host), the blobs in flight
-(each fetched once per Client: a second pull wanting one waits on the first
-transfer, holding no slot and no file lock), the retries with their
+`max-concurrent-downloads`, shared fairly between registry hosts, and an
+optional cap per host), the blobs in flight (each fetched once per Client: a
+second pull wanting one waits on the first transfer, holding no slot and no
+file lock; unless that transfer is another host's and slow, see
+TransferService), the retries with their
 "Retrying in N seconds" countdown, the resume and restart rules, foreign
 URLs, and the commit of a layer with its diffID. Across processes the
 per-digest file locks of store/content.py still make one writer per blob.
@@ -16,6 +18,7 @@ wants at their next chunk, and partial files stay for a resume.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +26,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from imgpull._core import BlobWriter, DigestMismatchError, Fetcher, Transfer
@@ -52,6 +56,13 @@ from imgpull.version import USER_AGENT
 # How often a wait for a slot looks at its job's cancellation (a cancel also
 # wakes it at once; this is the backstop).
 _SLOT_POLL = 0.1
+# How long a pull waits on another registry host's transfer of a blob before
+# fetching its own copy from its own source (issue 16: a hostile registry can
+# name a good image's layer and trickle it). Short: the other copy costs
+# bandwidth only while both run, and only when the first is this slow.
+_RACE_GRACE = 1.0
+# How many more graces a transfer about to end is waited for (at its rate).
+_RACE_ROUNDS = 5
 
 
 class CancelToken:
@@ -261,8 +272,17 @@ class _Job:
         small: bool,
         wake: Callable[[], None],
         diff_id: bool = True,
+        *,
+        seq: int = 0,
+        race: bool = False,
     ) -> None:
         self.source = source
+        self.host = _host(source)
+        # Its place in its host's queue for a download slot (first come first).
+        self.seq = seq
+        # A second copy of a blob another host's job is slow to bring: into
+        # an ingest file of its own (the first job holds the digest's lock).
+        self.race = race
         self._wake = wake
         self.desc = desc
         self.digest = desc.digest
@@ -276,6 +296,13 @@ class _Job:
         self._wanted: dict[PullTransfers, Callable[[], None]] = {}
         self.owner: PullTransfers | None = None
         self._cancelled = threading.Event()
+        # Set when cancelled or superseded: what its waits (a retry's delay) watch.
+        self._stop = threading.Event()
+        # Another job stored the blob first: this one stops, and succeeds.
+        self._superseded = False
+        # Its download slot went to another host's job: this attempt stops
+        # (its bytes kept) and the job waits for a slot again.
+        self._preempted = False
         self._finished = False
         self._live: tuple[Transfer, int, int] | None = None
 
@@ -309,6 +336,7 @@ class _Job:
             stop = not self._wanted and not self.future.done()
             if stop:
                 self._cancelled.set()
+                self._stop.set()
                 live = self._live
         pull._drop(self)
         if unwatch is not None:
@@ -338,13 +366,56 @@ class _Job:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    @property
+    def stopping(self) -> bool:
+        """Cancelled, or superseded by another job's copy."""
+        return self._stop.is_set()
+
+    @property
+    def superseded(self) -> bool:
+        return self._superseded
+
     def check(self) -> None:
         if self._cancelled.is_set():
             raise PullCancelledError("pull cancelled")
+        if self._superseded:
+            raise _Superseded("another copy of the blob was stored first")
 
     def sleep(self, seconds: float) -> None:
-        if self._cancelled.wait(max(0.0, seconds)):
+        if self._stop.wait(max(0.0, seconds)):
             self.check()
+
+    def supersede(self) -> None:
+        """Another job stored the blob: stop at the next chunk (or wait)."""
+        with self._lock:
+            if self.future.done():
+                return
+            self._superseded = True
+            self._stop.set()
+            live = self._live
+        if live is not None:
+            live[0].cancel()
+        self._wake()
+
+    def preempt(self) -> None:
+        """Stop this attempt (its slot was taken back); the job goes on."""
+        with self._lock:
+            self._preempted = True
+            live = self._live
+        if live is not None:
+            live[0].cancel()
+
+    def take_preempted(self) -> bool:
+        """Whether the last attempt was preempted (and forget it)."""
+        with self._lock:
+            preempted, self._preempted = self._preempted, False
+        return preempted
+
+    def received(self) -> int:
+        """Bytes of the blob so far (in the ingest file and arriving)."""
+        with self._lock:
+            live = self._live
+        return 0 if live is None else live[1] + live[0].received
 
     def emit(self, event: ProgressEvent) -> None:
         wanting = self.wanting()
@@ -370,7 +441,7 @@ class _Job:
         """A Transfer handle for one attempt, cancelled with the job."""
         transfer = Transfer()
         with self._lock:
-            if self._cancelled.is_set():
+            if self._stop.is_set() or self._preempted:
                 transfer.cancel()
             self._live = (transfer, start, self.desc.size)
         try:
@@ -391,13 +462,53 @@ class _Job:
         return (self.label, min(start + transfer.received, total), total)
 
 
+class _Holder:
+    """A download slot held by one attempt of a job."""
+
+    def __init__(self, job: _Job, order: int) -> None:
+        self.job = job
+        self.host = job.host
+        self.order = order  # when it was taken: the latest is given back first
+        self.revoked = False  # given back to another host's job (preempted)
+
+
+class _Wait:
+    """One pull's wait for one blob: the jobs that may bring it (the one it
+    joined, and its own source's once it races that one); the first to store
+    the blob settles `mine`."""
+
+    def __init__(
+        self,
+        pull: PullTransfers,
+        source: BlobSource,
+        desc: Descriptor,
+        kind: tuple[bool, bool, bool],
+        mine: Future[None],
+        retried: bool,
+    ) -> None:
+        self.pull, self.source, self.desc, self.kind = pull, source, desc, kind
+        self.mine = mine
+        self.retried = retried
+        self.lock = threading.Lock()
+        self.jobs: set[_Job] = set()
+
+
 class TransferService:
     """The blob transfers of one Client (see the module docstring).
 
     `max_concurrent_downloads`: blob bodies downloading at once over all
-    pulls; `max_per_host`: of those, at once from one registry host (default
-    the same). `foreign_fetcher(url)`: the Fetcher for a foreign layer URL
-    (the Client's Transports.foreign).
+    pulls; `max_per_host`: of those, at most this many from one registry
+    host (default: no cap of its own). The slots are shared fairly between
+    hosts: a host alone may use them all, and a job of another host waiting
+    for one takes one back from the host holding the most (that transfer
+    stops, keeping its bytes, and resumes when a slot is free again), so a
+    slow host holds its share only. Each host has its own threads (layers
+    and configs), so that one host's stalled blobs never keep another's
+    waiting for a thread. `race_grace`: how long a pull waits on another
+    host's transfer of a blob it wants before it fetches its own copy from
+    its own source (unless that transfer is about to end); the first copy
+    stored wins, the other is stopped and removed. `foreign_fetcher(url)`:
+    the Fetcher for a foreign layer URL (the Client's Transports.foreign).
     """
 
     def __init__(
@@ -407,30 +518,44 @@ class TransferService:
         max_concurrent_downloads: int = 3,
         max_per_host: int | None = None,
         foreign_fetcher: Callable[[str], Fetcher],
+        race_grace: float = _RACE_GRACE,
     ) -> None:
         if max_concurrent_downloads < 1 or (max_per_host is not None and max_per_host < 1):
             raise ImgpullError("max concurrent downloads must be at least 1")
         self.store = store
         self.limit = max_concurrent_downloads
         self.per_host = max_per_host or max_concurrent_downloads
+        self.race_grace = race_grace
         self._foreign_fetcher = foreign_fetcher
         self._lock = threading.Lock()
-        self._jobs: dict[str, _Job] = {}
+        # Digest -> its jobs in flight: one, or two when a pull races another
+        # host's transfer of it with its own source.
+        self._jobs: dict[str, list[_Job]] = {}
+        self._seq = itertools.count()
         self._slots = threading.Condition()
         self._busy = 0
         self._busy_hosts: dict[str, int] = {}
-        # Counters for tests and diagnostics: the most bodies at once.
+        self._waiting: list[_Holder] = []
+        self._holding: list[_Holder] = []
+        # Counters for tests and diagnostics: the most bodies at once, the
+        # slots taken back for another host, the copies raced.
         self.peak = 0
-        # Layer threads outnumber the slots, so that one blob's commit
-        # (verify, fsync, rename) overlaps the next one's download. Configs
-        # have threads of their own and take no slot: never behind layers.
-        self._layers = ThreadPoolExecutor(2 * self.limit, thread_name_prefix="imgpull-layer")
-        self._small = ThreadPoolExecutor(2, thread_name_prefix="imgpull-config")
+        self.preempted = 0
+        self.raced = 0
+        # (host, small) -> its threads. Layer threads outnumber the slots, so
+        # that one blob's commit (verify, fsync, rename) overlaps the next
+        # one's download. Configs have threads of their own and take no
+        # slot: never behind layers.
+        self._pools: dict[tuple[str, bool], ThreadPoolExecutor] = {}
+        self._closed = False
 
     def close(self, *, wait: bool = True) -> None:
         """Stop the worker threads (once no pull uses the service)."""
-        self._layers.shutdown(wait=wait, cancel_futures=True)
-        self._small.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.shutdown(wait=wait, cancel_futures=True)
 
     def pull(
         self,
@@ -481,64 +606,155 @@ class TransferService:
         retried: bool,
     ) -> None:
         """`kind`: (layer, small, diff_id), as fetch() takes them."""
-        layer, small, diff_id = kind
+        host = _host(source)
         while True:
             with self._lock:
-                job = self._jobs.get(desc.digest)
-                created = job is None or job.future.done()
-                if created:
-                    job = self._jobs[desc.digest] = _Job(
-                        source, desc, layer, small, self._wake, diff_id
-                    )
-            assert job is not None
+                live = self._jobs.setdefault(desc.digest, [])
+                # Its own host's transfer of the blob, else another host's.
+                job = next((j for j in live if j.host == host), live[0] if live else None)
+                created = job is None
+                if job is None:
+                    job = self._new_job(source, desc, kind, race=False)
             if job.want(pull):
                 break
             # Stopping (its pulls were cancelled) or ending: wait it out, start anew.
             try:
                 job.future.exception()
             finally:
-                with self._lock:
-                    if self._jobs.get(desc.digest) is job:
-                        del self._jobs[desc.digest]
+                self._forget(job)
         if created:
-            pool = self._small if small else self._layers
-            pool.submit(self._run, job)
+            self._submit(job)
+        wait = _Wait(pull, source, desc, kind, mine, retried)
+        self._follow(wait, job)
+        if job.host != host:
+            # Another registry's transfer: it may be slow, or hostile (it may
+            # trickle a blob it only names). This pull's own source is its
+            # bound: past a grace, it races that transfer.
+            self._watch(wait, job, job.received(), time.monotonic(), 0)
 
-        def done(f: Future[None]) -> None:
-            if mine.done():
-                return
-            error = f.exception()
-            if (
-                error is not None
-                and not retried
-                and not pull.token.cancelled
-                and (isinstance(error, PullCancelledError) or job.source != source)
-            ):
-                # Stopped for other pulls, or failed at another pull's
-                # endpoint (a mirror): this pull tries its own way.
-                self._attach(pull, source, desc, kind, mine, retried=True)
-                return
-            settle(mine, error)
+    def _new_job(
+        self, source: BlobSource, desc: Descriptor, kind: tuple[bool, bool, bool], *, race: bool
+    ) -> _Job:
+        """A job for `desc` in the digest's list (under self._lock)."""
+        layer, small, diff_id = kind
+        job = _Job(source, desc, layer, small, self._wake, diff_id, seq=next(self._seq), race=race)
+        self._jobs.setdefault(desc.digest, []).append(job)
+        return job
 
-        job.future.add_done_callback(done)
+    def _forget(self, job: _Job) -> list[_Job]:
+        """Drop `job` from its digest's list; the other jobs of the digest."""
+        with self._lock:
+            live = self._jobs.get(job.digest, [])
+            if job in live:
+                live.remove(job)
+            if not live:
+                self._jobs.pop(job.digest, None)
+            return list(live)
+
+    def _submit(self, job: _Job) -> None:
+        """Run `job` on its host's threads (or fail it: the Client closed)."""
+        with self._lock:
+            key = (job.host, job.small)
+            pool = self._pools.get(key)
+            if pool is None and not self._closed:
+                threads = 2 if job.small else 2 * self.limit
+                name = "imgpull-config" if job.small else "imgpull-layer"
+                pool = self._pools[key] = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        try:
+            if pool is not None:
+                pool.submit(self._run, job)
+                return
+        except RuntimeError:  # shut down meanwhile
+            pass
+        self._forget(job)
+        job.finish()
+        job.future.set_exception(
+            PullCancelledError("this Client is closed: pull with a new Client")
+        )
+
+    def _follow(self, wait: _Wait, job: _Job) -> None:
+        with wait.lock:
+            wait.jobs.add(job)
+        job.future.add_done_callback(lambda f: self._ended(wait, job, f))
+
+    def _ended(self, wait: _Wait, job: _Job, f: Future[None]) -> None:
+        """A job `wait` follows ended: the first success settles it; a failure
+        waits for the other copy, if one is coming."""
+        if wait.mine.done():
+            return
+        error = f.exception()
+        with wait.lock:
+            wait.jobs.discard(job)
+            others = bool(wait.jobs)
+        if error is None:
+            settle(wait.mine, None)
+            return
+        if others:
+            return
+        pull, source = wait.pull, wait.source
+        if (
+            not wait.retried
+            and not pull.token.cancelled
+            and (isinstance(error, PullCancelledError) or job.source != source)
+        ):
+            # Stopped for other pulls, or failed at another pull's
+            # endpoint (a mirror): this pull tries its own way.
+            self._attach(pull, source, wait.desc, wait.kind, wait.mine, retried=True)
+            return
+        settle(wait.mine, error)
+
+    def _watch(self, wait: _Wait, job: _Job, seen: int, since: float, rounds: int) -> None:
+        """In `race_grace` s: unless `job` (another host's) is done or about
+        to be (at its rate of the grace, within another grace), fetch
+        `wait`'s own copy."""
+
+        def check() -> None:
+            if wait.mine.done() or job.future.done() or wait.pull.token.cancelled:
+                return
+            got, now = job.received(), time.monotonic()
+            rate = (got - seen) / max(now - since, 1e-3)
+            left = job.desc.size - got
+            if rounds < _RACE_ROUNDS and job.desc.size >= 0 and rate * self.race_grace >= left:
+                self._watch(wait, job, got, now, rounds + 1)
+                return
+            self._race(wait)
+
+        timer = threading.Timer(self.race_grace, check)
+        timer.daemon = True
+        timer.start()
+
+    def _race(self, wait: _Wait) -> None:
+        """`wait`'s blob from its own source as well (into an ingest file of
+        its own): the first copy stored is the blob, the other is stopped."""
+        host = _host(wait.source)
+        with self._lock:
+            live = self._jobs.setdefault(wait.desc.digest, [])
+            job = next((j for j in live if j.host == host), None)
+            created = job is None
+            if job is None:
+                job = self._new_job(wait.source, wait.desc, wait.kind, race=True)
+                self.raced += 1
+        if not job.want(wait.pull):
+            return  # stopping: the pull keeps waiting on the one it joined
+        if created:
+            self._submit(job)
+        self._follow(wait, job)
 
     def _run(self, job: _Job) -> None:
         try:
             self._download(job)
         except BaseException as exc:
-            with self._lock:
-                if self._jobs.get(job.digest) is job:
-                    del self._jobs[job.digest]
+            self._forget(job)
             job.finish()
             job.future.set_exception(exc)
         else:
             if job.label:
                 job.emit(ProgressEvent(DOWNLOAD_COMPLETE, job.label))
-            with self._lock:
-                if self._jobs.get(job.digest) is job:
-                    del self._jobs[job.digest]
+            others = self._forget(job)
             job.finish()
             job.future.set_result(None)
+            for other in others:  # the blob is stored: a second copy is not needed
+                other.supersede()
 
     def _wake(self) -> None:
         with self._slots:
@@ -546,45 +762,121 @@ class TransferService:
 
     @contextmanager
     def _slot(self, job: _Job) -> Iterator[None]:
-        """A download slot for `job` (none for a small blob), free of both limits."""
+        """A download slot for `job` (none for a small blob): free, within
+        the host's cap, and this job first in line: the line is by the busy
+        slots of each waiting job's host, then first come first; a free
+        slot is taken back for it from a host holding two more than its own."""
         if job.small:
             yield
             return
-        host = job.source.transport.registry.base_url
+        holder = _Holder(job, 0)
+        host = holder.host
         with self._slots:
-            while self._busy >= self.limit or self._busy_hosts.get(host, 0) >= self.per_host:
+            self._waiting.append(holder)
+            try:
+                while not self._may_take(holder):
+                    job.check()
+                    self._take_back(holder)
+                    if self._may_take(holder):
+                        break
+                    self._slots.wait(_SLOT_POLL)
                 job.check()
-                self._slots.wait(_SLOT_POLL)
-            job.check()
+            finally:
+                self._waiting.remove(holder)
+                self._slots.notify_all()  # the next in line may be another's
+            holder.order = next(self._seq)
             self._busy += 1
             self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
+            self._holding.append(holder)
             self.peak = max(self.peak, self._busy)
         try:
             yield
         finally:
             with self._slots:
-                self._busy -= 1
-                self._busy_hosts[host] -= 1
+                self._holding.remove(holder)
+                if not holder.revoked:
+                    self._busy -= 1
+                    self._busy_hosts[host] -= 1
                 self._slots.notify_all()
+
+    def _first_in_line(self) -> _Holder | None:
+        eligible = [
+            h
+            for h in self._waiting
+            if not h.job.stopping and self._busy_hosts.get(h.host, 0) < self.per_host
+        ]
+        return min(
+            eligible, key=lambda h: (self._busy_hosts.get(h.host, 0), h.job.seq), default=None
+        )
+
+    def _may_take(self, holder: _Holder) -> bool:
+        return self._busy < self.limit and self._first_in_line() is holder
+
+    def _take_back(self, holder: _Holder) -> None:
+        """When every slot is busy: take one back for `holder`, first in
+        line, from the host holding the most, if it holds two more than
+        `holder`'s host (so that the difference shrinks and never swings
+        back). Its latest transfer stops at its next chunk, its bytes kept."""
+        if self._busy < self.limit or self._first_in_line() is not holder:
+            return
+        mine = self._busy_hosts.get(holder.host, 0)
+        others = [h for h in self._holding if not h.revoked and h.host != holder.host]
+        if not others:
+            return
+        most = max(self._busy_hosts[h.host] for h in others)
+        if most <= mine + 1:
+            return
+        victim = max((h for h in others if self._busy_hosts[h.host] == most), key=lambda h: h.order)
+        victim.revoked = True
+        self._busy -= 1
+        self._busy_hosts[victim.host] -= 1
+        self.preempted += 1
+        victim.job.preempt()
 
     # One blob --------------------------------------------------------------
 
     def _download(self, job: _Job) -> None:
         """Fetch one blob into the content store, unless someone else did."""
         desc = job.desc
-        # A layer's writer also computes its diffID while the bytes arrive.
-        with self.store.content.ingest(
-            desc.digest,
-            _known(desc.size),
-            layer=job.diff_id,
-            cancelled=lambda: job.cancelled,
-            limits=job.source.limits,
-        ) as writer:
-            if writer is not None:
-                self._fetch_into(job, writer)
+        content = self.store.content
+        try:
+            if job.race:
+                self._race_copy(job)
+                return
+            # A layer's writer also computes its diffID while the bytes arrive.
+            with content.ingest(
+                desc.digest,
+                _known(desc.size),
+                layer=job.diff_id,
+                cancelled=lambda: job.stopping,
+                limits=job.source.limits,
+            ) as writer:
+                if writer is not None:
+                    self._fetch_into(job, writer)
+        except ImgpullError:
+            # Stopped because another copy was stored first: which is this
+            # job's blob too (its partial file went with the commit).
+            if job.superseded and content.exists(desc.digest):
+                return
+            raise
 
-    def _fetch_into(self, job: _Job, writer: BlobWriter) -> None:
-        """Fill `writer` with the blob and commit it, resuming and retrying."""
+    def _race_copy(self, job: _Job) -> None:
+        """A raced copy: into an ingest file of its own (the first job holds
+        the digest's lock and its file), removed unless it is committed."""
+        content, desc = self.store.content, job.desc
+        if content.exists(desc.digest):
+            return
+        side = content.side_path(desc.digest)
+        try:
+            size, limits = _known(desc.size), job.source.limits
+            writer = content.writer(desc.digest, size, layer=job.diff_id, limits=limits, path=side)
+            self._fetch_into(job, writer, side)
+        finally:
+            side.unlink(missing_ok=True)
+
+    def _fetch_into(self, job: _Job, writer: BlobWriter, side: Path | None = None) -> None:
+        """Fill `writer` with the blob and commit it, resuming and retrying
+        (`side`: the raced copy's own ingest file, else the digest's)."""
         desc, source, label = job.desc, job.source, job.label
         content = self.store.content
         restarted = False
@@ -593,6 +885,7 @@ class TransferService:
             while True:
                 attempt += 1
                 resumed = writer.offset > 0
+                job.take_preempted()  # not holding a slot: none to give back
                 try:
                     with self._slot(job), job.track(writer.offset) as transfer:
                         if transfer.cancelled:
@@ -625,11 +918,20 @@ class TransferService:
                     restarted = True
                     writer.close()
                     writer = content.writer(
-                        desc.digest, _known(desc.size), layer=writer.layer, limits=source.limits
+                        desc.digest,
+                        _known(desc.size),
+                        layer=writer.layer,
+                        limits=source.limits,
+                        path=side,
                     )
                 except ImgpullError as exc:
+                    if job.take_preempted() and not job.stopping:
+                        # Its slot went to another host: not a failure; it
+                        # waits for one again and resumes from its bytes.
+                        attempt -= 1
+                        continue
                     delay = source.retry.delay(attempt, exc)
-                    if delay is None or job.cancelled:
+                    if delay is None or job.stopping:
                         raise
                     if label:
                         self._countdown(job, label, delay)
@@ -698,6 +1000,16 @@ class TransferService:
                 writer.truncate()
                 continue
             raise RegistryError(f"answered HTTP {status}", status=status)
+
+
+class _Superseded(PullCancelledError):
+    """A job stopped because another copy of its blob was stored first."""
+
+
+def _host(source: BlobSource) -> str:
+    """The endpoint a source's blobs come from: what the slots, the threads
+    and the shared transfers are counted by."""
+    return source.transport.registry.base_url
 
 
 def settle(future: Future[None], error: BaseException | None) -> None:

@@ -85,6 +85,7 @@ class ContentStore:
         # not exclude each other through it alone.
         self._thread_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._sides = 0
 
     def path(self, digest: str) -> Path:
         algo, hexpart = check_digest(digest).split(":", 1)
@@ -141,9 +142,11 @@ class ContentStore:
                     yield writer
                 finally:
                     writer.close()
-                    # An empty partial file holds nothing to resume: leave no litter.
+                    # An empty partial file holds nothing to resume, nor one
+                    # of a blob stored meanwhile (another copy of it, raced
+                    # from another source, won): leave no litter.
                     partial = Path(writer.path)
-                    if partial.is_file() and partial.stat().st_size == 0:
+                    if partial.is_file() and (partial.stat().st_size == 0 or dest.is_file()):
                         partial.unlink()
         except OSError as exc:
             # Also what the caller's block raised while filling the writer.
@@ -159,21 +162,34 @@ class ContentStore:
         *,
         layer: bool = False,
         limits: BlobLimits = BlobLimits(),
+        path: Path | None = None,
     ) -> BlobWriter:
         """A writer on the ingest file of `digest`, continuing what is there.
 
         Only for the holder of `ingest(digest)`: e.g. to start over after a
-        failed commit, which removed the partial file.
+        failed commit, which removed the partial file; or on `path`, a
+        side_path() of the digest (a second copy, from another source).
         """
-        path = str(self.ingest_dir / self.path(digest).name)
+        if path is None:
+            path = self.ingest_dir / self.path(digest).name
         return BlobWriter(
-            path,
+            str(path),
             digest,
             size,
             layer=layer,
             max_ratio=limits.max_ratio,
             max_unsized=limits.max_unsized,
         )
+
+    def side_path(self, digest: str) -> Path:
+        """An ingest file of this process's own for a second copy of `digest`
+        while another writer holds the digest's: its bytes never mix with the
+        other's, and commit() (a rename of verified bytes) may come from
+        either. Its holder removes it unless it is committed."""
+        with self._guard:
+            self._sides += 1
+            n = self._sides
+        return self.ingest_dir / f"{self.path(digest).name}.{os.getpid()}-{n}.side"
 
     def commit(self, writer: BlobWriter) -> Path:
         dest = self.path(writer.digest)
