@@ -99,6 +99,16 @@ class ContentStore:
         self._drop_stale_lock(dest)
         return True
 
+    def sized(self, digest: str, size: int) -> bool:
+        """Whether the blob's file is there with `size` bytes (size < 0:
+        unknown, present at all): the cheap check a stored image's blobs
+        pass before a pull calls it up to date (a truncated file fails it)."""
+        try:
+            st = self.path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size < 0 or st.st_size == size
+
     def read(self, digest: str) -> bytes:
         try:
             return self.path(digest).read_bytes()
