@@ -739,7 +739,7 @@ class Client:
         source = self._repair_source(image_id, ref)
         bad = damaged_blobs(store, image_id)
         for digest, problem in bad.items():
-            emit(ProgressEvent(f"Damaged: blob {digest} in the store {problem}: fetching it again"))
+            emit(ProgressEvent(f"Damaged: blob {digest} in the store {problem}: removing it"))
             # Checked again holding the blob's lock: a good copy another pull
             # has just committed stays.
             store.remove_damaged(digest, partial(_hashes_wrong, digest=digest))

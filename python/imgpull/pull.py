@@ -278,22 +278,19 @@ class Puller:
         image_id = config.digest
         layers = store.meta.image_layers(image_id)
         own = (Descriptor(lr.media_type, lr.digest, lr.size) for lr in layers)
-        blobs = {d.digest: d for d in (config, *own)}.values()
-        bad = [d for d in blobs if not store.content.sized(d.digest, d.size)]
+        blobs = {d.digest: d for d in (config, *own)}
+        problems = {k: store.content.size_problem(k, d.size) for k, d in blobs.items()}
+        bad = {k: blobs[k] for k, problem in problems.items() if problem is not None}
         if not bad:
             return
-        for d in bad:
-            self.emit(
-                ProgressEvent(
-                    f"Warning: blob {d.digest} in the store is damaged "
-                    f"(not its {d.size} bytes): fetching it again"
-                )
-            )
-            store.remove_damaged(d.digest, partial(_wrong_size, size=d.size))
+        for digest, d in bad.items():
+            warning = f"Warning: blob {digest} in the store {problems[digest]}: fetching it again"
+            self.emit(ProgressEvent(warning))
+            store.remove_damaged(digest, partial(_wrong_size, size=d.size))
         if store.meta.get_image(image_id) is None:
             raise _ImageGone(image_id)  # removed meanwhile (an `rmi`): pull it
-        wanted = [d for d in bad if d is not config]
-        downloaded = self._download_all(config if config in bad else None, wanted)
+        wanted = [d for digest, d in bad.items() if digest != image_id]
+        downloaded = self._download_all(bad.get(image_id), wanted)
         self._registered(downloaded, extracted=not self.options.fetch_only)
 
     def _use_stored(self, image_id: str, layers: Sequence[Descriptor]) -> None:

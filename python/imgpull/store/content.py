@@ -99,15 +99,16 @@ class ContentStore:
         self._drop_stale_lock(dest)
         return True
 
-    def sized(self, digest: str, size: int) -> bool:
-        """Whether the blob's file is there with `size` bytes (size < 0:
-        unknown, present at all): the cheap check a stored image's blobs
-        pass before a pull calls it up to date (a truncated file fails it)."""
+    def size_problem(self, digest: str, size: int) -> str | None:
+        """What is wrong with the blob's file by the cheap check a stored
+        image's blobs pass before a pull calls it up to date: "is missing",
+        "is N bytes, not SIZE" (truncated, appended to); None when it is
+        there with `size` bytes (size < 0: unknown, there at all)."""
         try:
-            st = self.path(digest).stat()
+            got = self.path(digest).stat().st_size
         except FileNotFoundError:
-            return False
-        return size < 0 or st.st_size == size
+            return "is missing"
+        return None if size < 0 or got == size else f"is {got} bytes, not {size}"
 
     def read(self, digest: str) -> bytes:
         try:
