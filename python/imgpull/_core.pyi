@@ -95,7 +95,7 @@ def sha256_file(path: str) -> str:
     """'sha256:<hex>' of a file's content, streamed (GIL released)."""
 
 def copy_sha256(src: str, dest: str) -> str:
-    """Copy the file `src` to `dest` (created or truncated, then fsynced),
+    """Copy the file `src` to `dest` (created or truncated; not fsynced),
     hashing the bytes as they are written; return their 'sha256:<hex>'
     (GIL released). OSError for file errors."""
 

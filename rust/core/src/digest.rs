@@ -93,9 +93,11 @@ pub fn sha256_file(path: &Path) -> Result<Digest> {
     Ok(Digest::from_hasher(hasher))
 }
 
-/// Copies `src` to `dest` (created or truncated, then fsynced), hashing the
-/// bytes in the same pass; returns their digest, for the caller to compare
-/// (an export checks each blob it writes without reading it twice).
+/// Copies `src` to `dest` (created or truncated), hashing the bytes in the
+/// same pass; returns their digest, for the caller to compare (an export
+/// checks each blob it writes without reading it twice). Not fsynced, as
+/// the copies it replaced were not (an fsync took a 256 MiB copy from
+/// 0.5-0.9 s to 1.8 s here): the caller decides.
 pub fn copy_sha256(src: &Path, dest: &Path) -> Result<Digest> {
     let mut input = File::open(src).map_err(|e| CoreError::file("open", src, e))?;
     let mut out = File::create(dest).map_err(|e| CoreError::file("create", dest, e))?;
@@ -111,8 +113,6 @@ pub fn copy_sha256(src: &Path, dest: &Path) -> Result<Digest> {
         return Err(CoreError::file("write", dest, e));
     }
     read.map_err(|e| CoreError::file("read", src, e))?;
-    out.sync_all()
-        .map_err(|e| CoreError::file("fsync", dest, e))?;
     Ok(Digest::from_hasher(hasher))
 }
 
