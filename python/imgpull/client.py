@@ -684,7 +684,8 @@ class Client:
         # on its way), else first.
         verified = self.store.meta.is_verified(image_id)
         if not verified and fmt == "oci":
-            verify_image(self.store, image_id, max_ratio=max_ratio)
+            name = ref.familiar() if ref is not None else image_id
+            verify_image(self.store, image_id, max_ratio=max_ratio, name=name)
             verified = True
         out = export_image(
             self.store, image_id, ref, fmt, dest, max_ratio=max_ratio, max_bytes=max_bytes

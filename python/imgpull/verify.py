@@ -5,6 +5,10 @@ pull (`pull --fetch-only`) checks only the blobs' digests, and marks the
 image unverified; its diffIDs are then checked the first time they are
 needed (an export, `pull --rootfs`, inspect, a full pull of the same image,
 or `imgpull verify`), here, and recorded: the image is then verified.
+
+`imgpull verify` also hashes every blob of the image: a file damaged behind
+imgpull's back (DamagedBlobError, which says to run `imgpull verify
+--repair`; Client.verify removes and refetches it then).
 """
 
 from __future__ import annotations
@@ -162,11 +166,19 @@ def verify_image(
         except CorruptLayerError as exc:
             raise CorruptLayerError(f"cannot read layer {digest}: {exc}") from None
 
-    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="imgpull-verify") as pool:
-        known.update(zip(todo, pool.map(compute, todo), strict=True))
-    for digest, diff_id in pairs:
-        if known[digest] != diff_id:
-            raise mismatch(f"image {image_id}", digest, known[digest], diff_id)
+    try:
+        with ThreadPoolExecutor(_WORKERS, thread_name_prefix="imgpull-verify") as pool:
+            known.update(zip(todo, pool.map(compute, todo), strict=True))
+        for digest, diff_id in pairs:
+            if known[digest] != diff_id:
+                raise mismatch(f"image {image_id}", digest, known[digest], diff_id)
+    except (CorruptLayerError, LayerMismatchError):
+        # The store's copy of a layer inflated here may be what is wrong (not
+        # hashed yet unless `full`): a refetch repairs that, not a bad image.
+        found = None if full else first_damaged(store, todo)
+        if found is None:
+            raise
+        raise damaged(*found, name or image_id) from None
     for digest in todo:
         sources = meta.blob_sources(digest)
         registry, repository = sources[0] if sources else ("", "")

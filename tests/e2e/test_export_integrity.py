@@ -80,6 +80,23 @@ def test_export_refuses_a_damaged_blob(
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_export_of_a_fetch_only_image_refuses_a_damaged_layer(
+    pushed_image: PushedImage, tmp_path: Path, fmt: str
+) -> None:
+    """Its diffIDs are checked first (oci) or as it is written: a damaged
+    layer gets the same line, not a diffID mismatch."""
+    root, dest = tmp_path / "root", tmp_path / "out"
+    ref = pushed_image.ref("oci")
+    assert run_cli("pull", "--fetch-only", ref, "--root", str(root)).returncode == 0
+    digest = pushed_image.layer_digests[1]
+    _damage(root, digest, "replaced")
+    proc = run_cli("export", ref, str(dest), "--format", fmt, "--root", str(root), timeout=TIMEOUT)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    _assert_damage_line(proc.stderr, digest, ref)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_export_into_an_empty_dir_leaves_it_empty(
     pushed_image: PushedImage, tmp_path: Path, fmt: str
 ) -> None:
