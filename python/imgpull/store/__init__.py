@@ -66,19 +66,21 @@ class Store:
         replaced behind our back), so that a pull fetches it again; True if
         deleted. Its rows stay: the images using it still do.
 
-        As delete_blob: the check and the unlink happen holding the blob's
-        lock (a writer committing a good copy meanwhile is waited for, and
-        that copy is what is checked: it stays) and inside a write
+        The check and the unlink happen holding the blob's lock (a writer
+        committing a good copy meanwhile is waited for, and that copy is what
+        is checked: it stays); the unlink, as delete_blob's, inside a write
         transaction (a pull recording an image sees the file present or
-        gone, and then fetches it).
+        gone, and then fetches it), which the check (maybe a hash) does not
+        hold up.
         """
-        with self.content.locked(digest) as path, self.meta.transaction():
+        with self.content.locked(digest) as path:
             try:
                 if not damaged(path):
                     return False
             except FileNotFoundError:
                 return False
-            return self.content.remove(digest)
+            with self.meta.transaction():
+                return self.content.remove(digest)
 
     def gc(self, *, grace: float = 3600.0) -> list[str]:
         """Delete the blobs (files and rows) no image uses: what a crash
