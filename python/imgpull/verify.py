@@ -145,10 +145,9 @@ def verify_image(
     if meta.get_image(image_id) is None:
         raise StoreError(f"No such image: {image_id}")
     if full:  # first: the config itself may be damaged
-        for digest in image_blobs(store, image_id):
-            problem = blob_damage(store, digest)
-            if problem is not None:
-                raise damaged(digest, problem, name or image_id)
+        found = first_damaged(store, image_blobs(store, image_id))
+        if found is not None:
+            raise damaged(*found, name or image_id)
     pairs = stored_layers(store, image_id)
     layers = [digest for digest, _ in pairs]
     known: dict[str, str] = {}
