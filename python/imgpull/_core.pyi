@@ -24,6 +24,7 @@ __all__ = [
     "SizeMismatchError",
     "Transfer",
     "__version__",
+    "copy_sha256",
     "decompress_to",
     "diff_id_file",
     "fix_schema1_layers",
@@ -92,6 +93,11 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: str) -> str:
     """'sha256:<hex>' of a file's content, streamed (GIL released)."""
+
+def copy_sha256(src: str, dest: str) -> str:
+    """Copy the file `src` to `dest` (created or truncated; not fsynced),
+    hashing the bytes as they are written; return their 'sha256:<hex>'
+    (GIL released). OSError for file errors."""
 
 class Schema1Error(ImgpullError):
     """A Docker schema1 manifest whose layer chain or signature block is invalid."""

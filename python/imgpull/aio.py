@@ -405,8 +405,24 @@ class AsyncClient:
     async def inspect(self, reference: str) -> dict[str, Any]:
         return await asyncio.to_thread(self._client.inspect, reference)
 
-    async def verify(self, reference: str) -> list[str]:
-        return await asyncio.to_thread(self._client.verify, reference)
+    async def verify(
+        self,
+        reference: str,
+        *,
+        repair: bool = False,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[str]:
+        """Client.verify, awaited. With `repair` it pulls, on a worker thread as
+        pull() does: cancelling the task cancels that pull; `progress` is
+        called on the event loop."""
+        if not repair:
+            return await asyncio.to_thread(self._client.verify, reference)
+
+        def call(token: CancelToken, emit: ProgressCallback | None) -> list[str]:
+            return self._client.verify(reference, repair=True, progress=emit, cancel=token)
+
+        return await _Run(call, _plain_callback(progress), cancel).wait()
 
     async def tag(self, source: str, target: str | Reference) -> Reference:
         return await asyncio.to_thread(self._client.tag, source, target)

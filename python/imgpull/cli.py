@@ -519,11 +519,35 @@ def verify(
     reference: Annotated[str, typer.Argument(help="A local reference or image ID.")],
     root: RootOpt = None,
     max_ratio: MaxRatioOpt = DEFAULT_MAX_RATIO,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fetch again from the registry the blobs that fail their digest, then check "
+            "again.",
+        ),
+    ] = False,
+    plain_http: PlainHttpOpt = None,
+    insecure: InsecureOpt = False,
+    ca_cert: CaCertOpt = None,
+    request_timeout: RequestTimeoutOpt = DEFAULT_REQUEST_TIMEOUT,
 ) -> None:
     """Check a local image: every blob against its digest, every layer against
     its configuration's diffID (which a --fetch-only pull left unchecked)."""
-    with _user_errors(), _client(root, max_ratio=max_ratio) as client:
-        diff_ids = client.verify(reference)
+    with (
+        _user_errors(),
+        _client(
+            root,
+            plain_http,
+            insecure,
+            ca_cert,
+            mirrors=_mirrors([reference], None) if repair else None,
+            request_timeout=request_timeout,
+            max_ratio=max_ratio,
+        ) as client,
+    ):
+        progress = renderer_for(sys.stdout) if repair else None
+        diff_ids = client.verify(reference, repair=repair, progress=progress)
         image_id = client.resolve(reference)
         typer.echo(f"{image_id}: verified ({len(diff_ids)} layers)")
 

@@ -15,16 +15,18 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from imgpull import hosts
-from imgpull._core import DEFAULT_MAX_UNSIZED
+from imgpull._core import DEFAULT_MAX_UNSIZED, sha256_file
 from imgpull.credentials import DockerCredentials
 from imgpull.errors import (
     ConfigError,
     CredentialsError,
+    DamagedBlobError,
     DigestMismatchError,
     ExportError,
     FetchError,
@@ -38,6 +40,7 @@ from imgpull.errors import (
     PullTimeoutError,
     RegistryError,
     SizeMismatchError,
+    StoreError,
 )
 from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, export_image
 from imgpull.hosts import Mirror, parse_mirror, registry_key
@@ -54,7 +57,13 @@ from imgpull.rootfs import RootfsTarget, check_outside_store
 from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.transfer import CancelToken, TransferService
 from imgpull.transport import Transport, Transports
-from imgpull.verify import config_diff_ids, ensure_verified, record_verified, verify_image
+from imgpull.verify import (
+    config_diff_ids,
+    damaged_blobs,
+    ensure_verified,
+    record_verified,
+    verify_image,
+)
 
 CredentialLookup = Callable[[str], "Credentials | None"]
 _T = TypeVar("_T")
@@ -692,7 +701,8 @@ class Client:
         # on its way), else first.
         verified = self.store.meta.is_verified(image_id)
         if not verified and fmt == "oci":
-            verify_image(self.store, image_id, max_ratio=max_ratio)
+            name = ref.familiar() if ref is not None else image_id
+            verify_image(self.store, image_id, max_ratio=max_ratio, name=name)
             verified = True
         out = export_image(
             self.store, image_id, ref, fmt, dest, max_ratio=max_ratio, max_bytes=max_bytes
@@ -701,13 +711,91 @@ class Client:
             record_verified(self.store, image_id, config_diff_ids(self.store, image_id))
         return out
 
-    def verify(self, reference: str) -> list[str]:
+    def verify(
+        self,
+        reference: str,
+        *,
+        repair: bool = False,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[str]:
         """Check a local image (`imgpull verify`): every blob against its
         digest, every layer against its config's diffID; the image is then
         verified (see Client.pull's fetch_only). Returns its diffIDs;
-        LayerMismatchError names a layer that differs."""
-        image_id = self.resolve(reference)
-        return verify_image(self.store, image_id, max_ratio=self._max_ratio, full=True)
+        LayerMismatchError names a layer that differs, DamagedBlobError a
+        blob missing or not its digest.
+
+        `repair`: the blobs that fail their digest (or are missing) are
+        removed from the store and fetched again from the registry a
+        reference of the image names (a pull of it by digest: mirrors,
+        retries and resumes as any pull, `cancel` stops it), then the image
+        is checked again. `progress` hears each damaged blob, the pull's
+        events, and a `Repaired: blob <digest>` for each blob fetched again.
+        """
+        image_id, ref = self._lookup(reference)
+        name = ref.familiar() if ref is not None else image_id
+        try:
+            return verify_image(
+                self.store, image_id, max_ratio=self._max_ratio, full=True, name=name
+            )
+        except DamagedBlobError:
+            if not repair:
+                raise
+        self._repair(image_id, ref, progress or _ignore, cancel)
+        return verify_image(self.store, image_id, max_ratio=self._max_ratio, full=True, name=name)
+
+    def _repair(
+        self,
+        image_id: str,
+        ref: Reference | None,
+        emit: ProgressCallback,
+        cancel: CancelToken | None,
+    ) -> None:
+        """Remove the image's blobs that fail their digest and pull them
+        again (Client.verify's `repair`)."""
+        store = self.store
+        source = self._repair_source(image_id, ref)
+        bad = damaged_blobs(store, image_id)
+        for digest, problem in bad.items():
+            emit(ProgressEvent(f"Damaged: blob {digest} in the store {problem}: removing it"))
+            # Checked again holding the blob's lock: a good copy another pull
+            # has just committed stays.
+            store.remove_damaged(digest, partial(_hashes_wrong, digest=digest))
+        image = store.meta.get_image(image_id)
+        if image is None:
+            raise ImageNotFoundError(f"No such image: {image_id} (removed meanwhile)")
+        # The image's own platform, so that an index resolves to it again.
+        want = Platform(image.os, image.architecture, image.variant)
+        with self._running(cancel, None) as token:
+            # The pull finds the image stored and fetches what is gone.
+            pulled = self._pull(source, want, emit, token, status=False)
+        if pulled.id != image_id:
+            raise StoreError(
+                f"{source.familiar()} now names image {pulled.id}, not {image_id}: "
+                f"cannot repair {image_id}; remove it (imgpull rmi) and pull it again"
+            )
+        for digest in bad:
+            emit(ProgressEvent(f"Repaired: blob {digest}"))
+
+    def _repair_source(self, image_id: str, ref: Reference | None) -> Reference:
+        """What to pull to fetch the blobs of a stored image again: a digest
+        reference the image was pulled by (one of `ref`'s repository first),
+        so that no tag moved since matters; else a repository it was pulled
+        from, by its manifest's digest."""
+        refs = self.store.meta.references(image_id)
+        names = [parse_reference(r.name, default_tag=None) for r in refs]
+        by_digest = [n.with_digest(r.digest) for n, r in zip(names, refs, strict=True) if r.digest]
+        by_digest.sort(key=lambda n: ref is None or n.name != ref.name)
+        if by_digest:
+            return by_digest[0]
+        image = self.store.meta.get_image(image_id)
+        named = [ref] if ref is not None else names
+        if image is None or not named:
+            raise StoreError(
+                f"image {image_id} has no reference to fetch it from again: "
+                "remove it (imgpull rmi) and pull it again"
+            )
+        return named[0].name_only().with_digest(image.manifest_digest)
 
     def inspect(self, reference: str) -> dict[str, Any]:
         """What docker's `image inspect` shows that a puller knows."""
@@ -788,6 +876,10 @@ def _endpoint_failure(exc: ImgpullError) -> bool:
         (RegistryError, FetchError, DigestMismatchError, SizeMismatchError,
          ManifestVerificationError, LimitExceededError),
     )  # fmt: skip
+
+
+def _hashes_wrong(path: Path, digest: str) -> bool:
+    return sha256_file(str(path)) != digest
 
 
 def _layers_info(

@@ -30,7 +30,8 @@ catches all of them::
         ├── PullCancelledError
         │   └── PullTimeoutError
         ├── StoreError
-        │   └── DiskFullError
+        │   ├── DiskFullError
+        │   └── DamagedBlobError ··············· a stored blob ≠ its digest
         ├── ImageNotFoundError
         ├── ImageConflictError
         ├── RootfsError
@@ -63,6 +64,7 @@ __all__ = [
     "ConfigError",
     "CorruptLayerError",
     "CredentialsError",
+    "DamagedBlobError",
     "DigestMismatchError",
     "DiskFullError",
     "ExportError",
@@ -191,6 +193,16 @@ class StoreError(ImgpullError):
 class DiskFullError(StoreError):
     """The disk (or quota) holding the store is full. Nothing half-written is
     kept in the store; partial downloads stay for the next pull to resume."""
+
+
+class DamagedBlobError(StoreError):
+    """A blob of the store is missing or its bytes are not its digest's (a
+    file truncated or replaced behind imgpull's back). `digest` names it;
+    `imgpull verify --repair` (Client.verify(repair=True)) fetches it again."""
+
+    def __init__(self, message: str, digest: str) -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 class ImageNotFoundError(ImgpullError):

@@ -7,7 +7,8 @@
   image whose index entry has a Docker media type), config and layer blobs
   unchanged; so is the manifest built for a schema1 image. Blobs are hard
   links to the store's files where the filesystem allows, else reflinks
-  (FICLONE), else copies: don't modify them in place.
+  (FICLONE), else copies: don't modify them in place. Each is hashed as it
+  is exported (a link or reflink read once, a copy as it is written).
 - `docker-archive`: the tar `docker save` writes and `docker load` and
   `skopeo ... docker-archive:` read: `manifest.json` ([{Config, RepoTags,
   Layers}]), `repositories`, `<config hex>.json` and `<diffID hex>/layer.tar`
@@ -22,6 +23,14 @@ Every format is built beside DEST and appears there only once complete
 (rootfs: extracted into DEST, which is emptied again on failure, its mode and
 owner as before). DEST must not exist or be an empty directory (docker-archive:
 must not exist), and must be neither inside the store nor hold it.
+
+The store's copy of a blob can be damaged behind imgpull's back (a file
+truncated or replaced): every blob an export writes is checked against its
+digest (oci: as it is written; the config always; docker-archive and rootfs
+check each layer's tar against its diffID as they write it, and a layer
+failing that is then hashed to tell a damaged copy from a bad image). A
+damaged blob stops the export with DamagedBlobError, which names it and
+`imgpull verify --repair`.
 """
 
 from __future__ import annotations
@@ -31,13 +40,19 @@ import fcntl
 import io
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from imgpull._core import DEFAULT_MAX_RATIO, Extraction, decompress_to, sha256_bytes
+from imgpull._core import (
+    DEFAULT_MAX_RATIO,
+    Extraction,
+    copy_sha256,
+    decompress_to,
+    sha256_bytes,
+    sha256_file,
+)
 from imgpull.errors import (
     CorruptLayerError,
     ExportError,
@@ -49,7 +64,7 @@ from imgpull.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, SCHEMA1_TYPES
 from imgpull.reference import Reference
 from imgpull.rootfs import check_dir_dest, check_outside_store, remove_tree, restore_dir
 from imgpull.store import Store
-from imgpull.verify import stored_blob, stored_layers
+from imgpull.verify import damaged, first_damaged, stored_blob, stored_layers
 
 __all__ = [
     "DEFAULT_MAX_RATIO",
@@ -83,13 +98,17 @@ def export_image(
     """
     out = Path(dest)
     check_outside_store(out, store, ExportError)
+    # How a damaged blob's error names the image for `imgpull verify --repair`.
+    repair_ref = ref.familiar() if ref is not None else image_id
     try:
         if fmt == "oci":
-            _export_oci(store, image_id, ref, out)
+            _export_oci(store, image_id, ref, out, repair_ref)
         elif fmt == "docker-archive":
-            _export_docker_archive(store, image_id, ref, out)
+            _export_docker_archive(store, image_id, ref, out, repair_ref)
         elif fmt == "rootfs":
-            _export_rootfs(store, image_id, out, max_ratio=max_ratio, max_bytes=max_bytes)
+            _export_rootfs(
+                store, image_id, out, repair_ref, max_ratio=max_ratio, max_bytes=max_bytes
+            )
         else:
             raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     except (OSError, ValueError) as exc:  # a corrupt blob, a file error
@@ -102,7 +121,27 @@ def export_image(
 # Shared ----------------------------------------------------------------------
 
 
-def _manifest(store: Store, image_id: str) -> tuple[bytes, str]:
+def _read_checked(store: Store, digest: str, repair_ref: str) -> bytes:
+    """A small blob of the store (a manifest, a config), checked against its
+    digest; else DamagedBlobError, naming `repair_ref` for its repair."""
+    data = store.content.read(digest)
+    got = sha256_bytes(data)
+    if got != digest:
+        raise damaged(digest, f"hashes to {got}", repair_ref)
+    return data
+
+
+def _check_layers(
+    store: Store, digests: list[str], repair_ref: str, exc: BaseException
+) -> BaseException:
+    """`exc` (a layer that does not decompress, or is not its diffID), unless
+    the store's copy of one of `digests` is damaged: then the error saying so
+    (a refetch repairs that; a bad image stays bad)."""
+    found = first_damaged(store, digests)
+    return exc if found is None else damaged(*found, repair_ref)
+
+
+def _manifest(store: Store, image_id: str, repair_ref: str) -> tuple[bytes, str]:
     """The image's manifest, as an OCI layout holds it (bytes, media type).
 
     An OCI manifest is kept byte for byte. A Docker v2s2 manifest is
@@ -115,7 +154,7 @@ def _manifest(store: Store, image_id: str) -> tuple[bytes, str]:
     if image is None:
         raise ExportError(f"No such image: {image_id}")
     if image.media_type == OCI_MANIFEST:
-        return store.content.read(image.manifest_digest), OCI_MANIFEST
+        return _read_checked(store, image.manifest_digest, repair_ref), OCI_MANIFEST
     if image.media_type in SCHEMA1_TYPES:
         config: dict[str, Any] = {"digest": image_id, "size": store.content.size(image_id)}
         layers: list[dict[str, Any]] = [
@@ -123,7 +162,7 @@ def _manifest(store: Store, image_id: str) -> tuple[bytes, str]:
             for lr in store.meta.image_layers(image_id)
         ]
     else:
-        docker = json.loads(store.content.read(image.manifest_digest))
+        docker = json.loads(_read_checked(store, image.manifest_digest, repair_ref))
         config, layers = docker["config"], docker.get("layers", [])
     manifest = {
         "schemaVersion": 2,
@@ -157,29 +196,35 @@ def _oci_layer(layer: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _share(src: Path, dst: Path) -> None:
-    """dst as a hard link to src, else a reflink, else a copy."""
+def _share(src: Path, dst: Path) -> str:
+    """dst as a hard link to src, else a reflink, else a copy; returns the
+    digest of dst's bytes, read once: a link or reflink hashed once made,
+    a copy hashed as it is written."""
     try:
         os.link(src, dst)
-        return
+        linked = True
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-            return
-        except OSError:
-            pass
-        shutil.copyfileobj(fin, fout, 1 << 20)
+        linked = False
+    if not linked:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            try:
+                fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+                linked = True
+            except OSError:
+                pass
+    return sha256_file(str(dst)) if linked else copy_sha256(str(src), str(dst))
 
 
 # oci ------------------------------------------------------------------------------
 
 
-def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) -> None:
+def _export_oci(
+    store: Store, image_id: str, ref: Reference | None, dest: Path, repair_ref: str
+) -> None:
     existed = check_dir_dest(dest, ExportError)
-    raw, media_type = _manifest(store, image_id)
+    raw, media_type = _manifest(store, image_id, repair_ref)
     manifest = json.loads(raw)
     image = store.meta.get_image(image_id)
     assert image is not None
@@ -190,7 +235,9 @@ def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) 
         blobs = tmp / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         for digest in dict.fromkeys(wanted):
-            _share(stored_blob(store, digest), blobs / digest.split(":", 1)[1])
+            got = _share(stored_blob(store, digest), blobs / digest.split(":", 1)[1])
+            if got != digest:
+                raise damaged(digest, f"hashes to {got}", repair_ref)
         (blobs / manifest_digest.split(":", 1)[1]).write_bytes(raw)
         descriptor: dict[str, Any] = {
             "mediaType": media_type,
@@ -217,11 +264,14 @@ def _export_oci(store: Store, image_id: str, ref: Reference | None, dest: Path) 
 # docker-archive -----------------------------------------------------------------
 
 
-def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, dest: Path) -> None:
+def _export_docker_archive(
+    store: Store, image_id: str, ref: Reference | None, dest: Path, repair_ref: str
+) -> None:
     if dest.exists() or dest.is_symlink():
         raise ExportError(f"{dest} exists")
     if not dest.parent.is_dir():
         raise ExportError(f"{dest.parent} is not a directory")
+    config = _read_checked(store, image_id, repair_ref)
     layers = stored_layers(store, image_id)
     config_hex = image_id.split(":", 1)[1]
     repo_tags: list[str] = []
@@ -248,10 +298,19 @@ def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, d
                     continue
                 done.add(hexpart)
                 layer_tar = work / "layer.tar"
-                got = decompress_to(str(stored_blob(store, digest)), str(layer_tar))
+                try:
+                    got = decompress_to(str(stored_blob(store, digest)), str(layer_tar))
+                except CorruptLayerError as exc:
+                    raise _check_layers(store, [digest], repair_ref, exc) from None
                 if got != diff_id:
-                    raise ExportError(
-                        f"layer {digest} decompresses to {got}, not the config's diffID {diff_id}"
+                    raise _check_layers(
+                        store,
+                        [digest],
+                        repair_ref,
+                        ExportError(
+                            f"layer {digest} decompresses to {got}, "
+                            f"not the config's diffID {diff_id}"
+                        ),
                     )
                 _add_dir(tar, hexpart)
                 _add_bytes(tar, f"{hexpart}/VERSION", b"1.0")
@@ -264,7 +323,7 @@ def _export_docker_archive(store: Store, image_id: str, ref: Reference | None, d
                     tar.addfile(info, data)
                 layer_tar.unlink()
                 parent = hexpart
-            _add_bytes(tar, f"{config_hex}.json", store.content.read(image_id))
+            _add_bytes(tar, f"{config_hex}.json", config)
             manifest = [{"Config": f"{config_hex}.json", "RepoTags": repo_tags, "Layers": paths}]
             _add_bytes(tar, "manifest.json", json.dumps(manifest).encode())
             if repositories:
@@ -295,9 +354,16 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _export_rootfs(
-    store: Store, image_id: str, dest: Path, *, max_ratio: int, max_bytes: int | None
+    store: Store,
+    image_id: str,
+    dest: Path,
+    repair_ref: str,
+    *,
+    max_ratio: int,
+    max_bytes: int | None,
 ) -> None:
     existed = check_dir_dest(dest, ExportError)
+    _read_checked(store, image_id, repair_ref)  # the diffIDs come from it
     # Each layer's tar is hashed as it is applied: a layer that is not its
     # diffID stops the export there.
     pairs = stored_layers(store, image_id)
@@ -311,6 +377,12 @@ def _export_rootfs(
             restore_dir(dest, before=existed)
         except OSError as err:
             exc.add_note(f"{dest} holds part of the image: it could not be emptied ({err})")
+        # What a damaged blob can look like (its tar or its data broken).
+        bad_layer = isinstance(exc, CorruptLayerError) or (
+            isinstance(exc, ExtractError) and exc.kind != "cancelled"
+        )
+        if not bad_layer:
+            raise
         if isinstance(exc, ExtractError) and exc.kind == "diffid":
-            raise LayerMismatchError(f"image {image_id}: {exc}") from None
-        raise
+            exc = LayerMismatchError(f"image {image_id}: {exc}")
+        raise _check_layers(store, [d for d, _ in pairs], repair_ref, exc) from None

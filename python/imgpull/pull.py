@@ -236,6 +236,7 @@ class Puller:
             # (zstd vs gzip): nothing is fetched, the references name it, and
             # it keeps its own manifest and layers, which are present.
             try:
+                self._refetch_damaged(config_desc)
                 self._use_stored(config_desc.digest, manifest.layers)
                 return self._record(ref, top, manifest, None, ())
             except _ImageGone:
@@ -266,6 +267,31 @@ class Puller:
         if unpacker is None:
             self._registered(downloaded)
         return self._record(ref, top, manifest, config, diff_ids)
+
+    def _refetch_damaged(self, config: Descriptor) -> None:
+        """A stored image is pulled again: before it is called up to date,
+        each of its blobs (config, its own layers) whose file is missing or
+        not the size recorded (truncated, appended to) is removed and
+        fetched again. Only sizes are checked, which costs a stat a blob;
+        `imgpull verify --repair` finds and mends what only hashing shows."""
+        store = self.store
+        image_id = config.digest
+        layers = store.meta.image_layers(image_id)
+        own = (Descriptor(lr.media_type, lr.digest, lr.size) for lr in layers)
+        blobs = {d.digest: d for d in (config, *own)}
+        problems = {k: store.content.size_problem(k, d.size) for k, d in blobs.items()}
+        bad = {k: blobs[k] for k, problem in problems.items() if problem is not None}
+        if not bad:
+            return
+        for digest, d in bad.items():
+            warning = f"Warning: blob {digest} in the store {problems[digest]}: fetching it again"
+            self.emit(ProgressEvent(warning))
+            store.remove_damaged(digest, partial(_wrong_size, size=d.size))
+        if store.meta.get_image(image_id) is None:
+            raise _ImageGone(image_id)  # removed meanwhile (an `rmi`): pull it
+        wanted = [d for digest, d in bad.items() if digest != image_id]
+        downloaded = self._download_all(bad.get(image_id), wanted)
+        self._registered(downloaded, extracted=not self.options.fetch_only)
 
     def _use_stored(self, image_id: str, layers: Sequence[Descriptor]) -> None:
         """A stored image is pulled again: its root filesystem written if
@@ -527,6 +553,10 @@ class Puller:
 def _settle_from(target: Future[None], source: Future[None]) -> None:
     """`target` ends as `source` did."""
     settle(target, source.exception())
+
+
+def _wrong_size(path: Path, size: int) -> bool:
+    return path.stat().st_size != size
 
 
 def _diff_id(path: Path, max_ratio: int) -> str:

@@ -133,6 +133,34 @@ def image(image_id: str) -> ImageRecord:
     )
 
 
+def test_remove_damaged_checks_again_under_the_lock(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    data = b"layer bytes"
+    path = store.content.put(data, digest(data))
+    assert store.content.size_problem(digest(data), len(data)) is None
+    assert store.content.size_problem(digest(data), len(data) + 1) == (
+        f"is {len(data)} bytes, not {len(data) + 1}"
+    )
+
+    def hashes_wrong(p: Path) -> bool:
+        return digest(p.read_bytes()) != digest(data)
+
+    # A sound file (say, a good copy committed since it was found damaged) stays.
+    assert not store.remove_damaged(digest(data), hashes_wrong)
+    assert path.is_file()
+    path.chmod(0o644)
+    path.write_bytes(b"layer bytez")  # the same size: only a hash tells
+    assert store.content.size_problem(digest(data), len(data)) is None
+    assert store.remove_damaged(digest(data), hashes_wrong)
+    assert not path.exists()
+    assert store.content.size_problem(digest(data), len(data)) == "is missing"
+    assert not store.remove_damaged(digest(data), hashes_wrong)  # gone already
+    # Its lock file went with it; a pull can store it again.
+    assert list((tmp_path / "ingest" / "sha256").iterdir()) == []
+    store.content.put(data, digest(data))
+    assert store.content.read(digest(data)) == data
+
+
 def test_references_report_changes(tmp_path: Path) -> None:
     meta = Store(tmp_path).meta
     a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from imgpull.errors import ImgpullError
@@ -59,6 +60,27 @@ class Store:
             # an unused blob without a file, which gc() removes too.
             self.content.remove(digest)
             return True
+
+    def remove_damaged(self, digest: str, damaged: Callable[[Path], bool]) -> bool:
+        """Delete a blob's file that `damaged(path)` finds broken (truncated,
+        replaced behind our back), so that a pull fetches it again; True if
+        deleted. Its rows stay: the images using it still do.
+
+        The check and the unlink happen holding the blob's lock (a writer
+        committing a good copy meanwhile is waited for, and that copy is what
+        is checked: it stays); the unlink, as delete_blob's, inside a write
+        transaction (a pull recording an image sees the file present or
+        gone, and then fetches it), which the check (maybe a hash) does not
+        hold up.
+        """
+        with self.content.locked(digest) as path:
+            try:
+                if not damaged(path):
+                    return False
+            except FileNotFoundError:
+                return False
+            with self.meta.transaction():
+                return self.content.remove(digest)
 
     def gc(self, *, grace: float = 3600.0) -> list[str]:
         """Delete the blobs (files and rows) no image uses: what a crash

@@ -100,6 +100,17 @@ class ContentStore:
         self._drop_stale_lock(dest)
         return True
 
+    def size_problem(self, digest: str, size: int) -> str | None:
+        """What is wrong with the blob's file by the cheap check a stored
+        image's blobs pass before a pull calls it up to date: "is missing",
+        "is N bytes, not SIZE" (truncated, appended to); None when it is
+        there with `size` bytes (size < 0: unknown, there at all)."""
+        try:
+            got = self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return "is missing"
+        return None if size < 0 or got == size else f"is {got} bytes, not {size}"
+
     def read(self, digest: str) -> bytes:
         try:
             return self.path(digest).read_bytes()

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
@@ -93,6 +93,29 @@ pub fn sha256_file(path: &Path) -> Result<Digest> {
     Ok(Digest::from_hasher(hasher))
 }
 
+/// Copies `src` to `dest` (created or truncated), hashing the bytes in the
+/// same pass; returns their digest, for the caller to compare (an export
+/// checks each blob it writes without reading it twice). Not fsynced, as
+/// the copies it replaced were not (an fsync took a 256 MiB copy from
+/// 0.5-0.9 s to 1.8 s here): the caller decides.
+pub fn copy_sha256(src: &Path, dest: &Path) -> Result<Digest> {
+    let mut input = File::open(src).map_err(|e| CoreError::file("open", src, e))?;
+    let mut out = File::create(dest).map_err(|e| CoreError::file("create", dest, e))?;
+    let mut hasher = Sha256::new();
+    let mut write_error: Option<io::Error> = None;
+    let read = read_chunks(&mut input, |chunk| {
+        if write_error.is_none() {
+            hasher.update(chunk);
+            write_error = out.write_all(chunk).err();
+        }
+    });
+    if let Some(e) = write_error {
+        return Err(CoreError::file("write", dest, e));
+    }
+    read.map_err(|e| CoreError::file("read", src, e))?;
+    Ok(Digest::from_hasher(hasher))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +154,19 @@ mod tests {
         let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         assert_eq!(sha256_file(&path).unwrap(), sha256_bytes(&data));
+    }
+
+    #[test]
+    fn copy_hashes_what_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dest) = (dir.path().join("src"), dir.path().join("dest"));
+        let data: Vec<u8> = (0..2 * CHUNK + 5).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        std::fs::write(&dest, b"longer than nothing: truncated first").unwrap();
+        assert_eq!(copy_sha256(&src, &dest).unwrap(), sha256_bytes(&data));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        let err = copy_sha256(&dir.path().join("none"), &dest).unwrap_err();
+        assert!(matches!(err, CoreError::File { op: "open", .. }), "{err:?}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod tls;
 pub mod writer;
 
 pub use diffid::{decompress_to, diff_id_file};
-pub use digest::{sha256_bytes, sha256_file, Digest};
+pub use digest::{copy_sha256, sha256_bytes, sha256_file, Digest};
 pub use error::{CoreError, FetchKind, Result};
 pub use fetch::{FetchOptions, FetchResponse, Fetcher, Transfer};
 pub use layer::LayerDigest;

@@ -29,6 +29,15 @@ fn sha256_file(py: Python<'_>, path: PathBuf) -> errors::Result<String> {
     Ok(py.detach(|| imgpull_core::sha256_file(&path))?.to_string())
 }
 
+/// Copies `src` to `dest` hashing as it writes; returns 'sha256:<hex>' of
+/// the bytes written (GIL released).
+#[pyfunction]
+fn copy_sha256(py: Python<'_>, src: PathBuf, dest: PathBuf) -> errors::Result<String> {
+    Ok(py
+        .detach(|| imgpull_core::copy_sha256(&src, &dest))?
+        .to_string())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -37,6 +46,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     export::register(m)?;
     m.add_function(wrap_pyfunction!(sha256_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(sha256_file, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_sha256, m)?)?;
     writer::register(m)?;
     m.add_class::<fetch::Transfer>()?;
     m.add_class::<fetch::FetchResult>()?;
