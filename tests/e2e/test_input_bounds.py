@@ -6,6 +6,8 @@ memory, or costs only its own entry."""
 
 from __future__ import annotations
 
+import gc
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from support.images import ImageInfo, LayoutCache, random_layer
 from imgpull import Client
 from imgpull.errors import InvalidReferenceError, RegistryError
 from imgpull.registry.client import MAX_TAGS
+from imgpull.retry import RetryPolicy
 
 REPO = "test/a"
 MiB = 1024 * 1024
@@ -189,3 +192,28 @@ def test_a_platform_with_dot_components_is_refused_before_any_request(
     err = result.stderr
     assert err.count("\n") == 1 and "with a '.' only between them" in err, err
     assert reg.registry.seen() == []
+
+
+# Many registry hosts -------------------------------------------------------------
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MiB
+
+
+def test_many_registry_hosts_share_their_tls_roots(tmp_path: Path) -> None:
+    """Each registry host a Client talked to kept its own copy of the
+    system's TLS roots (~1 MB: Python's and the native side's): a bulk pull
+    naming 200 hosts grew by ~200 MB. One copy is shared now."""
+    refs = [f"127.0.{i // 250}.{i % 250 + 1}:9/a:b" for i in range(200)]
+    with Client(tmp_path / "store", retry=RetryPolicy(attempts=1)) as client:
+        client.pull_many(refs[:2])  # what every pull loads, loaded
+        gc.collect()
+        before = _rss_mb()
+        results = client.pull_many(refs[2:])
+        gc.collect()
+        grown = _rss_mb() - before
+    print(f"RSS grew {grown:.1f} MB for {len(refs) - 2} hosts")
+    assert all(isinstance(r, RegistryError) for r in results), results[:3]
+    assert grown < 40, f"{grown:.0f} MB for {len(refs) - 2} hosts"
