@@ -8,7 +8,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +41,7 @@ from imgpull.pull import Image  # noqa: E402
 from imgpull.reference import DEFAULT_TAG, Reference, parse_reference  # noqa: E402
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
 from imgpull.rfc3339 import parse_rfc3339  # noqa: E402
-from imgpull.safetext import printable  # noqa: E402
+from imgpull.safetext import printable, shown  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
 
 app = typer.Typer(
@@ -140,7 +140,8 @@ def _user_errors() -> Iterator[None]:
 def _print_error(exc: ImgpullError, reference: str | None = None) -> None:
     # Messages quote what servers said: no raw control character (ESC, BEL,
     # CR, bidi override) reaches the terminal.
-    where = "" if reference is None else f"{printable(reference)}: "
+    # A reference from a file may be long: cut, as other echoed input is.
+    where = "" if reference is None else f"{shown(reference, 200)}: "
     typer.echo(f"Error: {where}{printable(str(exc))}", err=True)
     _print_notes(exc)
 
@@ -198,16 +199,39 @@ def _mirrors(references: Sequence[str], given: list[str] | None) -> dict[str, tu
     return mirrors
 
 
+# A line of a references file: a reference is at most a few hundred
+# characters (name 255, tag 128, digest 71, a host), a comment may add some.
+_MAX_LINE = 4096
+_MAX_REFERENCES = 100_000
+
+
 def _read_references(source: str) -> list[str]:
-    """References from a file (`-`: stdin), one a line; `#` starts a comment."""
+    """References from a file (`-`: stdin), one a line; `#` starts a comment.
+    Each line is bounded as it is read, and so is their number: a file that
+    is no list of references ends the run before any pull, in one line."""
+    shown_source = "stdin" if source == "-" else printable(source)
+
+    def bad(problem: str) -> ImgpullError:
+        return ImgpullError(f"cannot read references from {shown_source}: {problem}")
+
+    refs: list[str] = []
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        with ExitStack() as stack:
+            stream = sys.stdin.buffer if source == "-" else stack.enter_context(open(source, "rb"))
+            for number, raw in enumerate(iter(lambda: stream.readline(_MAX_LINE + 1), b""), 1):
+                if len(raw) > _MAX_LINE and not raw.endswith(b"\n"):
+                    raise bad(f"line {number} is over {_MAX_LINE} bytes: one reference a line")
+                try:
+                    line = raw.decode("utf-8").split("#", 1)[0].strip()
+                except UnicodeDecodeError:
+                    raise bad(f"line {number} is not UTF-8 text") from None
+                if line:
+                    if len(refs) == _MAX_REFERENCES:
+                        raise bad(f"more than {_MAX_REFERENCES:,} references: split the file")
+                    refs.append(line)
     except OSError as exc:
-        raise ImgpullError(f"cannot read references from {source}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ImgpullError(f"cannot read references from {source}: not UTF-8 text") from None
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
+        raise bad(exc.strerror or str(exc)) from None
+    return refs
 
 
 @app.command()
@@ -352,9 +376,11 @@ def pull(
             failures: list[str] = []
 
             def tag_failed(tagged: Reference, exc: ImgpullError) -> None:
-                # As a bulk pull: the tag's error, and on to the next tag.
-                failures.append(tagged.familiar())
-                _print_error(exc, tagged.familiar())
+                # As a bulk pull: the tag's error, and on to the next tag
+                # (an invalid tag listed comes with the name alone).
+                label = tagged.familiar()
+                failures.append(f"{label} (an invalid tag)" if tagged.is_name_only else label)
+                _print_error(exc, None if tagged.is_name_only else label)
 
             client.pull_all_tags(
                 given,

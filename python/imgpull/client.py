@@ -458,7 +458,8 @@ class Client:
         """Pull every tag of a repository (`docker pull --all-tags`), in the
         order the registry lists them; the first failure stops the run, unless
         `on_error(tag reference, error)` is given: then a failed tag is passed
-        to it and the others are pulled (only the successes are returned).
+        to it and the others are pulled (only the successes are returned); a
+        listed tag that is not a valid tag is passed with the name alone.
         `fetch_only`: as for pull()."""
         ref = parse_reference(name, default_tag=None) if isinstance(name, str) else name
         if not ref.is_name_only:
@@ -477,7 +478,17 @@ class Client:
             # As docker: one Status line for the whole repository, at the end.
             pulled = []
             for tag in tags:
-                tagged = ref.with_tag(tag)
+                try:
+                    tagged = ref.with_tag(tag)
+                except InvalidReferenceError as exc:
+                    # The list is the registry's: one bad entry costs itself only.
+                    skipped = InvalidReferenceError(
+                        f"{ref.familiar()}: the registry lists an invalid tag, skipped: {exc}"
+                    )
+                    if on_error is None:
+                        raise skipped from None
+                    on_error(ref, skipped)
+                    continue
                 try:
                     pulled.append(
                         self._pull(tagged, want, emit, token, status=False, fetch_only=fetch_only)

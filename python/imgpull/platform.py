@@ -18,6 +18,7 @@ from typing import TypeVar
 from urllib.parse import unquote
 
 from imgpull.errors import InvalidPlatformError
+from imgpull.safetext import shown
 
 __all__ = [
     "InvalidPlatformError",
@@ -113,7 +114,10 @@ _KNOWN_ARCH = frozenset(
     ]
 )
 
-_COMPONENT_RE = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
+# containerd's specifier component ([A-Za-z0-9_-]+ in 1.x); today's also
+# takes dots for arm64's v8.2, so a dot is allowed between characters only:
+# never "." or "..", which a path built from a platform would follow.
+_COMPONENT_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*", re.ASCII)
 # os, or os(version+feature+feature) as containerd's specifier syntax has it.
 _OS_RE = re.compile(
     r"([A-Za-z0-9_-]+)(?:\(([A-Za-z0-9_.%-]*)((?:\+[A-Za-z0-9_.%-]+)*)\))?", re.ASCII
@@ -170,8 +174,12 @@ def normalize_platform(p: Platform) -> Platform:
 
 def _decode_os_option(text: str, specifier: str) -> str:
     if _BAD_ESCAPE_RE.search(text):
-        raise InvalidPlatformError(f"invalid platform {specifier!r}: bad %-escape in {text!r}")
+        raise _invalid(specifier, f"bad %-escape in '{shown(text)}'")
     return unquote(text)
+
+
+def _invalid(specifier: str, problem: str) -> InvalidPlatformError:
+    return InvalidPlatformError(f"invalid platform '{shown(specifier)}': {problem}")
 
 
 def parse_platform(specifier: str, *, default: Platform | None = None) -> Platform:
@@ -183,23 +191,23 @@ def parse_platform(specifier: str, *, default: Platform | None = None) -> Platfo
     if not isinstance(specifier, str):
         raise InvalidPlatformError(f"invalid platform: expected a string, got {type(specifier)}")
     if "*" in specifier:
-        raise InvalidPlatformError(f"invalid platform {specifier!r}: wildcards are not supported")
+        raise _invalid(specifier, "wildcards are not supported")
     parts = specifier.split("/")
     if len(parts) > 3:
-        raise InvalidPlatformError(
-            f"invalid platform {specifier!r}: expected os/architecture[/variant]"
-        )
+        raise _invalid(specifier, "expected os/architecture[/variant]")
     m = _OS_RE.fullmatch(parts[0])
     if m is None:
-        raise InvalidPlatformError(
-            f"invalid platform {specifier!r}: the OS component {parts[0]!r} must be "
-            "letters, digits, '_' or '-', optionally followed by (version+features)"
+        raise _invalid(
+            specifier,
+            f"the OS component '{shown(parts[0])}' must be letters, digits, '_' or '-', "
+            "optionally followed by (version+features)",
         )
     for part in parts[1:]:
         if not _COMPONENT_RE.fullmatch(part):
-            raise InvalidPlatformError(
-                f"invalid platform {specifier!r}: component {part!r} must be letters, "
-                "digits, '_', '.' or '-'"
+            raise _invalid(
+                specifier,
+                f"component '{shown(part)}' must be letters, digits, '_' or '-', "
+                "with a '.' only between them",
             )
     os_name = _normalize_os(m.group(1))
     os_version = _decode_os_option(m.group(2) or "", specifier) or None
@@ -218,9 +226,7 @@ def parse_platform(specifier: str, *, default: Platform | None = None) -> Platfo
         else:
             arch, variant = _normalize_arch(parts[0], None)
             if arch not in _KNOWN_ARCH or m.group(2) is not None:
-                raise InvalidPlatformError(
-                    f"invalid platform {specifier!r}: unknown operating system or architecture"
-                )
+                raise _invalid(specifier, "unknown operating system or architecture")
             # The host's OS, without its version (as containerd's Parse).
             os_name, os_version, features = base.os, None, ()
     else:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from imgpull.errors import InvalidReferenceError
+from imgpull.safetext import shown
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -60,10 +61,7 @@ _SHOW_MAX = 120
 
 def _esc(text: str) -> str:
     """Text made safe for a one-line message: escaped, and cut when long."""
-    shown = repr(text)[1:-1]
-    if len(shown) > _SHOW_MAX:
-        shown = shown[: _SHOW_MAX - 3] + "..."
-    return shown
+    return shown(text, _SHOW_MAX)
 
 
 def _fail(ref: str, problem: str) -> NoReturn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "printable", "redact"]
+__all__ = ["REDACTED", "printable", "redact", "shown"]
 
 REDACTED = "<redacted>"
 
@@ -27,3 +27,11 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """`text` for a one-line message about input (a reference, a platform, a
+    line of a file): escaped as Python writes it, and cut to `limit`
+    characters, so that a huge or hostile input is never echoed whole."""
+    escaped = repr(text)[1:-1]
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."

@@ -247,6 +247,11 @@ class HostileRegistry(Managed):
         self.manifests: dict[tuple[str, str], tuple[bytes, str]] = {}
         self.blobs: dict[str, bytes] = {}
         self.tags: dict[str, list[str]] = {}
+        # When set, every tags/list is paged: page N (from 0) holds
+        # tag_pages(N), made as it is asked for (pages may be huge), with a
+        # Link to the next until tag_page_count pages.
+        self.tag_pages: Callable[[int], list[str]] | None = None
+        self.tag_page_count = 0
         # Path -> absolute URL: GET/HEAD of that path answered 307 there.
         self.redirects: dict[str, str] = {}
         # Kinds of answer whose body is sent one byte every trickle_interval
@@ -356,7 +361,7 @@ class HostileRegistry(Managed):
                 self.error_status, _error_body("DENIED", message), list(self.error_headers)
             )
         else:
-            kind, answer = self._content(req.path)
+            kind, answer = self._content(req.path, req.query)
         return self._paced(kind, answer)
 
     def _paced(self, kind: Kind, answer: Answer) -> Answer:
@@ -374,7 +379,7 @@ class HostileRegistry(Managed):
             return ""
         return ", that is " + base64.b64decode(authorization[6:]).decode(errors="replace")
 
-    def _content(self, path: str) -> tuple[Kind, Answer]:
+    def _content(self, path: str, query: str = "") -> tuple[Kind, Answer]:
         m = _MANIFEST.match(path)
         if m:
             found = self.manifests.get((m["repo"], m["ref"]))
@@ -391,9 +396,18 @@ class HostileRegistry(Managed):
                 return "error", Answer(404, _error_body("BLOB_UNKNOWN", "blob unknown"))
             return "blob", Answer(200, data, [], "application/octet-stream")
         m = _TAGS.match(path)
+        if m and self.tag_pages is not None:
+            return "tags", self._tag_page(m["repo"], int(parse_qs(query).get("page", ["0"])[0]))
         if m and m["repo"] in self.tags:
             return "tags", Answer(200, _json({"name": m["repo"], "tags": self.tags[m["repo"]]}))
         return "error", Answer(404, _error_body("NAME_UNKNOWN", "repository name not known"))
+
+    def _tag_page(self, repo: str, page: int) -> Answer:
+        assert self.tag_pages is not None
+        headers = []
+        if page + 1 < self.tag_page_count:
+            headers.append(("Link", f'</v2/{repo}/tags/list?page={page + 1}>; rel="next"'))
+        return Answer(200, _json({"name": repo, "tags": self.tag_pages(page)}), headers)
 
     # -- the registry's own token realm ------------------------------------
 

@@ -132,6 +132,13 @@ PARSE_INVALID = [
     "linux(" + "+" * 64 * 1024 + ")/amd64",
     "windows(50%zz)/amd64",
     "linux\n/amd64",
+    # A dot between characters only (arm64's v8.2): no path games.
+    "linux/../amd64",
+    "linux/amd64/..",
+    "linux/./amd64",
+    "linux/arm64/.v8",
+    "linux/arm64/v8.",
+    "linux/arm64/v8..2",
 ]
 
 
@@ -141,6 +148,14 @@ def test_parse_platform_invalid(spec: str) -> None:
         parse_platform(spec, default=HOST)
     assert isinstance(info.value, ImgpullError)
     assert isinstance(info.value, ValueError)
+    # One line, and the input cut: a huge specifier is not echoed whole.
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400
+
+
+def test_parse_platform_dot_dot_names_the_component() -> None:
+    with pytest.raises(InvalidPlatformError, match=r"component '\.\.' must be letters"):
+        parse_platform("linux/../amd64", default=HOST)
 
 
 def test_parse_platform_defaults_to_host() -> None:

@@ -8,7 +8,9 @@ one client, one connection pool and one token cache.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import os
 import ssl
 import threading
 from collections.abc import Sequence
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_ACCEPT",
     "MAX_MANIFEST_BYTES",
+    "MAX_TAGS",
     "Endpoint",
     "ManifestHead",
     "ManifestResponse",
@@ -72,6 +75,11 @@ DEFAULT_ACCEPT = ACCEPT
 _MAX_ERROR_BODY = 64 * 1024
 _MAX_TAGS_PAGE = 16 * 1024 * 1024
 _MAX_TAG_PAGES = 10_000
+# A repository's tag list, all pages together: --all-tags pulls each tag, so
+# more than this many is no pull anyone means; the bytes bound the pages'
+# padding (a page may hold anything besides its tags).
+MAX_TAGS = 100_000
+_MAX_TAG_BYTES = 64 * 1024 * 1024
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_HOST = "registry-1.docker.io"
@@ -125,19 +133,43 @@ class Endpoint:
             ) from None
 
     def _ssl_context(self) -> ssl.SSLContext:
-        if self.insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            # The system's roots, as docker and the native Fetcher use; an
-            # extra CA adds to them.
-            ctx = ssl.create_default_context()
-            if self.ca_file:
-                ctx.load_verify_locations(cafile=self.ca_file)
-        if self.client_cert:
-            ctx.load_cert_chain(self.client_cert, self.client_key)
-        return ctx
+        files = (self.ca_file, self.client_cert, self.client_key)
+        return _shared_ssl_context(self.insecure, *files, _versions(files))
+
+
+def _versions(paths: tuple[str | None, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    """What tells a file rewritten in place from the one read before."""
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None  # the load itself says what is wrong
+        out.append(None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+# One context per set of TLS files, shared by every endpoint that has them:
+# each holds the system's roots (~0.8 MB), and a bulk pull may name many hosts.
+@functools.lru_cache(maxsize=16)
+def _shared_ssl_context(
+    insecure: bool,
+    ca_file: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    _versions: tuple[tuple[int, int, int] | None, ...],
+) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif ca_file:
+        # The system's roots, as docker and the native Fetcher use; an
+        # extra CA adds to them.
+        ctx.load_verify_locations(cafile=ca_file)
+    if client_cert:
+        ctx.load_cert_chain(client_cert, client_key)
+    return ctx
 
 
 def _split_host(hostport: str) -> str:
@@ -669,14 +701,22 @@ class RegistryClient:
         tags: list[str] = []
         seen: set[str] = set()
         origin = httpx.URL(self._base)
+        read = 0
         while url is not None and url not in seen and len(seen) < _MAX_TAG_PAGES:
             seen.add(url)
             with self._deadline(f"tag list of {repo}"):
                 body, over, nxt, page_url = self._tags_page(url, repo)
-            if over:
+            read += len(body)
+            if over or read > _MAX_TAG_BYTES:
                 raise RegistryError(f"tag list of {repo} from {self._endpoint.name} is too large")
-            page = _parse_tags(body, repo, self._endpoint.name)
-            tags.extend(page)
+            # Counted before parsing: a page of short tags is millions of
+            # Python strings (each tag is a quoted string; so are the keys).
+            if body.count(b'"') // 2 > MAX_TAGS - len(tags) + 2:
+                raise self._too_many_tags(repo)
+            tags.extend(_parse_tags(body, repo, self._endpoint.name))
+            del body
+            if len(tags) > MAX_TAGS:
+                raise self._too_many_tags(repo)
             url = None
             if nxt:
                 target = page_url.join(nxt)
@@ -691,6 +731,12 @@ class RegistryClient:
                     )
                 url = str(target)
         return tags
+
+    def _too_many_tags(self, repo: str) -> RegistryError:
+        return RegistryError(
+            f"{repo} on {self._endpoint.name} lists more than {MAX_TAGS:,} tags, too many to "
+            "pull them all: pull the tags you need by name"
+        )
 
     def _tags_page(self, url: str, repo: str) -> tuple[bytes, bool, str | None, httpx.URL]:
         """One page of tags/list: its body, whether it was cut, its next link, its URL."""

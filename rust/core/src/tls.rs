@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ureq::tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
 
@@ -34,29 +34,43 @@ pub fn tls_config(opts: &TlsOptions<'_>) -> Result<TlsConfig> {
 /// plus `ca_file`. Falls back to the bundled Mozilla roots only when the
 /// system has none, so an extra CA never silently replaces the public roots.
 fn root_certs(ca_file: Option<&Path>) -> Result<RootCerts> {
-    let native = rustls_native_certs::load_native_certs().certs;
-    let mut certs: Vec<Certificate<'static>> = native
-        .iter()
-        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-        .collect();
-    if let Some(path) = ca_file {
-        let (extra, _) = read_pem(path)?;
-        if extra.is_empty() {
-            return Err(CoreError::Invalid(format!(
-                "CA file {}: no PEM certificate in it",
-                path.display()
-            )));
-        }
-        if certs.is_empty() {
-            // No system roots to add to: trust only what was given.
-            return Ok(RootCerts::Specific(Arc::new(extra)));
-        }
-        certs.extend(extra);
+    let system = system_roots();
+    let Some(path) = ca_file else {
+        // Shared by every Fetcher: a bulk pull may have one per registry host.
+        return Ok(if system.is_empty() {
+            RootCerts::WebPki
+        } else {
+            RootCerts::Specific(Arc::clone(system))
+        });
+    };
+    let (extra, _) = read_pem(path)?;
+    if extra.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "CA file {}: no PEM certificate in it",
+            path.display()
+        )));
     }
-    if certs.is_empty() {
-        return Ok(RootCerts::WebPki);
+    if system.is_empty() {
+        // No system roots to add to: trust only what was given.
+        return Ok(RootCerts::Specific(Arc::new(extra)));
     }
+    let mut certs: Vec<Certificate<'static>> = system.as_ref().clone();
+    certs.extend(extra);
     Ok(RootCerts::Specific(Arc::new(certs)))
+}
+
+/// The system's roots, read once per process (~140 certificates).
+fn system_roots() -> &'static Arc<Vec<Certificate<'static>>> {
+    static ROOTS: OnceLock<Arc<Vec<Certificate<'static>>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let native = rustls_native_certs::load_native_certs().certs;
+        Arc::new(
+            native
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                .collect(),
+        )
+    })
 }
 
 /// The key may live in `key_file` or in the certificate file itself.
