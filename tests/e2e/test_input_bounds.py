@@ -156,7 +156,7 @@ def test_many_failing_lines_echo_each_cut_in_bounded_memory(tmp_path: Path) -> N
     """10k failing lines peaked at 252 MB: each echoed line is cut, and the
     run stays in bounded memory."""
     refs = tmp_path / "refs.txt"
-    bad = "UPPER/" + "x" * 3000  # no valid reference: fails without a request
+    bad = "x" * 3000 + "!"  # no valid reference (a "!"): fails before any request
     refs.write_text("".join(f"{bad}{i}\n" for i in range(10_000)))
     start = time.monotonic()
     code, _out, err, rss_kib = run_cli_measured(
