@@ -240,12 +240,22 @@ def test_two_processes_pull_one_image_into_one_root(
     crash: CrashImage, tmp_path: Path, fault_row: Row
 ) -> None:
     _clear_log(crash.registry)
-    cmd = _pull(crash.ref(), tmp_path, "--json")
-    procs = [
-        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    # A relay of this test's own, slow enough (6 s for the image) that the
+    # second process, started once the first downloads, finds the blobs
+    # still missing however slowly it starts on a loaded machine.
+    with ThrottledRelay(crash.registry.host, rate=RATE // 5) as slow:
+        cmd = _pull(f"{slow.host}/{REPO}:v1", tmp_path, "--json")
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert first.stdout is not None
+        head = []
+        for line in first.stdout:  # ends with the process at the latest
+            head.append(line)
+            if '"Downloading"' in line:
+                break
+        second = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs = [first, second]
+        outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    outputs[0] = ("".join(head) + outputs[0][0], outputs[0][1])
     for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     # Both started before the blobs were there (so both wanted them).

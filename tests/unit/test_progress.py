@@ -9,6 +9,7 @@ import os
 import pty
 import struct
 import termios
+from types import SimpleNamespace
 
 import pytest
 from support.terminal import check_screen, pty_of
@@ -194,7 +195,9 @@ def test_shared_transfer_events_name_every_waiting_pull() -> None:
     the full digest and the size."""
     digest = "sha256:" + "cd" * 32
     desc = Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", digest, 1234)
-    job = _Job(None, desc, layer=True, small=False, wake=lambda: None)  # type: ignore[arg-type]
+    # A source as far as a job reads it before it runs: its host.
+    source = SimpleNamespace(transport=SimpleNamespace(registry=SimpleNamespace(base_url="h")))
+    job = _Job(source, desc, layer=True, small=False, wake=lambda: None)  # type: ignore[arg-type]
     seen: dict[str, list[ProgressEvent]] = {"a": [], "b": []}
     for name in seen:
         pull = PullTransfers(None, CancelToken(), seen[name].append, (name,))  # type: ignore[arg-type]
