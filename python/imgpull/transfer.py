@@ -11,7 +11,9 @@ URLs, and the commit of a layer with its diffID. Across processes the
 per-digest file locks of store/content.py still make one writer per blob.
 
 Each pull holds a CancelToken; cancelling it stops the transfers only it
-wants at their next chunk, and partial files stay for a resume.
+wants at once (a blocked read or write has its socket shut down, by the
+native Transfer for a body, by registry.deadline.interruptible for the
+registry requests a transfer makes), and partial files stay for a resume.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from imgpull.progress import (
     ProgressCallback,
     ProgressEvent,
 )
+from imgpull.registry.deadline import interruptible
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy
 from imgpull.store import Store
@@ -61,9 +64,10 @@ class CancelToken:
         threading.Timer(10, token.cancel).start()
         client.pull(ref, cancel=token)  # PullCancelledError once cancelled
 
-    Transfers stop at their next chunk, partial downloads are kept, and the
-    pull raises the token's `error`. A child token (`child()`) is cancelled
-    with its parent, not the other way round.
+    The request in flight stops at once (its connection is shut down),
+    partial downloads are kept, and the pull raises the token's `error`. A
+    child token (`child()`) is cancelled with its parent, not the other way
+    round.
     """
 
     def __init__(self) -> None:
@@ -275,7 +279,9 @@ class _Job:
         # Pull -> the function that stops watching its token.
         self._wanted: dict[PullTransfers, Callable[[], None]] = {}
         self.owner: PullTransfers | None = None
-        self._cancelled = threading.Event()
+        # Cancelled when no pull wants the job any more; it also interrupts
+        # the registry requests the job's thread makes (a token for the blob).
+        self.token = CancelToken()
         self._finished = False
         self._live: tuple[Transfer, int, int] | None = None
 
@@ -285,7 +291,7 @@ class _Job:
         """Add a pull; False when the job is stopping or ending (then start
         another, which finds the blob stored or resumes its partial file)."""
         with self._lock:
-            if self._cancelled.is_set() or self._finished:
+            if self.token.cancelled or self._finished:
                 return False
             if pull in self._wanted:
                 return True
@@ -308,7 +314,7 @@ class _Job:
             unwatch = self._wanted.pop(pull, None)
             stop = not self._wanted and not self.future.done()
             if stop:
-                self._cancelled.set()
+                self.token.cancel(PullCancelledError("pull cancelled"))
                 live = self._live
         pull._drop(self)
         if unwatch is not None:
@@ -336,15 +342,13 @@ class _Job:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self.token.cancelled
 
     def check(self) -> None:
-        if self._cancelled.is_set():
-            raise PullCancelledError("pull cancelled")
+        self.token.check()
 
     def sleep(self, seconds: float) -> None:
-        if self._cancelled.wait(max(0.0, seconds)):
-            self.check()
+        self.token.sleep(seconds)
 
     def emit(self, event: ProgressEvent) -> None:
         wanting = self.wanting()
@@ -370,7 +374,7 @@ class _Job:
         """A Transfer handle for one attempt, cancelled with the job."""
         transfer = Transfer()
         with self._lock:
-            if self._cancelled.is_set():
+            if self.token.cancelled:
                 transfer.cancel()
             self._live = (transfer, start, self.desc.size)
         try:
@@ -524,7 +528,8 @@ class TransferService:
 
     def _run(self, job: _Job) -> None:
         try:
-            self._download(job)
+            with interruptible(job.token):
+                self._download(job)
         except BaseException as exc:
             with self._lock:
                 if self._jobs.get(job.digest) is job:

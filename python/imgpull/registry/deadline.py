@@ -10,24 +10,34 @@ RegistryTimeoutError naming the limit. Blob bodies are not bounded this way
 
 The deadline is per thread (a context variable): the pool threads of a pull
 each run their own requests.
+
+A request can also be interrupted: inside `interruptible(token)`, each
+connect, read and write of a connection is registered with the token, whose
+cancel shuts that connection's socket down from the cancelling thread. A
+request blocked on a silent server then ends at once (not at its deadline),
+the server sees the connection close, and the request raises the token's
+error. Every registry request (ping, token, manifest, tag page) goes through
+these connections, so one binding per thread covers them all. (A TCP connect
+in progress is not woken by a shutdown: it keeps to its connect timeout.)
 """
 
 from __future__ import annotations
 
 import contextvars
+import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpcore
 import httpx
 
 from imgpull.errors import RegistryTimeoutError, RegistryUnreachableError
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "deadline", "install"]
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Interrupt", "deadline", "install", "interruptible"]
 
 # Seconds for one whole request (manifest, tag page, ping, token) by default.
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -53,6 +63,37 @@ class _Deadline:
 _active: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
     "imgpull_request_deadline", default=None
 )
+
+
+class Interrupt(Protocol):
+    """What stops the requests of a thread: a transfer.CancelToken."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` once cancelled; returns the function that unregisters it."""
+        ...
+
+    def check(self) -> None:
+        """Raise the error the cancel set, if cancelled."""
+        ...
+
+
+_interrupt: contextvars.ContextVar[Interrupt | None] = contextvars.ContextVar(
+    "imgpull_request_interrupt", default=None
+)
+
+
+@contextmanager
+def interruptible(token: Interrupt) -> Iterator[None]:
+    """The requests made inside (on this thread) end as soon as `token` is
+    cancelled, raising its error (see the module docstring)."""
+    reset = _interrupt.set(token)
+    try:
+        yield
+    finally:
+        _interrupt.reset(reset)
 
 
 @contextmanager
@@ -117,16 +158,14 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        d = _active.get()
-        if d is None:
-            stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        else:
-            wait, capped = d.cap(timeout, httpcore.ConnectTimeout)
-            try:
-                stream = self._inner.connect_tcp(host, port, wait, local_address, socket_options)
-            except httpcore.ConnectTimeout:
-                d.hit |= capped
-                raise
+        token = _interrupt.get()
+        if token is not None:
+            token.check()  # no new connection for a cancelled request
+        stream = _bounded(
+            lambda wait: self._inner.connect_tcp(host, port, wait, local_address, socket_options),
+            timeout,
+            httpcore.ConnectTimeout,
+        )
         return _Stream(stream)
 
     def connect_unix_socket(
@@ -138,32 +177,66 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+_R = TypeVar("_R")
+
+
+def _bounded(
+    call: Callable[[float | None], _R], timeout: float | None, error: type[Exception]
+) -> _R:
+    """`call(wait)` with the wait cut to the thread's deadline, if any."""
+    d = _active.get()
+    if d is None:
+        return call(timeout)
+    wait, capped = d.cap(timeout, error)
+    try:
+        return call(wait)
+    except error:
+        d.hit |= capped
+        raise
+
+
 class _Stream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        d = _active.get()
-        if d is None:
-            return self._inner.read(max_bytes, timeout)
-        wait, capped = d.cap(timeout, httpcore.ReadTimeout)
+    def _io(
+        self, call: Callable[[float | None], _R], timeout: float | None, error: type[Exception]
+    ) -> _R:
+        """One blocking operation on the connection, within the deadline, and
+        ended by a cancel of the thread's token: it shuts the socket down."""
+        token = _interrupt.get()
+        if token is None:
+            return _bounded(call, timeout, error)
+        token.check()
+        unregister = token.on_cancel(self._shutdown)
         try:
-            return self._inner.read(max_bytes, wait)
-        except httpcore.ReadTimeout:
-            d.hit |= capped
-            raise
+            return _bounded(call, timeout, error)
+        except Exception:
+            if not token.cancelled:
+                raise
+        finally:
+            unregister()
+            # Whatever the shut socket made of the request (EOF, a reset, a
+            # half-read answer), it was the cancel.
+            token.check()
+        raise AssertionError("unreachable: a cancelled token raises")  # pragma: no cover
+
+    def _shutdown(self) -> None:
+        """Wake whatever thread is blocked on the socket (close() would not).
+        The plain socket's shutdown, also under TLS: the SSL object is left to
+        the blocked thread."""
+        sock = self._inner.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._io(
+            lambda wait: self._inner.read(max_bytes, wait), timeout, httpcore.ReadTimeout
+        )
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        d = _active.get()
-        if d is None:
-            self._inner.write(buffer, timeout)
-            return
-        wait, capped = d.cap(timeout, httpcore.WriteTimeout)
-        try:
-            self._inner.write(buffer, wait)
-        except httpcore.WriteTimeout:
-            d.hit |= capped
-            raise
+        self._io(lambda wait: self._inner.write(buffer, wait), timeout, httpcore.WriteTimeout)
 
     def close(self) -> None:
         self._inner.close()
@@ -174,15 +247,13 @@ class _Stream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        d = _active.get()
-        if d is None:
-            return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-        wait, capped = d.cap(timeout, httpcore.ConnectTimeout)
-        try:
-            return _Stream(self._inner.start_tls(ssl_context, server_hostname, wait))
-        except httpcore.ConnectTimeout:
-            d.hit |= capped
-            raise
+        return _Stream(
+            self._io(
+                lambda wait: self._inner.start_tls(ssl_context, server_hostname, wait),
+                timeout,
+                httpcore.ConnectTimeout,
+            )
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
