@@ -39,6 +39,8 @@ GONE_BOUND = 1.5
 # How long the server holds an answer back for a client that never hangs up
 # (before the fix): well past every bound above.
 SILENCE_LIMIT = 12.0
+# From the server holding an answer back to the client waiting in a read.
+BLOCKED = 0.3
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,6 +88,14 @@ def held(reg: HostileRegistry, within: float = 10.0) -> Silence:
             return silences[0]
         time.sleep(0.01)
     raise AssertionError("the registry never held an answer back")
+
+
+def blocked(reg: HostileRegistry) -> Silence:
+    """The answer held back, once the client is surely blocked waiting for
+    it (a cancel just as the headers come is seen between two reads)."""
+    silence = held(reg)
+    time.sleep(BLOCKED)
+    return silence
 
 
 def hung_up_after(silence: Silence, cancelled_at: float, within: float = 5.0) -> float:
@@ -158,7 +168,7 @@ def test_close_interrupts_the_request_in_flight(
 
     worker = threading.Thread(target=pull, daemon=True)
     worker.start()
-    silence = held(reg)
+    silence = blocked(reg)
     start = time.monotonic()
     c.close()
     closing = time.monotonic() - start
@@ -185,7 +195,7 @@ def test_task_cancel_ends_the_worker_and_its_connection(
         ) as ac:
             before = set(threading.enumerate())
             task = asyncio.create_task(ac.pull(reg.ref(f"{REPO}:v1")))
-            silence = await asyncio.to_thread(held, reg)
+            silence = await asyncio.to_thread(blocked, reg)
             workers = [
                 t for t in set(threading.enumerate()) - before if t.name == "imgpull-aio-pull"
             ]
@@ -221,7 +231,7 @@ def test_pull_many_stops_promptly(
     cancelled_at: list[float] = []
 
     def cancel_when_held() -> None:
-        held(reg)
+        blocked(reg)
         cancelled_at.append(time.monotonic())
         token.cancel()
 
