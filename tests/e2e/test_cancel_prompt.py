@@ -27,7 +27,7 @@ from support.images import ImageInfo, LayoutCache, random_layer
 from imgpull import AsyncClient, CancelToken, Client
 from imgpull.errors import PullCancelledError, PullTimeoutError
 
-Where = Literal["ping", "token", "manifest", "config", "layer"]
+Where = Literal["ping", "token", "manifest", "config", "layer", "tags"]
 WHERE: tuple[Where, ...] = ("ping", "token", "manifest", "config", "layer")
 REPO = "test/a"
 TIMEOUT = 2.0
@@ -66,8 +66,8 @@ def reg(image: ImageInfo) -> Iterator[HostileRegistry]:
 def hold(reg: HostileRegistry, image: ImageInfo, where: Where) -> None:
     """Make the registry hold back its answer to `where`: the ping's and the
     token's bodies, the manifest's headers (HEAD), the config's or the top
-    layer's body."""
-    if where in ("ping", "token", "manifest"):
+    layer's body, the tag list's body."""
+    if where in ("ping", "token", "manifest", "tags"):
         reg.silent.add(where)
     elif where == "config":
         reg.silent.add(image.config_digest)
@@ -150,19 +150,23 @@ def test_a_timeout_interrupts_the_request_and_frees_dir_and_store(
     assert closing < GONE_BOUND
 
 
-@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("where", [*WHERE, "tags"])
 def test_close_interrupts_the_request_in_flight(
     reg: HostileRegistry, image: ImageInfo, tmp_path: Path, where: Where
 ) -> None:
-    """close() while a pull waits on a silent answer returns at once, the
-    pull ends with PullCancelledError and its connection is closed."""
+    """close() while a pull (of every tag, for a silent tag list) waits on a
+    silent answer returns at once, the pull ends with PullCancelledError and
+    its connection is closed."""
     hold(reg, image, where)
     c = client(tmp_path / "store")
     errors: list[BaseException] = []
 
     def pull() -> None:
         try:
-            c.pull(reg.ref(f"{REPO}:v1"))
+            if where == "tags":
+                c.pull_all_tags(reg.ref(REPO))
+            else:
+                c.pull(reg.ref(f"{REPO}:v1"))
         except BaseException as exc:
             errors.append(exc)
 
