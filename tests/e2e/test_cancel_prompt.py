@@ -14,6 +14,7 @@ SILENCE_LIMIT s), whatever the cancel.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -255,3 +256,29 @@ def test_pull_many_stops_promptly(
     assert len(results) == 1 and isinstance(results[0], error), results
     assert took < bound
     assert_connection_closed(held(reg), cancelled_at[0], where)
+
+
+@pytest.fixture
+def unanswered() -> Iterator[str]:
+    """host:port of a listener whose accept queue is full: a connect to it
+    hangs (the kernel drops the SYNs), as to a host that does not answer."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        host = f"127.0.0.1:{listener.getsockname()[1]}"
+        with socket.create_connection(listener.getsockname(), timeout=5):  # fills the queue
+            probe = socket.socket()
+            probe.settimeout(0.5)
+            with probe, pytest.raises(TimeoutError):
+                probe.connect(listener.getsockname())
+            yield host
+
+
+def test_a_timeout_interrupts_a_connect(unanswered: str, tmp_path: Path) -> None:
+    """pull(timeout=2) to a registry whose connect hangs returns in time
+    (the connect's socket is shut down), not at the 30 s connect timeout."""
+    with client(tmp_path / "store") as c:
+        start = time.monotonic()
+        with pytest.raises(PullTimeoutError):
+            c.pull(f"{unanswered}/{REPO}:v1", timeout=TIMEOUT)
+        took = time.monotonic() - start
+    print(f"connect: pull(timeout={TIMEOUT:g}) returned after {took:.2f} s")
+    assert took < RETURN_BOUND

@@ -16,9 +16,10 @@ connect, read and write of a connection is registered with the token, whose
 cancel shuts that connection's socket down from the cancelling thread. A
 request blocked on a silent server then ends at once (not at its deadline),
 the server sees the connection close, and the request raises the token's
-error. Every registry request (ping, token, manifest, tag page) goes through
-these connections, so one binding per thread covers them all. (A TCP connect
-in progress is not woken by a shutdown: it keeps to its connect timeout.)
+error. A connect in progress is aborted the same way (its socket is made
+here, not in socket.create_connection, so that it can be registered before
+it connects). Every registry request (ping, token, manifest, tag page) goes
+through these connections, so one binding per thread covers them all.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 
 from imgpull.errors import RegistryTimeoutError, RegistryUnreachableError
 
@@ -159,14 +162,15 @@ class _Backend(httpcore.NetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
         token = _interrupt.get()
+
+        def connect(wait: float | None) -> httpcore.NetworkStream:
+            if token is not None and isinstance(self._inner, httpcore.SyncBackend):
+                return _connect(host, port, wait, local_address, socket_options, token)
+            return self._inner.connect_tcp(host, port, wait, local_address, socket_options)
+
         if token is not None:
             token.check()  # no new connection for a cancelled request
-        stream = _bounded(
-            lambda wait: self._inner.connect_tcp(host, port, wait, local_address, socket_options),
-            timeout,
-            httpcore.ConnectTimeout,
-        )
-        return _Stream(stream)
+        return _Stream(_bounded(connect, timeout, httpcore.ConnectTimeout))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -178,6 +182,58 @@ class _Backend(httpcore.NetworkBackend):
 
 
 _R = TypeVar("_R")
+
+
+def _shut(sock: object) -> None:
+    """Wake whatever thread is blocked on `sock` (close() would not), a
+    connect included. The plain socket's shutdown, also under TLS: the SSL
+    object is left to the blocked thread."""
+    if isinstance(sock, socket.socket):
+        with suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _connect(
+    host: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[Any] | None,
+    token: Interrupt,
+) -> httpcore.NetworkStream:
+    """httpcore's SyncBackend.connect_tcp (socket.create_connection, each
+    address in turn), with each socket registered with `token` while it
+    connects: a cancel shuts it down, which aborts the connect."""
+    try:
+        error = OSError(f"no address found for {host}")
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            unregister = token.on_cancel(partial(_shut, sock))
+            try:
+                sock.settimeout(timeout)
+                if local_address is not None:
+                    sock.bind((local_address, 0))
+                sock.connect(address)
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            finally:
+                unregister()
+                if token.cancelled:
+                    sock.close()
+                    token.check()
+            return SyncStream(sock)
+        raise error
+    except TimeoutError as exc:  # socket.timeout
+        raise httpcore.ConnectTimeout(str(exc)) from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc)) from exc
 
 
 def _bounded(
@@ -222,13 +278,7 @@ class _Stream(httpcore.NetworkStream):
         raise AssertionError("unreachable: a cancelled token raises")  # pragma: no cover
 
     def _shutdown(self) -> None:
-        """Wake whatever thread is blocked on the socket (close() would not).
-        The plain socket's shutdown, also under TLS: the SSL object is left to
-        the blocked thread."""
-        sock = self._inner.get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            with suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        _shut(self._inner.get_extra_info("socket"))
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return self._io(
