@@ -358,6 +358,73 @@ fn cancel_interrupts_a_wait_for_the_headers() {
     assert_cancel_interrupts(None);
 }
 
+/// A keep-alive server on one connection: the first answer at once, the
+/// second after `delay`. Returns its address and how many connections it got.
+fn keep_alive_server(body: &'static [u8], delay: Duration) -> (String, Arc<Mutex<usize>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let counted = connections.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            *counted.lock().unwrap() += 1;
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                for answer in 0..2 {
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answer == 1 {
+                        thread::sleep(delay);
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/b"), connections)
+}
+
+/// A finished fetch forgets its connection: cancelling its Transfer later
+/// does not cut the pooled connection another fetch is using.
+#[test]
+fn a_finished_transfer_cancelled_leaves_the_pooled_connection_alone() {
+    const BODY: &[u8] = b"0123456789";
+    let (url, connections) = keep_alive_server(BODY, Duration::from_millis(600));
+    let fetcher = default_fetcher();
+    let first = Arc::new(Transfer::new());
+    let mut blob = writer_for(BODY);
+    fetcher
+        .fetch_blob(&url, &no_headers(), &mut blob.writer, Some(&first))
+        .unwrap();
+    let stale = first.clone();
+    let canceller = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        stale.cancel();
+    });
+    let second = Transfer::new();
+    let mut blob = writer_for(BODY);
+    let res = fetcher
+        .fetch_blob(&url, &no_headers(), &mut blob.writer, Some(&second))
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!((res.status, res.written), (200, BODY.len() as u64));
+    assert_eq!(
+        *connections.lock().unwrap(),
+        1,
+        "the second fetch reused the connection"
+    );
+}
+
 #[test]
 fn stalled_body_is_a_timeout() {
     let server = Server::start(|_, s| {
