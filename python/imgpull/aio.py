@@ -56,8 +56,9 @@ from imgpull.transfer import CancelToken
 _T = TypeVar("_T")
 # How long a cancelled coroutine waits for its pull to stop. The request in
 # flight is interrupted (its connection shut down), so the pull stops well
-# within it; a TCP connect in progress is not, and is then left to end on its
-# own (having been cancelled, the pull writes nothing after it).
+# within it; a blob's TCP connect in progress is not (ureq cannot), and is
+# then left to end on its own (having been cancelled, the pull writes nothing
+# after it).
 _STOP_WAIT = 2.0
 
 # A blocking Client call, given the pull's token and the progress callback

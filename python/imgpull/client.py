@@ -210,8 +210,8 @@ class Client:
             )
         with self._pulls:
             stopped = self._pulls.wait_for(lambda: not self._live, timeout=_CLOSE_WAIT)
-        # A pull stuck past the wait (in a TCP connect, which a cancel does
-        # not interrupt) is not waited for: it has been cancelled.
+        # A pull stuck past the wait (in a blob's TCP connect, which a cancel
+        # does not interrupt) is not waited for: it has been cancelled.
         self._transfers.close(wait=stopped)
         self._transports.close()
         self._tls.close()

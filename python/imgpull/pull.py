@@ -134,7 +134,7 @@ def pull_status(name: str, updated: bool) -> str:
 
 
 # How long a stopped pull waits for its transfers to end (at once: a cancel
-# shuts their connections down; but for a TCP connect in progress).
+# shuts their connections down; but for a blob's TCP connect in progress).
 _SETTLE = 5.0
 
 
