@@ -282,3 +282,37 @@ def test_a_timeout_interrupts_a_connect(unanswered: str, tmp_path: Path) -> None
         took = time.monotonic() - start
     print(f"connect: pull(timeout={TIMEOUT:g}) returned after {took:.2f} s")
     assert took < RETURN_BOUND
+
+
+@pytest.mark.parametrize("where", ["ping", "token"])
+def test_a_cancel_ends_a_wait_for_another_pulls_request(
+    reg: HostileRegistry, image: ImageInfo, tmp_path: Path, where: Where
+) -> None:
+    """Two pulls of one repository on one Client: the second waits for the
+    first's ping or token request (one per registry, one per scope), held
+    back by the server; cancelling the second alone ends its wait at once."""
+    hold(reg, image, where)
+    first, second = CancelToken(), CancelToken()
+    errors: dict[str, BaseException] = {}
+
+    def pull(name: str, token: CancelToken) -> None:
+        try:
+            c.pull(reg.ref(f"{REPO}:v1"), cancel=token)
+        except BaseException as exc:
+            errors[name] = exc
+
+    with client(tmp_path / "store") as c:
+        threading.Thread(target=pull, args=("first", first), daemon=True).start()
+        blocked(reg)
+        waiting = threading.Thread(target=pull, args=("second", second), daemon=True)
+        waiting.start()
+        time.sleep(BLOCKED)  # waiting for the first's request by then
+        start = time.monotonic()
+        second.cancel()
+        waiting.join(GONE_BOUND)
+        took = time.monotonic() - start
+        print(f"{where}: the waiting pull ended {took:.2f} s after its cancel")
+        assert not waiting.is_alive()
+        assert isinstance(errors.get("second"), PullCancelledError), errors
+        assert len(reg.silences()) == 1  # the second sent no request of its own
+        first.cancel()

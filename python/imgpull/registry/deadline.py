@@ -19,7 +19,9 @@ the server sees the connection close, and the request raises the token's
 error. A connect in progress is aborted the same way (its socket is made
 here, not in socket.create_connection, so that it can be registered before
 it connects). Every registry request (ping, token, manifest, tag page) goes
-through these connections, so one binding per thread covers them all.
+through these connections, so one binding per thread covers them all. A
+thread waiting for another's request (the ping, a token both need) waits in
+`locked(lock)`, which a cancel ends too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -40,10 +43,19 @@ from httpcore._backends.sync import SyncStream
 
 from imgpull.errors import RegistryTimeoutError, RegistryUnreachableError
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Interrupt", "deadline", "install", "interruptible"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "Interrupt",
+    "deadline",
+    "install",
+    "interruptible",
+    "locked",
+]
 
 # Seconds for one whole request (manifest, tag page, ping, token) by default.
 DEFAULT_REQUEST_TIMEOUT = 60.0
+# How often a wait in locked() looks at the thread's token.
+_LOCK_POLL = 0.05
 
 
 @dataclass
@@ -97,6 +109,23 @@ def interruptible(token: Interrupt) -> Iterator[None]:
         yield
     finally:
         _interrupt.reset(reset)
+
+
+@contextmanager
+def locked(lock: threading.Lock) -> Iterator[None]:
+    """`with lock`, for a lock held across another thread's request: inside
+    interruptible(token), the wait ends with the token's error once it is
+    cancelled (the other request may hold the lock until its deadline)."""
+    token = _interrupt.get()
+    if token is None:
+        lock.acquire()
+    else:
+        while not lock.acquire(timeout=_LOCK_POLL):
+            token.check()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
