@@ -54,10 +54,11 @@ from imgpull.reference import Reference
 from imgpull.transfer import CancelToken
 
 _T = TypeVar("_T")
-# How long a cancelled coroutine waits for its pull to stop. The transfers
-# stop at their next chunk, well within it; a manifest request to a silent
-# server is not interrupted, and is then left to end on its own (having been
-# cancelled, the pull writes nothing after it).
+# How long a cancelled coroutine waits for its pull to stop. The request in
+# flight is interrupted (its connection shut down), so the pull stops well
+# within it; a blob's TCP connect in progress is not (ureq cannot), and is
+# then left to end on its own (having been cancelled, the pull writes nothing
+# after it).
 _STOP_WAIT = 2.0
 
 # A blocking Client call, given the pull's token and the progress callback

@@ -50,7 +50,7 @@ from imgpull.progress import ProgressCallback, ProgressEvent, with_refs
 from imgpull.pull import Image, Puller, PullOptions, pull_status
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
 from imgpull.registry import Credentials, Endpoint, endpoint_for
-from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT
+from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, interruptible
 from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.rfc3339 import parse_rfc3339
 from imgpull.rootfs import RootfsTarget, check_outside_store
@@ -226,8 +226,8 @@ class Client:
             )
         with self._pulls:
             stopped = self._pulls.wait_for(lambda: not self._live, timeout=_CLOSE_WAIT)
-        # A transfer stuck past the wait (a silent server, until its stall
-        # window) is not waited for: it has been cancelled, nothing wants it.
+        # A pull stuck past the wait (in a blob's TCP connect, which a cancel
+        # does not interrupt) is not waited for: it has been cancelled.
         self._transfers.close(wait=stopped)
         self._transports.close()
         self._tls.close()
@@ -363,7 +363,8 @@ class Client:
         own, detach = token.child()
         try:
             ref = parse_reference(reference) if isinstance(reference, str) else reference
-            return self._pull(ref, want, emit, own, fetch_only=fetch_only)
+            with interruptible(own):  # this thread's requests
+                return self._pull(ref, want, emit, own, fetch_only=fetch_only)
         except ImgpullError as exc:
             return own.error if own.cancelled and own.error is not None else exc
         finally:
@@ -372,7 +373,9 @@ class Client:
     @contextmanager
     def _running(self, cancel: CancelToken | None, timeout: float | None) -> Iterator[CancelToken]:
         """A token for pulls, cancelled with `cancel`, after `timeout` seconds
-        and by close(); a failure once it is cancelled raises its error."""
+        and by close(), which also interrupts this thread's registry requests
+        (registry.deadline.interruptible); a failure once it is cancelled
+        raises its error."""
         if timeout is not None and not timeout > 0:
             raise ImgpullError("the pull timeout must be a positive number of seconds")
         token, detach = cancel.child() if cancel is not None else (CancelToken(), lambda: None)
@@ -391,7 +394,8 @@ class Client:
             timer.daemon = True
             timer.start()
         try:
-            yield token
+            with interruptible(token):
+                yield token
         except ImgpullError:
             # Whatever the cancel broke (a transfer, a wait) says less than why.
             if token.cancelled and token.error is not None:

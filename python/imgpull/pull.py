@@ -133,7 +133,8 @@ def pull_status(name: str, updated: bool) -> str:
     return f"Image is up to date for {name}"
 
 
-# How long a stopped pull waits for its transfers to end (at their next chunk).
+# How long a stopped pull waits for its transfers to end (at once: a cancel
+# shuts their connections down; but for a blob's TCP connect in progress).
 _SETTLE = 5.0
 
 

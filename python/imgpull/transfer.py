@@ -13,7 +13,9 @@ URLs, and the commit of a layer with its diffID. Across processes the
 per-digest file locks of store/content.py still make one writer per blob.
 
 Each pull holds a CancelToken; cancelling it stops the transfers only it
-wants at their next chunk, and partial files stay for a resume.
+wants at once (a blocked read or write has its socket shut down, by the
+native Transfer for a body, by registry.deadline.interruptible for the
+registry requests a transfer makes), and partial files stay for a resume.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from imgpull.progress import (
     ProgressCallback,
     ProgressEvent,
 )
+from imgpull.registry.deadline import interruptible
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy
 from imgpull.store import Store
@@ -72,9 +75,10 @@ class CancelToken:
         threading.Timer(10, token.cancel).start()
         client.pull(ref, cancel=token)  # PullCancelledError once cancelled
 
-    Transfers stop at their next chunk, partial downloads are kept, and the
-    pull raises the token's `error`. A child token (`child()`) is cancelled
-    with its parent, not the other way round.
+    The request in flight stops at once (its connection is shut down),
+    partial downloads are kept, and the pull raises the token's `error`. A
+    child token (`child()`) is cancelled with its parent, not the other way
+    round.
     """
 
     def __init__(self) -> None:
@@ -295,7 +299,9 @@ class _Job:
         # Pull -> the function that stops watching its token.
         self._wanted: dict[PullTransfers, Callable[[], None]] = {}
         self.owner: PullTransfers | None = None
-        self._cancelled = threading.Event()
+        # Cancelled when no pull wants the job any more; it also interrupts
+        # the registry requests the job's thread makes (a token for the blob).
+        self.token = CancelToken()
         # Set when cancelled or superseded: what its waits (a retry's delay) watch.
         self._stop = threading.Event()
         # Another job stored the blob first: this one stops, and succeeds.
@@ -312,7 +318,7 @@ class _Job:
         """Add a pull; False when the job is stopping or ending (then start
         another, which finds the blob stored or resumes its partial file)."""
         with self._lock:
-            if self._cancelled.is_set() or self._finished:
+            if self.token.cancelled or self._finished:
                 return False
             if pull in self._wanted:
                 return True
@@ -335,7 +341,7 @@ class _Job:
             unwatch = self._wanted.pop(pull, None)
             stop = not self._wanted and not self.future.done()
             if stop:
-                self._cancelled.set()
+                self.token.cancel(PullCancelledError("pull cancelled"))
                 self._stop.set()
                 live = self._live
         pull._drop(self)
@@ -364,7 +370,7 @@ class _Job:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self.token.cancelled
 
     @property
     def stopping(self) -> bool:
@@ -376,8 +382,7 @@ class _Job:
         return self._superseded
 
     def check(self) -> None:
-        if self._cancelled.is_set():
-            raise PullCancelledError("pull cancelled")
+        self.token.check()
         if self._superseded:
             raise _Superseded("another copy of the blob was stored first")
 
@@ -742,7 +747,8 @@ class TransferService:
 
     def _run(self, job: _Job) -> None:
         try:
-            self._download(job)
+            with interruptible(job.token):
+                self._download(job)
         except BaseException as exc:
             self._forget(job)
             job.finish()

@@ -7,8 +7,10 @@ body), so a test can check where a credential went:
 * the **registry** (127.0.0.1): serves an image (``add_image``) behind no
   auth, Basic, or Bearer auth, and misbehaves as told: ``redirects`` a path
   to another URL (307), ``trickle``s a kind of answer (``trickle_head``: its
-  headers too) one byte every ``trickle_interval`` seconds, answers with an
-  error (``error_status``, optionally echoing back the credentials it got);
+  headers too) one byte every ``trickle_interval`` seconds, goes ``silent``
+  (after the headers; ``silent_head``: before them) until the client hangs
+  up, logging when it did (``silences``), answers with an error
+  (``error_status``, optionally echoing back the credentials it got);
 * its **realm** (127.0.0.1, another port): the token server the registry
   itself names, which checks the Basic credentials or an identity token
   (OAuth POST) and hands out tokens, or redirects (``realm_redirect``);
@@ -16,8 +18,9 @@ body), so a test can check where a credential went:
   of its own (``Bearer`` with a realm on itself, or ``Basic``), and hands out
   a token at ``/token`` to whoever asks.
 
-Every behaviour is bounded: a trickle stops after ``trickle_limit`` seconds or
-when the client hangs up, and stopping the servers ends every handler.
+Every behaviour is bounded: a trickle or a silence stops after
+``trickle_limit`` seconds or when the client hangs up, and stopping the
+servers ends every handler.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import base64
 import json
 import re
 import secrets
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -68,6 +73,16 @@ class Seen:
 
 
 @dataclass
+class Silence:
+    """One answer a server held back: when it began (time.monotonic()) and
+    when the client hung up (None: not yet, or it never did)."""
+
+    target: str
+    began: float
+    hung_up: float | None = None
+
+
+@dataclass
 class Answer:
     status: int
     body: bytes = b""
@@ -77,6 +92,10 @@ class Answer:
     # trickle_head, of the status line and headers too.
     trickle: float | None = None
     trickle_head: bool = False
+    # Nothing more after the headers (with silent_head, or for a HEAD:
+    # nothing at all) until the client hangs up.
+    silent: bool = False
+    silent_head: bool = False
 
 
 Route = Callable[["Request"], Answer]
@@ -103,6 +122,7 @@ class Host:
         self._lock = threading.Lock()
         self._serving: ServerThread | None = None
         self.trickle_limit = 20.0
+        self._silences: list[Silence] = []
 
     @property
     def host(self) -> str:
@@ -116,6 +136,28 @@ class Host:
     def seen(self) -> list[Seen]:
         with self._lock:
             return list(self._log)
+
+    def silences(self) -> list[Silence]:
+        with self._lock:
+            return list(self._silences)
+
+    def _silence(self, target: str, sock: socket.socket) -> None:
+        """Hold the answer to `target` until the client hangs up (bounded)."""
+        silence = Silence(target, time.monotonic())
+        with self._lock:
+            self._silences.append(silence)
+        give_up = silence.began + self.trickle_limit
+        while time.monotonic() < give_up and self._pause(0):
+            if not select.select([sock], [], [], 0.02)[0]:
+                continue
+            try:
+                gone = not sock.recv(1, socket.MSG_PEEK)
+            except OSError:
+                gone = True
+            if gone:
+                silence.hung_up = time.monotonic()
+                return
+            self._pause(0.02)  # bytes of a next request: not a hang-up
 
     def start(self) -> None:
         self._serving = ServerThread(self._bind, _handler(self), f"hostile-{self.name}")
@@ -178,7 +220,13 @@ def _handler(host: Host) -> type[BaseHTTPRequestHandler]:
             lines.append(f"Content-Length: {len(answer.body)}")
             head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             body = b"" if self.command == "HEAD" else answer.body
-            if answer.trickle is None:
+            if answer.silent:
+                if not answer.silent_head and self.command != "HEAD":
+                    self.wfile.write(head)  # the body never comes
+                    self.wfile.flush()
+                self.close_connection = True
+                host._silence(self.path, self.connection)
+            elif answer.trickle is None:
                 self.wfile.write(head + body)
             elif answer.trickle_head:
                 self._trickle(head + body, answer.trickle)
@@ -259,6 +307,10 @@ class HostileRegistry(Managed):
         self.trickle: set[Kind] = set()
         self.trickle_head: set[Kind] = set()
         self.trickle_interval = 1.0
+        # Kinds of answer (or blob digests) held back until the client hangs
+        # up: after the headers, or in silent_head before them (Host.silences).
+        self.silent: set[str] = set()
+        self.silent_head: set[str] = set()
         # When set, the requests of `error_on` get this status and an
         # error body with `error_message` (after authentication).
         self.error_status: int | None = None
@@ -303,6 +355,10 @@ class HostileRegistry(Managed):
 
     def ref(self, repo_ref: str) -> str:
         return f"{self.registry.host}/{repo_ref}"
+
+    def silences(self) -> list[Silence]:
+        """The answers held back, by the registry and by its realm."""
+        return sorted(self.registry.silences() + self.realm.silences(), key=lambda s: s.began)
 
     def redirect_to_evil(self, path: str) -> None:
         """GET/HEAD of `path` (e.g. /v2/test/a/manifests/v1) goes to the evil host."""
@@ -362,10 +418,14 @@ class HostileRegistry(Managed):
             )
         else:
             kind, answer = self._content(req.path, req.query)
-        return self._paced(kind, answer)
+        return self._paced(kind, answer, req.path)
 
-    def _paced(self, kind: Kind, answer: Answer) -> Answer:
-        if kind in self.trickle or kind in self.trickle_head:
+    def _paced(self, kind: Kind, answer: Answer, path: str) -> Answer:
+        names = {kind, path.rsplit("/", 1)[-1]}  # a blob also by its digest
+        if names & (self.silent | self.silent_head):
+            answer.silent = True
+            answer.silent_head = bool(names & self.silent_head)
+        elif kind in self.trickle or kind in self.trickle_head:
             answer.trickle = self.trickle_interval
             answer.trickle_head = kind in self.trickle_head
             if answer.content_type == "application/json":
@@ -430,7 +490,8 @@ class HostileRegistry(Managed):
             return Answer(401, _json({"details": f"wrong credentials{echo}"}))
         token = "tok-" + secrets.token_hex(16)
         self.tokens.add(token)
-        return self._paced("token", Answer(200, _json({"token": token, "expires_in": 300})))
+        answer = Answer(200, _json({"token": token, "expires_in": 300}))
+        return self._paced("token", answer, req.path)
 
     # -- the evil host --------------------------------------------------------
 

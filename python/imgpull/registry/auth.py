@@ -18,7 +18,7 @@ from urllib.parse import quote, quote_plus
 import httpx
 
 from imgpull.errors import AuthenticationError, RegistryError
-from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, deadline
+from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, deadline, locked
 from imgpull.registry.errors import (
     header_values,
     json_object,
@@ -356,7 +356,7 @@ class Authenticator:
             if tok is not None and tok.expires_at > _now():
                 return "Bearer " + tok.value
             key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
+        with locked(key_lock):  # another thread may be fetching it
             with self._lock:
                 tok = self._tokens.get(key)
                 if tok is not None and tok.expires_at > _now():

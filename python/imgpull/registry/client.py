@@ -359,7 +359,7 @@ class RegistryClient:
 
     def ping(self) -> Challenge | None:
         """GET /v2/ and record the auth challenge it answers (None: no auth)."""
-        with self._ping_lock:
+        with deadline.locked(self._ping_lock):
             challenge = self._ping_locked()
             self._pinged = True
             return challenge
@@ -367,7 +367,7 @@ class RegistryClient:
     def _ensure_pinged(self) -> None:
         if self._pinged:
             return
-        with self._ping_lock:
+        with deadline.locked(self._ping_lock):  # another thread may be pinging
             if not self._pinged:
                 self._ping_locked()
                 self._pinged = True

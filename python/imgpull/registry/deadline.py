@@ -10,27 +10,52 @@ RegistryTimeoutError naming the limit. Blob bodies are not bounded this way
 
 The deadline is per thread (a context variable): the pool threads of a pull
 each run their own requests.
+
+A request can also be interrupted: inside `interruptible(token)`, each
+connect, read and write of a connection is registered with the token, whose
+cancel shuts that connection's socket down from the cancelling thread. A
+request blocked on a silent server then ends at once (not at its deadline),
+the server sees the connection close, and the request raises the token's
+error. A connect in progress is aborted the same way (its socket is made
+here, not in socket.create_connection, so that it can be registered before
+it connects). Every registry request (ping, token, manifest, tag page) goes
+through these connections, so one binding per thread covers them all. A
+thread waiting for another's request (the ping, a token both need) waits in
+`locked(lock)`, which a cancel ends too.
 """
 
 from __future__ import annotations
 
 import contextvars
+import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 
 from imgpull.errors import RegistryTimeoutError, RegistryUnreachableError
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "deadline", "install"]
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT",
+    "Interrupt",
+    "deadline",
+    "install",
+    "interruptible",
+    "locked",
+]
 
 # Seconds for one whole request (manifest, tag page, ping, token) by default.
 DEFAULT_REQUEST_TIMEOUT = 60.0
+# How often a wait in locked() looks at the thread's token.
+_LOCK_POLL = 0.05
 
 
 @dataclass
@@ -53,6 +78,54 @@ class _Deadline:
 _active: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
     "imgpull_request_deadline", default=None
 )
+
+
+class Interrupt(Protocol):
+    """What stops the requests of a thread: a transfer.CancelToken."""
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run `callback` once cancelled; returns the function that unregisters it."""
+        ...
+
+    def check(self) -> None:
+        """Raise the error the cancel set, if cancelled."""
+        ...
+
+
+_interrupt: contextvars.ContextVar[Interrupt | None] = contextvars.ContextVar(
+    "imgpull_request_interrupt", default=None
+)
+
+
+@contextmanager
+def interruptible(token: Interrupt) -> Iterator[None]:
+    """The requests made inside (on this thread) end as soon as `token` is
+    cancelled, raising its error (see the module docstring)."""
+    reset = _interrupt.set(token)
+    try:
+        yield
+    finally:
+        _interrupt.reset(reset)
+
+
+@contextmanager
+def locked(lock: threading.Lock) -> Iterator[None]:
+    """`with lock`, for a lock held across another thread's request: inside
+    interruptible(token), the wait ends with the token's error once it is
+    cancelled (the other request may hold the lock until its deadline)."""
+    token = _interrupt.get()
+    if token is None:
+        lock.acquire()
+    else:
+        while not lock.acquire(timeout=_LOCK_POLL):
+            token.check()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager
@@ -117,17 +190,16 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        d = _active.get()
-        if d is None:
-            stream = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        else:
-            wait, capped = d.cap(timeout, httpcore.ConnectTimeout)
-            try:
-                stream = self._inner.connect_tcp(host, port, wait, local_address, socket_options)
-            except httpcore.ConnectTimeout:
-                d.hit |= capped
-                raise
-        return _Stream(stream)
+        token = _interrupt.get()
+
+        def connect(wait: float | None) -> httpcore.NetworkStream:
+            if token is not None and isinstance(self._inner, httpcore.SyncBackend):
+                return _connect(host, port, wait, local_address, socket_options, token)
+            return self._inner.connect_tcp(host, port, wait, local_address, socket_options)
+
+        if token is not None:
+            token.check()  # no new connection for a cancelled request
+        return _Stream(_bounded(connect, timeout, httpcore.ConnectTimeout))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -138,32 +210,112 @@ class _Backend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+_R = TypeVar("_R")
+
+
+def _shut(sock: object) -> None:
+    """Wake whatever thread is blocked on `sock` (close() would not), a
+    connect included. The plain socket's shutdown, also under TLS: the SSL
+    object is left to the blocked thread."""
+    if isinstance(sock, socket.socket):
+        with suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _connect(
+    host: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    socket_options: Iterable[Any] | None,
+    token: Interrupt,
+) -> httpcore.NetworkStream:
+    """httpcore's SyncBackend.connect_tcp (socket.create_connection, each
+    address in turn), with each socket registered with `token` while it
+    connects: a cancel shuts it down, which aborts the connect."""
+    try:
+        error = OSError(f"no address found for {host}")
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, 0, socket.SOCK_STREAM
+        ):
+            sock = socket.socket(family, kind, proto)
+            unregister = token.on_cancel(partial(_shut, sock))
+            try:
+                sock.settimeout(timeout)
+                if local_address is not None:
+                    sock.bind((local_address, 0))
+                sock.connect(address)
+                for option in socket_options or ():
+                    sock.setsockopt(*option)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            finally:
+                unregister()
+                if token.cancelled:
+                    sock.close()
+                    token.check()
+            return SyncStream(sock)
+        raise error
+    except TimeoutError as exc:  # socket.timeout
+        raise httpcore.ConnectTimeout(str(exc)) from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc)) from exc
+
+
+def _bounded(
+    call: Callable[[float | None], _R], timeout: float | None, error: type[Exception]
+) -> _R:
+    """`call(wait)` with the wait cut to the thread's deadline, if any."""
+    d = _active.get()
+    if d is None:
+        return call(timeout)
+    wait, capped = d.cap(timeout, error)
+    try:
+        return call(wait)
+    except error:
+        d.hit |= capped
+        raise
+
+
 class _Stream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream) -> None:
         self._inner = inner
 
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        d = _active.get()
-        if d is None:
-            return self._inner.read(max_bytes, timeout)
-        wait, capped = d.cap(timeout, httpcore.ReadTimeout)
+    def _io(
+        self, call: Callable[[float | None], _R], timeout: float | None, error: type[Exception]
+    ) -> _R:
+        """One blocking operation on the connection, within the deadline, and
+        ended by a cancel of the thread's token: it shuts the socket down."""
+        token = _interrupt.get()
+        if token is None:
+            return _bounded(call, timeout, error)
+        token.check()
+        unregister = token.on_cancel(self._shutdown)
         try:
-            return self._inner.read(max_bytes, wait)
-        except httpcore.ReadTimeout:
-            d.hit |= capped
-            raise
+            return _bounded(call, timeout, error)
+        except Exception:
+            if not token.cancelled:
+                raise
+        finally:
+            unregister()
+            # Whatever the shut socket made of the request (EOF, a reset, a
+            # half-read answer), it was the cancel.
+            token.check()
+        raise AssertionError("unreachable: a cancelled token raises")  # pragma: no cover
+
+    def _shutdown(self) -> None:
+        _shut(self._inner.get_extra_info("socket"))
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._io(
+            lambda wait: self._inner.read(max_bytes, wait), timeout, httpcore.ReadTimeout
+        )
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        d = _active.get()
-        if d is None:
-            self._inner.write(buffer, timeout)
-            return
-        wait, capped = d.cap(timeout, httpcore.WriteTimeout)
-        try:
-            self._inner.write(buffer, wait)
-        except httpcore.WriteTimeout:
-            d.hit |= capped
-            raise
+        self._io(lambda wait: self._inner.write(buffer, wait), timeout, httpcore.WriteTimeout)
 
     def close(self) -> None:
         self._inner.close()
@@ -174,15 +326,13 @@ class _Stream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
-        d = _active.get()
-        if d is None:
-            return _Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-        wait, capped = d.cap(timeout, httpcore.ConnectTimeout)
-        try:
-            return _Stream(self._inner.start_tls(ssl_context, server_hostname, wait))
-        except httpcore.ConnectTimeout:
-            d.hit |= capped
-            raise
+        return _Stream(
+            self._io(
+                lambda wait: self._inner.start_tls(ssl_context, server_hostname, wait),
+                timeout,
+                httpcore.ConnectTimeout,
+            )
+        )
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)

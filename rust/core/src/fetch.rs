@@ -5,17 +5,20 @@
 
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ureq::config::AutoHeaderValue;
 use ureq::http::{HeaderMap, Response};
+use ureq::unversioned::resolver::DefaultResolver;
 use ureq::{Agent, Body, Proxy};
 use url::Url;
 
 use crate::classify;
 use crate::digest::CHUNK;
 use crate::error::{CoreError, FetchKind, Result};
+use crate::interrupt::{Interrupt, InterruptibleConnector};
 use crate::offload::Busy;
 use crate::stall::{StallGuard, StallPolicy};
 use crate::tls::{tls_config, TlsOptions};
@@ -43,10 +46,12 @@ pub struct FetchOptions {
 }
 
 /// Progress and cancellation shared between a running fetch and its caller.
+/// `cancel()` from another thread also shuts down the socket the fetch is
+/// blocked on (interrupt.rs): it ends at once, not at its read timeout.
 #[derive(Debug, Default)]
 pub struct Transfer {
     received: AtomicU64,
-    cancelled: AtomicBool,
+    interrupt: Arc<Interrupt>,
 }
 
 impl Transfer {
@@ -57,10 +62,10 @@ impl Transfer {
         self.received.load(Ordering::Relaxed)
     }
     pub fn cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Relaxed)
+        self.interrupt.cancelled()
     }
     pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::Relaxed);
+        self.interrupt.cancel();
     }
 }
 
@@ -110,7 +115,7 @@ impl Fetcher {
             Some(s) => opts.read_timeout.min(s.window),
             None => opts.read_timeout,
         };
-        let agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .user_agent(opts.user_agent.as_str())
@@ -124,8 +129,13 @@ impl Fetcher {
             .timeout_per_write(Some(opts.read_timeout))
             // Several layers of one image come from the same host at once.
             .max_idle_connections_per_host(8)
-            .build()
-            .new_agent();
+            .build();
+        // ureq's own connector, with the sockets' handles kept for a cancel.
+        let agent = Agent::with_parts(
+            config,
+            InterruptibleConnector::default(),
+            DefaultResolver::default(),
+        );
         Ok(Fetcher {
             agent,
             stall: opts.stall,
@@ -143,11 +153,27 @@ impl Fetcher {
         writer: &mut BlobWriter,
         transfer: Option<&Transfer>,
     ) -> Result<FetchResponse> {
-        let mut url =
-            Url::parse(url).map_err(|e| CoreError::Invalid(format!("url {url:?}: {e}")))?;
+        let url = Url::parse(url).map_err(|e| CoreError::Invalid(format!("url {url:?}: {e}")))?;
         if transfer.is_some_and(Transfer::cancelled) {
             return Err(cancelled());
         }
+        // The connections used from here on can be shut down by a cancel.
+        let _entered = transfer.map(|t| Interrupt::enter(&t.interrupt));
+        // Whatever a shut-down socket made of the answer, it was the cancel.
+        let check = |result: Result<FetchResponse>| match transfer {
+            Some(t) if t.cancelled() => Err(cancelled()),
+            _ => result,
+        };
+        check(self.fetch_hops(url, headers, writer, transfer))
+    }
+
+    fn fetch_hops(
+        &self,
+        mut url: Url,
+        headers: &[(String, String)],
+        writer: &mut BlobWriter,
+        transfer: Option<&Transfer>,
+    ) -> Result<FetchResponse> {
         let origin = url.origin();
         let mut keep_auth = true;
         for hop in 0..=MAX_REDIRECTS {

@@ -14,6 +14,7 @@ pub mod digest;
 pub mod error;
 pub mod fetch;
 pub mod gunzip;
+mod interrupt;
 pub mod layer;
 mod offload;
 #[cfg(target_os = "linux")]

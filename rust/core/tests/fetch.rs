@@ -1,10 +1,10 @@
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{head, respond, Server};
 use imgpull_core::{
@@ -283,6 +283,146 @@ fn cancel_stops_a_running_fetch_and_keeps_the_bytes() {
     assert_eq!(fetch_kind(err), (FetchKind::Cancelled, false));
     assert!(transfer.cancelled());
     assert_eq!(blob.writer.offset(), transfer.received());
+}
+
+/// A server that sends `head` (maybe nothing) and then stays silent until
+/// the client hangs up; the receiver gets the moment it saw the hangup.
+fn silent_server(head_len: Option<usize>) -> (Server, mpsc::Receiver<Instant>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let server = Server::start(move |_, s| {
+        if let Some(len) = head_len {
+            head(s, "200 OK", &[], Some(len));
+            let _ = s.write_all(&[0; 10]);
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let mut buf = [0u8; 64];
+        // EOF (or a reset) is the client hanging up; a timeout is not.
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = tx.lock().unwrap().send(Instant::now());
+    });
+    (server, rx)
+}
+
+/// A fetch blocked on a silent server (its read timeout 30 s) ends as soon
+/// as it is cancelled, and its connection with it.
+fn assert_cancel_interrupts(head_len: Option<usize>) {
+    let (server, hangups) = silent_server(head_len);
+    let mut blob = writer_for(&[0; 1000]);
+    let transfer = Arc::new(Transfer::new());
+    let t = transfer.clone();
+    let canceller = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        t.cancel();
+        Instant::now()
+    });
+    let err = fetcher(Duration::from_secs(30))
+        .fetch_blob(
+            &server.url("/b"),
+            &no_headers(),
+            &mut blob.writer,
+            Some(&transfer),
+        )
+        .unwrap_err();
+    let ended = Instant::now();
+    let cancelled_at = canceller.join().unwrap();
+    assert_eq!(fetch_kind(err), (FetchKind::Cancelled, false));
+    let late = ended.duration_since(cancelled_at);
+    assert!(
+        late < Duration::from_secs(2),
+        "ended {late:?} after the cancel"
+    );
+    let hangup = hangups.recv_timeout(Duration::from_secs(5)).unwrap();
+    let late = hangup.saturating_duration_since(cancelled_at);
+    assert!(
+        late < Duration::from_secs(2),
+        "hung up {late:?} after the cancel"
+    );
+    assert_eq!(
+        blob.writer.offset(),
+        if head_len.is_some() { 10 } else { 0 }
+    );
+}
+
+#[test]
+fn cancel_interrupts_a_silent_body() {
+    assert_cancel_interrupts(Some(1000));
+}
+
+#[test]
+fn cancel_interrupts_a_wait_for_the_headers() {
+    assert_cancel_interrupts(None);
+}
+
+/// A keep-alive server on one connection: the first answer at once, the
+/// second after `delay`. Returns its address and how many connections it got.
+fn keep_alive_server(body: &'static [u8], delay: Duration) -> (String, Arc<Mutex<usize>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let counted = connections.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            *counted.lock().unwrap() += 1;
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                for answer in 0..2 {
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answer == 1 {
+                        thread::sleep(delay);
+                    }
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/b"), connections)
+}
+
+/// A finished fetch forgets its connection: cancelling its Transfer later
+/// does not cut the pooled connection another fetch is using.
+#[test]
+fn a_finished_transfer_cancelled_leaves_the_pooled_connection_alone() {
+    const BODY: &[u8] = b"0123456789";
+    let (url, connections) = keep_alive_server(BODY, Duration::from_millis(600));
+    let fetcher = default_fetcher();
+    let first = Arc::new(Transfer::new());
+    let mut blob = writer_for(BODY);
+    fetcher
+        .fetch_blob(&url, &no_headers(), &mut blob.writer, Some(&first))
+        .unwrap();
+    let stale = first.clone();
+    let canceller = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        stale.cancel();
+    });
+    let second = Transfer::new();
+    let mut blob = writer_for(BODY);
+    let res = fetcher
+        .fetch_blob(&url, &no_headers(), &mut blob.writer, Some(&second))
+        .unwrap();
+    canceller.join().unwrap();
+    assert_eq!((res.status, res.written), (200, BODY.len() as u64));
+    assert_eq!(
+        *connections.lock().unwrap(),
+        1,
+        "the second fetch reused the connection"
+    );
 }
 
 #[test]
