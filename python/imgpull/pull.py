@@ -461,15 +461,25 @@ class Puller:
 
     def _compute_diff_id(self, layer: Descriptor) -> str:
         content, meta = self.store.content, self.store.meta
-        if not content.exists(layer.digest):
-            # Removed meanwhile (an `rmi`): fetch it again, which records it.
-            self._transfers.download(self._source, layer, layer=True)
-            record = meta.layer_diff_id(layer.digest)
-            if record is not None:
-                return record.diff_id
-        diff_id = _diff_id(content.path(layer.digest), self.options.max_ratio)
-        meta.record_layer(layer.digest, diff_id, None, self.host, self.repo)
-        return diff_id
+        for _ in range(3):
+            if not content.exists(layer.digest):
+                # Removed meanwhile (an `rmi`): fetch it again, which records it.
+                self._transfers.download(self._source, layer, layer=True)
+                record = meta.layer_diff_id(layer.digest)
+                if record is not None:
+                    return record.diff_id
+            try:
+                diff_id = _diff_id(content.path(layer.digest), self.options.max_ratio)
+            except FileNotFoundError:
+                # Removed between the check and the open (an `rmi` in
+                # another process): fetch it again, a bounded number of times.
+                continue
+            meta.record_layer(layer.digest, diff_id, None, self.host, self.repo)
+            return diff_id
+        raise StoreError(
+            f"layer {layer.digest} was removed from the store while this pull read it, "
+            "three times (another process removing images?): pull again once it is done"
+        )
 
     def _report(self, done: threading.Event) -> None:
         while not done.wait(self.options.progress_interval):

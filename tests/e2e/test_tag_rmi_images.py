@@ -404,3 +404,41 @@ def test_processes_pulling_and_removing(pair: Pair, tmp_path: Path) -> None:
         image = client.pull(pair.a.ref("v2s2"))
     assert blob_files(tmp_path) >= {image.id, *pair.a.layer_digests}
     check_store(tmp_path)
+
+
+def test_a_layer_removed_while_its_diff_id_is_computed_is_fetched_again(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer blob present without its diffID (stored by an older imgpull,
+    or by a process that has not recorded it yet) is hashed from its file;
+    an `rmi` in another process can remove the file between the pull's look
+    and its open (test_processes_pulling_and_removing hit it once: a raw
+    FileNotFoundError). The pull fetches it again instead."""
+    import imgpull.pull as pull_module
+
+    ref = pair.a.ref("v2s2")
+    with imgpull.Client(tmp_path / "first") as client:
+        client.pull(ref)
+    # The layers' blobs alone, as files with no rows, in a store of their own.
+    blobs = tmp_path / "second" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    for digest in pair.a.layer_digests:
+        hexpart = digest.split(":", 1)[1]
+        (blobs / hexpart).write_bytes(
+            (tmp_path / "first" / "blobs" / "sha256" / hexpart).read_bytes()
+        )
+    real = pull_module._diff_id
+    removed: list[Path] = []
+
+    def removed_first(path: Path, max_ratio: int) -> str:
+        if path not in removed:  # the other process's rmi, just now
+            removed.append(path)
+            path.unlink()
+        return real(path, max_ratio)
+
+    monkeypatch.setattr(pull_module, "_diff_id", removed_first)
+    with imgpull.Client(tmp_path / "second") as client:
+        image = client.pull(ref)
+    assert removed, "the diffIDs were not computed from the files"
+    assert blob_files(tmp_path / "second") >= {image.id, *pair.a.layer_digests}
+    check_store(tmp_path / "second")
