@@ -851,8 +851,11 @@ class _ByHost:
         self._queues: dict[str, list[tuple[int, str | Reference]]] = {}
         self._host_of: dict[int, str] = {}
         self._running: dict[str, int] = {}
-        for i, ref in enumerate(refs):
-            host = _host_key(ref)
+        for i, given in enumerate(refs):
+            # Parsed once, here: its pull takes the Reference (a string that
+            # does not parse stays one, for its pull to report).
+            ref = _parsed(given)
+            host = registry_key(ref.domain) if isinstance(ref, Reference) else ""
             self._queues.setdefault(host, []).append((i, ref))
             self._host_of[i] = host
         self.hosts = len(self._queues)
@@ -873,14 +876,12 @@ class _ByHost:
             self._running[self._host_of[i]] -= 1
 
 
-def _host_key(reference: str | Reference) -> str:
-    """The registry a reference names ("" for one that does not parse: its
-    pull reports the error)."""
+def _parsed(reference: str | Reference) -> str | Reference:
+    """`reference` parsed, or as given when it does not parse."""
     try:
-        ref = parse_reference(reference) if isinstance(reference, str) else reference
+        return parse_reference(reference) if isinstance(reference, str) else reference
     except ImgpullError:
-        return ""
-    return registry_key(ref.domain)
+        return reference
 
 
 def _endpoint_failure(exc: ImgpullError) -> bool:

@@ -480,7 +480,8 @@ class _Holder:
 class _Wait:
     """One pull's wait for one blob: the jobs that may bring it (the one it
     joined, and its own source's once it races that one); the first to store
-    the blob settles `mine`."""
+    the blob settles `mine`. `kind`: (layer, small, diff_id), as fetch()
+    takes them; `retried`: this pull already tried again its own way."""
 
     def __init__(
         self,
@@ -591,7 +592,7 @@ class TransferService:
         wanted one, the pull computes it from the file (Puller._diff_ids)."""
         mine: Future[None] = Future()
         kind = (layer, small, diff_id)
-        self._attach(pull, source, desc, kind, mine, retried=False)
+        self._attach(_Wait(pull, source, desc, kind, mine, retried=False))
 
         def cancelled() -> None:
             settle(mine, pull.token.error or PullCancelledError("pull cancelled"))
@@ -600,17 +601,9 @@ class TransferService:
         mine.add_done_callback(lambda _: unwatch())
         return mine
 
-    def _attach(
-        self,
-        pull: PullTransfers,
-        source: BlobSource,
-        desc: Descriptor,
-        kind: tuple[bool, bool, bool],
-        mine: Future[None],
-        *,
-        retried: bool,
-    ) -> None:
-        """`kind`: (layer, small, diff_id), as fetch() takes them."""
+    def _attach(self, wait: _Wait) -> None:
+        """Follow the job that brings `wait`'s blob, joined or started."""
+        pull, source, desc = wait.pull, wait.source, wait.desc
         host = _host(source)
         while True:
             with self._lock:
@@ -619,7 +612,7 @@ class TransferService:
                 job = next((j for j in live if j.host == host), live[0] if live else None)
                 created = job is None
                 if job is None:
-                    job = self._new_job(source, desc, kind, race=False)
+                    job = self._new_job(source, desc, wait.kind, race=False)
             if job.want(pull):
                 break
             # Stopping (its pulls were cancelled) or ending: wait it out, start anew.
@@ -629,7 +622,6 @@ class TransferService:
                 self._forget(job)
         if created:
             self._submit(job)
-        wait = _Wait(pull, source, desc, kind, mine, retried)
         self._follow(wait, job)
         if job.host != host:
             # Another registry's transfer: it may be slow, or hostile (it may
@@ -704,7 +696,7 @@ class TransferService:
         ):
             # Stopped for other pulls, or failed at another pull's
             # endpoint (a mirror): this pull tries its own way.
-            self._attach(pull, source, wait.desc, wait.kind, wait.mine, retried=True)
+            self._attach(_Wait(pull, source, wait.desc, wait.kind, wait.mine, retried=True))
             return
         settle(wait.mine, error)
 

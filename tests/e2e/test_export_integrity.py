@@ -61,6 +61,16 @@ def _assert_damage_line(stderr: str, digest: str, ref: str) -> None:
     assert f"imgpull verify --repair {ref}" in lines[0], stderr
 
 
+def _assert_export_refused(root: Path, ref: str, dest: Path, fmt: str, digest: str) -> None:
+    """`imgpull export REF DEST` fails with the line naming the damaged
+    `digest`, and writes nothing: no DEST, no temporaries beside it (ROOT's
+    folder holds ROOT alone)."""
+    proc = run_cli("export", ref, str(dest), "--format", fmt, "--root", str(root), timeout=TIMEOUT)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    _assert_damage_line(proc.stderr, digest, ref)
+    assert sorted(p.name for p in root.parent.iterdir()) == [root.name]
+
+
 @pytest.mark.parametrize("how", ["truncated", "replaced"])
 @pytest.mark.parametrize("which", ["layer", "config"])
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -72,11 +82,7 @@ def test_export_refuses_a_damaged_blob(
     _pull(root, ref)
     digest = _target(pushed_image, which)
     _damage(root, digest, how)
-    proc = run_cli("export", ref, str(dest), "--format", fmt, "--root", str(root), timeout=TIMEOUT)
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    _assert_damage_line(proc.stderr, digest, ref)
-    # Nothing half-written: no DEST, no temporaries beside it.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+    _assert_export_refused(root, ref, dest, fmt, digest)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -90,10 +96,7 @@ def test_export_of_a_fetch_only_image_refuses_a_damaged_layer(
     assert run_cli("pull", "--fetch-only", ref, "--root", str(root)).returncode == 0
     digest = pushed_image.layer_digests[1]
     _damage(root, digest, "replaced")
-    proc = run_cli("export", ref, str(dest), "--format", fmt, "--root", str(root), timeout=TIMEOUT)
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    _assert_damage_line(proc.stderr, digest, ref)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+    _assert_export_refused(root, ref, dest, fmt, digest)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

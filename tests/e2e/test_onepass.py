@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.cli import imgpull_argv, run_cli
+from support.cli import kill_rootfs_pull, run_cli
 from support.images import Dir, File, ImageInfo, LayoutCache, files_layer, push, random_layer
 from support.registry import RegistryServer
 from support.throttle import ThrottledRelay
@@ -184,24 +183,9 @@ def test_kill_9_during_one_pass_reruns_to_the_same_tree(
     images: Images, expected_tree: dict[str, object], tmp_path: Path
 ) -> None:
     root, dest = tmp_path / "store", tmp_path / "rootfs"
-    cmd = imgpull_argv("pull", images.ref("good", slow=True), "-q")
-    proc = subprocess.Popen(
-        [*cmd, "--root", str(root), "--rootfs", str(dest)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        # Killed once the bottom layer is being written, the big one still
-        # downloading through the relay.
-        deadline = time.monotonic() + TIMEOUT
-        while not (dest / "usr" / "share").is_dir():
-            assert proc.poll() is None, "the pull ended before it was killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    # Killed once the bottom layer is being written, the big one still
+    # downloading through the relay.
+    kill_rootfs_pull(images.ref("good", slow=True), root, dest, TIMEOUT)
     left = tree(dest)
     assert left and left != expected_tree  # part of it
     rerun = _one_pass(images.ref("good"), root, dest)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import sqlite3
 import stat
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from support.cli import (
     NOBODY,
     cli_env,
     imgpull_argv,
+    kill_rootfs_pull,
     nobody_env,
     nobody_imgpull_argv,
     run_argv,
@@ -121,23 +120,7 @@ def _job_rows(root: Path) -> int:
 
 
 def _kill_mid_pull(images: Images, root: Path, dest: Path) -> None:
-    """A `pull --rootfs dest` killed (-9) once its bottom layer is written."""
-    cmd = imgpull_argv("pull", images.ref("slow", relayed=True), "-q")
-    proc = subprocess.Popen(
-        [*cmd, "--root", str(root), "--rootfs", str(dest)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (dest / "usr" / "share").is_dir():
-            assert proc.poll() is None, "the pull ended before it was killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_rootfs_pull(images.ref("slow", relayed=True), root, dest, TIMEOUT)
 
 
 def _refused(dest: Path) -> str:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -138,6 +139,28 @@ def run_cli_measured(*args: str, timeout: float = 60) -> tuple[int, str, str, in
         with open(result) as f:
             code, rss_kib = (int(word) for word in f.read().split())
     return code, stdout, stderr, rss_kib
+
+
+def kill_rootfs_pull(ref: str, root: Path, dest: Path, timeout: float) -> None:
+    """`imgpull pull -q REF --root ROOT --rootfs DEST` killed (-9) once its
+    bottom layer is being written (DEST/usr/share there): a partial tree for
+    a rerun to recognise. REF should come through a slow relay, so that the
+    pull is still running then."""
+    proc = subprocess.Popen(
+        imgpull_argv("pull", ref, "-q", "--root", str(root), "--rootfs", str(dest)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not (dest / "usr" / "share").is_dir():
+            assert proc.poll() is None, "the pull ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def stored_blobs(root: Path) -> set[str]:
