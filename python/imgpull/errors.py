@@ -21,6 +21,7 @@ catches all of them::
         │   ├── ForeignLayerError
         │   ├── TLSVerificationError
         │   └── RegistryUnreachableError
+        │       ├── RegistryRefusedError
         │       └── RegistryTimeoutError
         ├── ManifestError ······················ a manifest that cannot be used
         │   ├── UnsupportedManifestError
@@ -86,6 +87,7 @@ __all__ = [
     "PullCancelledError",
     "PullTimeoutError",
     "RegistryError",
+    "RegistryRefusedError",
     "RegistryTimeoutError",
     "RegistryUnreachableError",
     "RootfsError",
@@ -150,6 +152,12 @@ class TLSVerificationError(RegistryError):
 
 class RegistryUnreachableError(RegistryError):
     """No connection could be made to the registry."""
+
+
+class RegistryRefusedError(RegistryUnreachableError):
+    """Nothing listens at the registry's address, or its name does not
+    resolve: no retry (docker fails at once too); waiting would only delay
+    the one line that says so."""
 
 
 class RegistryTimeoutError(RegistryUnreachableError):

@@ -68,14 +68,22 @@ class Resolver:
         self.chosen_by_platform = False
 
     def resolve(self, ref: Reference) -> Manifest:
-        """The manifest `ref` names. By tag: its digest (HEAD), then the stored
-        bytes when the store holds them, else fetched by digest (by tag again
-        when a non-conforming registry does not serve that digest)."""
+        """The manifest `ref` names. By tag, when the store holds an image of
+        that tag: its digest (HEAD), then the stored bytes when the store
+        holds them, else fetched by digest (by tag again when a
+        non-conforming registry does not serve that digest). By a tag the
+        store does not know: one GET by tag."""
         repo = ref.repository
         if ref.digest is not None:
             return self._manifest_by_digest(repo, ref.digest)
         assert ref.tag is not None
         tag = ref.tag
+        if self.store.meta.resolve(ref.key) is None:
+            # Nothing a HEAD could spare: HEAD then GET would be two round
+            # trips where one GET by tag (its digest from the bytes) does.
+            # Docker Hub counts GETs, not HEADs, against its pull limit; an
+            # up-to-date check (the tag is stored) stays one HEAD.
+            return self.fetch_manifest(repo, tag, expected=None)
         head: ManifestHead | None = self._retrying(
             f"manifest {tag}", lambda: self.registry.head_manifest(repo, tag, ACCEPT)
         )

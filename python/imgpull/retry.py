@@ -3,10 +3,11 @@
 One object decides for every request a pull makes, so the rules live in one
 place and are tested alone. Docker's rules (pull-semantics §7): up to five
 attempts with growing waits; never retry what cannot get better by waiting
-(not found, unauthorised even after re-authenticating, a digest mismatch on
-a fresh download, local disk errors). 429/503 say when to come back
-(Retry-After, seconds or an HTTP-date), and we listen, capped; other 5xx and
-network failures back off exponentially, with jitter.
+(not found, unauthorised even after re-authenticating, a refused connection
+or an unknown host, a digest mismatch on a fresh download, local disk
+errors). 429/503 say when to come back (Retry-After, seconds or an
+HTTP-date), and we listen, capped; other 5xx and network failures back off
+exponentially, with jitter.
 
 A digest mismatch after a *resumed* download is not this object's call: the
 puller starts that blob over once (the joined bytes may be at fault).
@@ -21,6 +22,7 @@ from imgpull.errors import (
     AuthenticationError,
     FetchError,
     RegistryError,
+    RegistryRefusedError,
     RegistryUnreachableError,
 )
 
@@ -46,6 +48,8 @@ class RetryPolicy:
             return bool(error.retryable)
         if isinstance(error, AuthenticationError):
             return False
+        if isinstance(error, RegistryRefusedError):
+            return False  # nothing listens there, or no such host
         if isinstance(error, RegistryUnreachableError):
             return True
         if isinstance(error, RegistryError):

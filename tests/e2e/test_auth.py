@@ -280,7 +280,8 @@ def test_token_wrong_password_no_retry_storm(tok: TokenEnv, tmp_path: Path) -> N
     assert "check your credentials" in msg and "incorrect username or password" in msg
     assert WRONG not in msg and WRONG not in repr(ei.value)
     assert [(r.grant_type, r.status) for r in tok.requests()] == [("basic", 401)]
-    assert [e.path for e in tok.reg.request_log()] == ["/v2/"]
+    # The manifest request learnt the challenge (no ping), nothing after the refusal.
+    assert [e.path for e in tok.reg.request_log()] == ["/v2/test/a/manifests/v1"]
 
 
 def test_token_credentials_from_docker_config(

@@ -18,6 +18,7 @@ from support.images import ImageInfo, LayoutCache, random_layer
 
 from imgpull import Client
 from imgpull.errors import AuthenticationError, FetchError, RegistryTimeoutError
+from imgpull.registry import Credentials, RegistryClient, endpoint_for
 from imgpull.retry import RetryPolicy, StallPolicy
 
 USER = "hostile-user"
@@ -139,9 +140,10 @@ def test_a_challenge_from_a_redirect_target_gets_no_credentials(
 def test_a_ping_redirected_to_a_challenging_host_stays_anonymous(
     image: ImageInfo, docker_config: Path, tmp_path: Path, stack: list[HostileRegistry]
 ) -> None:
-    """/v2/ redirected to a host that challenges: that challenge is not the
-    registry's (docker keys challenges by host); the registry's own 401 on
-    the manifest then gets the credentials, and the pull succeeds."""
+    """/v2/ redirected to a host that challenges: a pull never asks /v2/ (its
+    manifest request learns the registry's own challenge and gets the
+    credentials); a ping (`imgpull login` makes one) does not take the other
+    host's challenge as the registry's (docker keys challenges by host)."""
     reg = hostile(image, auth="basic", evil_scheme="bearer")
     stack.append(reg)
     login(docker_config, reg.host)
@@ -149,6 +151,10 @@ def test_a_ping_redirected_to_a_challenging_host_stays_anonymous(
     with Client(tmp_path / "store", retry=RetryPolicy(attempts=1)) as client:
         pulled = client.pull(reg.ref(f"{REPO}:v1"))
     assert pulled.digest == image.manifest_digest
+    assert not reg.evil.seen()
+    creds = Credentials(USER, PASSWORD)
+    with RegistryClient(endpoint_for(reg.host, plain_http=None), credentials=creds) as rc:
+        assert rc.ping() is None
     assert [s.target for s in reg.evil.seen()] == ["/storage/v2/"]
     assert_nothing_leaked(reg, registry_secrets())
 
@@ -192,8 +198,6 @@ MARGIN = 8.0
     [
         ("manifest", "none", False),
         ("manifest", "none", True),  # status line and headers a byte at a time too
-        ("ping", "none", False),
-        ("ping", "none", True),
         ("token", "bearer", False),
         ("token", "bearer", True),
     ],
@@ -221,6 +225,28 @@ def test_a_trickled_answer_ends_at_the_deadline(
     assert "\n" not in message
     assert "within 2 s" in message and "--request-timeout" in message, message
     assert reg.host in message or reg.realm.host in message, message
+
+
+@pytest.mark.parametrize("head", [False, True])
+def test_a_trickled_ping_ends_at_the_deadline(
+    image: ImageInfo, stack: list[HostileRegistry], head: bool
+) -> None:
+    """A pull makes no ping; `imgpull login` does, bounded as every request."""
+    reg = hostile(image)
+    stack.append(reg)
+    reg.trickle = {"ping"}
+    reg.trickle_head = {"ping"} if head else set()
+    reg.trickle_interval = 0.2
+    endpoint = endpoint_for(reg.host, plain_http=None)
+    start = time.monotonic()
+    with (
+        RegistryClient(endpoint, request_timeout=DEADLINE) as rc,
+        pytest.raises(RegistryTimeoutError) as ei,
+    ):
+        rc.ping()
+    took = time.monotonic() - start
+    assert DEADLINE <= took < DEADLINE + MARGIN, took
+    assert "within 2 s" in str(ei.value) and reg.host in str(ei.value)
 
 
 def test_a_trickled_tag_list_ends_at_the_deadline(

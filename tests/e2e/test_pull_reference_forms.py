@@ -130,27 +130,47 @@ def small(layout_cache: LayoutCache) -> ImageInfo:
     return layout_cache.get([random_layer(10_000, seed=961)], ref="refs-small")
 
 
+@pytest.fixture(scope="module")
+def small2(layout_cache: LayoutCache) -> ImageInfo:
+    return layout_cache.get([random_layer(10_000, seed=962)], ref="refs-small2")
+
+
+def _manifest_requests(fake: FakeRegistry) -> list[tuple[str, str]]:
+    return [
+        (r.method, r.path.rsplit("/", 1)[-1]) for r in fake.requests() if "/manifests/" in r.path
+    ]
+
+
 def test_tag_not_served_by_digest_falls_back_to_tag(
-    fake: FakeRegistry, small: ImageInfo, tmp_path: Path
+    fake: FakeRegistry, small: ImageInfo, small2: ImageInfo, tmp_path: Path
 ) -> None:
+    """A fresh pull by tag is one GET by tag (no digest needed); the
+    up-to-date check of a stored tag that moved HEADs it, and falls back to
+    the tag when the registry does not serve the digest it named."""
     digest = fake.add_image("test/odd", "v1", small, by_digest=False)
     events: list[ProgressEvent] = []
     with imgpull.Client(tmp_path) as client:
         image = client.pull(fake.ref("test/odd:v1"), progress=events.append)
-    assert image.digest == digest and image.id == small.config_digest
+        assert image.digest == digest and image.id == small.config_digest
+        assert _manifest_requests(fake) == [("GET", "v1")]
+        assert not [e for e in events if e.status.startswith("Warning:")]
+        fake.clear_requests()
+        digest2 = fake.add_image("test/odd", "v1", small2, by_digest=False)
+        image = client.pull(fake.ref("test/odd:v1"), progress=events.append)
+    assert image.digest == digest2 and image.id == small2.config_digest
     warnings = [e.status for e in events if e.status.startswith("Warning:")]
     assert len(warnings) == 1
-    assert "not conforming" in warnings[0] and digest in warnings[0]
-    manifests = [
-        (r.method, r.path.rsplit("/", 1)[-1]) for r in fake.requests() if "/manifests/" in r.path
-    ]
-    assert manifests == [("HEAD", "v1"), ("GET", digest), ("GET", "v1")]
+    assert "not conforming" in warnings[0] and digest2 in warnings[0]
+    assert _manifest_requests(fake) == [("HEAD", "v1"), ("GET", digest2), ("GET", "v1")]
 
 
 def test_cli_fallback_warning_is_shown(
-    fake: FakeRegistry, small: ImageInfo, tmp_path: Path
+    fake: FakeRegistry, small: ImageInfo, small2: ImageInfo, tmp_path: Path
 ) -> None:
     fake.add_image("test/odd", "v1", small, by_digest=False)
+    proc = run_cli("pull", fake.ref("test/odd:v1"), "--root", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    fake.add_image("test/odd", "v1", small2, by_digest=False)
     proc = run_cli("pull", fake.ref("test/odd:v1"), "--root", str(tmp_path), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "not conforming, falling back to the tag" in proc.stdout + proc.stderr

@@ -26,6 +26,7 @@ from imgpull.errors import (
     ManifestUnknownError,
     NameUnknownError,
     RegistryError,
+    RegistryRefusedError,
     RegistryUnreachableError,
     TLSVerificationError,
 )
@@ -37,6 +38,7 @@ from imgpull.registry import (
     RegistryClient,
     endpoint_for,
 )
+from imgpull.retry import RetryPolicy
 from imgpull.version import USER_AGENT
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -130,16 +132,18 @@ def test_https_only_gives_tls_hint_for_plain_http_server(plain_http_server: int)
     assert "TLS" in msg and "plain_http" in msg
 
 
-def test_auto_fallback_reports_both_failures() -> None:
+def test_auto_fallback_does_not_retry_a_refused_port() -> None:
+    """A refused port refuses either scheme: one attempt, one line, no retry."""
     port = _closed_port()
     with (
         RegistryClient(endpoint_for(f"127.0.0.1:{port}", plain_http=None)) as c,
-        pytest.raises(RegistryUnreachableError) as ei,
+        pytest.raises(RegistryRefusedError) as ei,
     ):
         c.ping()
-    assert "over https: connection refused" in str(
-        ei.value
-    ) and "over http: connection refused" in str(ei.value)
+    assert str(ei.value) == (
+        f"cannot reach registry 127.0.0.1:{port}: connection refused — is it running?"
+    )
+    assert not RetryPolicy().retryable(ei.value)
 
 
 # ---------------------------------------------------------------------------

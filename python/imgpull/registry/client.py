@@ -13,7 +13,7 @@ import ipaddress
 import os
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -45,12 +45,12 @@ from imgpull.registry.errors import (
     Kind,
     error_from_response,
     header_values,
+    is_refused,
     is_tls_verify_failure,
     json_object,
     network_reason,
     one_line,
     request_failure,
-    unreachable_error,
 )
 from imgpull.version import USER_AGENT
 
@@ -91,8 +91,9 @@ class Endpoint:
 
     `host` is host[:port] ("127.0.0.1:5000", "[::1]:5000"); `domain` the
     registry's name in references ("docker.io") when it differs. With
-    `http_fallback`, an https ping that fails below TLS verification is tried
-    again over plain http (loopback registries, docker's default).
+    `http_fallback` the scheme is not known: the first request that fails
+    below TLS verification is tried again over the other scheme (loopback
+    registries, docker's default; a loopback one is tried over http first).
     """
 
     host: str
@@ -189,6 +190,18 @@ def is_loopback(hostport: str) -> bool:
         return bool(ipaddress.ip_address(host).is_loopback)
     except ValueError:
         return False
+
+
+def _plain_first(endpoint: Endpoint) -> bool:
+    """Whether an endpoint of unknown scheme is tried over http first: a
+    loopback one that was given no TLS settings."""
+    return is_loopback(endpoint.host) and not (
+        endpoint.ca_file or endpoint.client_cert or endpoint.insecure
+    )
+
+
+def _scheme(base: str) -> str:
+    return base.split(":", 1)[0]
 
 
 def _direct_if_loopback(hostport: str) -> dict[str, httpx.BaseTransport | None]:
@@ -323,8 +336,16 @@ class RegistryClient:
             request_timeout=request_timeout,
         )
         self._base = endpoint.base_url
-        self._ping_lock = threading.Lock()
-        self._pinged = False
+        # An endpoint whose scheme is not known (http_fallback): its first
+        # request settles it (see _settle). A loopback one without TLS files
+        # is tried over plain http first: that is what loopback registries
+        # serve, and a TLS attempt first costs a round trip on every run.
+        self._probing = endpoint.http_fallback
+        if self._probing and _plain_first(endpoint):
+            self._base = f"http://{endpoint.host}"
+        self._scheme_lock = threading.Lock()
+        # Whether any request got an answer yet (and with it the challenge).
+        self._contacted = False
 
     # -- lifecycle --------------------------------------------------------
 
@@ -358,54 +379,33 @@ class RegistryClient:
     # -- ping ---------------------------------------------------------------
 
     def ping(self) -> Challenge | None:
-        """GET /v2/ and record the auth challenge it answers (None: no auth)."""
-        with deadline.locked(self._ping_lock):
-            challenge = self._ping_locked()
-            self._pinged = True
-            return challenge
+        """GET /v2/ and record the auth challenge it answers (None: no auth).
 
-    def _ensure_pinged(self) -> None:
-        if self._pinged:
-            return
-        with deadline.locked(self._ping_lock):  # another thread may be pinging
-            if not self._pinged:
-                self._ping_locked()
-                self._pinged = True
+        A pull does not ping: its first request finds out what a ping would
+        (the scheme, the challenge), one round trip sooner.
+        """
+        with self._deadline("GET /v2/"):
+            resp = self._open_first(self._ping_once)
+            try:
+                body, _ = _read_capped(resp, _MAX_ERROR_BODY)
+            except httpx.RequestError as e:
+                raise request_failure(self._endpoint.host, e) from None
+            finally:
+                resp.close()
+        return self._read_ping(resp.status_code, resp.headers.multi_items(), body, resp.url)
+
+    def _ping_once(self) -> httpx.Response:
+        request = self._http.build_request("GET", f"{self._base}/v2/", headers=self._headers)
+        return self._http.send(request, stream=True, follow_redirects=True)
 
     def _deadline(self, what: str) -> AbstractContextManager[None]:
         """The overall time limit of one request (see deadline.py)."""
         return deadline.deadline(self._request_timeout, what, self._endpoint.host)
 
-    def _ping_at(self, base: str) -> tuple[int, list[tuple[str, str]], bytes, httpx.URL]:
-        with (
-            self._deadline("GET /v2/"),
-            self._http.stream(
-                "GET", f"{base}/v2/", headers=self._headers, follow_redirects=True
-            ) as resp,
-        ):
-            body, _ = _read_capped(resp, _MAX_ERROR_BODY)
-            return resp.status_code, resp.headers.multi_items(), body, resp.url
-
-    def _ping_locked(self) -> Challenge | None:
+    def _read_ping(
+        self, status: int, headers: list[tuple[str, str]], body: bytes, url: httpx.URL
+    ) -> Challenge | None:
         ep = self._endpoint
-        try:
-            status, headers, body, url = self._ping_at(self._base)
-        except httpx.RequestError as e:
-            if not isinstance(e, httpx.TransportError):
-                raise request_failure(ep.host, e) from None
-            if not (ep.http_fallback and self._base.startswith("https:")) or (
-                is_tls_verify_failure(e)
-            ):
-                raise unreachable_error(ep.host, e) from None
-            http_base = f"http://{ep.host}"
-            try:
-                status, headers, body, url = self._ping_at(http_base)
-            except httpx.RequestError as e2:
-                raise RegistryUnreachableError(
-                    f"cannot reach registry {ep.host}: over https: {network_reason(e)}; "
-                    f"over http: {network_reason(e2)}"
-                ) from None
-            self._base = http_base
         if status == 401 and not self._own(url):
             # Docker keys challenges by host: one from the host a redirect
             # led to is not the registry's, and gets none of its credentials.
@@ -426,6 +426,74 @@ class RegistryClient:
                 status=404,
             )
         raise error_from_response(status, headers, body, registry=ep.name, kind="ping")
+
+    # -- the scheme -----------------------------------------------------------
+
+    def _open_first(self, send: Callable[[], httpx.Response]) -> httpx.Response:
+        """`send()` (a request built from the current base), settling the
+        scheme first if this is the endpoint's first request; RegistryError
+        for a transport failure."""
+        if self._probing:
+            with deadline.locked(self._scheme_lock):  # the others wait for the answer
+                if self._probing:
+                    resp = self._settle(send)
+                    self._probing = False
+                    self._contacted = True
+                    return resp
+        try:
+            resp = send()
+        except httpx.RequestError as e:
+            raise request_failure(self._endpoint.host, e) from None
+        self._contacted = True
+        return resp
+
+    def _settle(self, send: Callable[[], httpx.Response]) -> httpx.Response:
+        """The first request to an endpoint of unknown scheme: over the scheme
+        tried first, then once over the other when the answer says it was the
+        wrong one (docker's fallback for insecure registries). The base it
+        ends on holds for the client's life."""
+        ep = self._endpoint
+        first = self._base
+        other = f"{'https' if first.startswith('http:') else 'http'}://{ep.host}"
+        try:
+            resp = send()
+        except httpx.RequestError as e:
+            # An untrusted certificate is an answer: plain http is no way round
+            # it; nor is the other scheme round a refused port or unknown name.
+            if (
+                not isinstance(e, httpx.TransportError)
+                or is_tls_verify_failure(e)
+                or is_refused(e)
+            ):
+                raise request_failure(ep.host, e) from None
+            self._base = other
+            try:
+                return send()
+            except httpx.RequestError as e2:
+                self._base = first
+                if not isinstance(e2, httpx.TransportError):
+                    raise request_failure(ep.host, e2) from None
+                raise RegistryUnreachableError(
+                    f"cannot reach registry {ep.host}: over {_scheme(first)}: "
+                    f"{network_reason(e)}; over {_scheme(other)}: {network_reason(e2)}"
+                ) from None
+        if not first.startswith("http:") or resp.status_code != 400:
+            return resp
+        try:
+            body, _ = _read_capped(resp, _MAX_ERROR_BODY)
+        except httpx.RequestError:
+            body = b""
+        finally:
+            resp.close()
+        if b"HTTPS" not in body.upper():
+            return _replay(resp, body)
+        # "Client sent an HTTP request to an HTTPS server" (Go), nginx's
+        # "plain HTTP request was sent to HTTPS port": a TLS port.
+        self._base = other
+        try:
+            return send()
+        except httpx.RequestError as e:
+            raise request_failure(ep.host, e) from None
 
     def check_login(self) -> str | None:
         """Verify the credentials as `docker login` does: ping, then GET /v2/
@@ -469,18 +537,18 @@ class RegistryClient:
         host a redirect led to is returned as it is: its challenge is not
         the registry's, and no credential of the registry goes there.
         """
-        self._ensure_pinged()
         retried = False
         while True:
             auth = self._auth.authorization(scope)
             h = [*self._headers, *headers]
             if auth:
                 h.append(("Authorization", auth))
-            request = self._http.build_request(method, url, headers=h)
-            try:
-                resp = self._http.send(request, stream=True, follow_redirects=True)
-            except httpx.RequestError as e:
-                raise request_failure(self._endpoint.host, e) from None
+
+            def send(h: list[tuple[str, str]] = h) -> httpx.Response:
+                request = self._http.build_request(method, self._rebase(url), headers=h)
+                return self._http.send(request, stream=True, follow_redirects=True)
+
+            resp = self._open_first(send)
             if resp.status_code != 401 or retried or not self._own(resp.url):
                 return resp
             try:
@@ -539,9 +607,15 @@ class RegistryClient:
         u = httpx.URL(url)
         return f"{u.host}:{u.port}" if u.port else u.host
 
+    def _rebase(self, url: str) -> str:
+        """`url` on the current base: built before the endpoint's first
+        request settled its scheme, it may name the other one."""
+        for base in (f"http://{self._endpoint.host}", f"https://{self._endpoint.host}"):
+            if base != self._base and url.startswith(base + "/"):
+                return self._base + url[len(base) :]
+        return url
+
     def _url(self, repo: str, *parts: str) -> str:
-        # The ping decides the base (https, or http after a loopback fallback).
-        self._ensure_pinged()
         path = "/".join(quote(p, safe=":@") for p in parts)
         return f"{self._base}/v2/{quote(repo, safe='/')}/{path}"
 
@@ -633,7 +707,10 @@ class RegistryClient:
         """
         if offset < 0:
             raise ValueError("offset must be >= 0")
-        self._ensure_pinged()
+        if not self._contacted:
+            # Never the case in a pull (a manifest request comes first): the
+            # native fetcher learns neither the scheme nor the challenge.
+            self.ping()
         headers = [*self._headers, ("Accept-Encoding", "identity")]
         auth = self._auth.authorization(pull_scope(repo))
         if auth:
@@ -700,7 +777,6 @@ class RegistryClient:
         url: str | None = self._url(repo, "tags", "list")
         tags: list[str] = []
         seen: set[str] = set()
-        origin = httpx.URL(self._base)
         read = 0
         while url is not None and url not in seen and len(seen) < _MAX_TAG_PAGES:
             seen.add(url)
@@ -720,6 +796,7 @@ class RegistryClient:
             url = None
             if nxt:
                 target = page_url.join(nxt)
+                origin = httpx.URL(self._base)  # settled by the first page
                 if (target.scheme, target.host, target.port) != (
                     origin.scheme,
                     origin.host,

@@ -30,6 +30,7 @@ from imgpull.errors import (
     ManifestUnknownError,
     NameUnknownError,
     RegistryError,
+    RegistryRefusedError,
     RegistryUnreachableError,
     TLSVerificationError,
 )
@@ -39,6 +40,7 @@ from imgpull.safetext import printable, redact
 __all__ = [
     "ErrorDetail",
     "error_from_response",
+    "is_refused",
     "json_object",
     "parse_error_body",
     "parse_retry_after",
@@ -405,27 +407,43 @@ def network_reason(exc: BaseException) -> str:
         return "timed out waiting for the registry's answer"
     if isinstance(exc, httpx.ProxyError):
         return f"proxy error ({one_line(text, 120)})"
-    for c in _causes(exc):
-        if isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == errno.ECONNREFUSED:
-            return "connection refused — is it running?"
-        if isinstance(c, socket.gaierror):
-            return "unknown host (DNS lookup failed)"
-    low = text.lower()
-    if "connection refused" in low:
-        return "connection refused — is it running?"
-    if "name or service not known" in low or "nodename nor servname" in low:
-        return "unknown host (DNS lookup failed)"
+    refused = _refused(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, httpx.RemoteProtocolError):
         return f"the connection broke ({one_line(text, 120) or 'server disconnected'})"
     return one_line(text, 160) or type(exc).__name__
 
 
+def _refused(exc: BaseException) -> str | None:
+    """The reason when nothing listens at the address or the name does not
+    resolve (no later attempt can do better), else None."""
+    for c in _causes(exc):
+        if isinstance(c, ConnectionRefusedError) or getattr(c, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused — is it running?"
+        if isinstance(c, socket.gaierror):
+            return "unknown host (DNS lookup failed)"
+    low = str(exc).lower()
+    if "connection refused" in low:
+        return "connection refused — is it running?"
+    if "name or service not known" in low or "nodename nor servname" in low:
+        return "unknown host (DNS lookup failed)"
+    return None
+
+
+def is_refused(exc: BaseException) -> bool:
+    return not isinstance(exc, httpx.ProxyError) and _refused(exc) is not None
+
+
 def unreachable_error(host: str, exc: BaseException, *, what: str = "registry") -> RegistryError:
     """ "cannot reach registry 127.0.0.1:1: connection refused — is it running?" """
     message = f"cannot reach {what} {host}: {network_reason(exc)}"
-    # An untrusted certificate is final (no retry); a network failure may pass.
+    # An untrusted certificate, a refused connection or an unknown name is
+    # final (no retry); another network failure may pass.
     if is_tls_verify_failure(exc):
         return TLSVerificationError(message)
+    if is_refused(exc):
+        return RegistryRefusedError(message)
     return RegistryUnreachableError(message)
 
 
