@@ -64,6 +64,10 @@ _SLOT_POLL = 0.1
 # name a good image's layer and trickle it). Short: the other copy costs
 # bandwidth only while both run, and only when the first is this slow.
 _RACE_GRACE = 1.0
+# Config transfers at once per host: they take no download slot, and a bulk
+# pull resolves up to 16 images at once (client._MAX_WORKERS), each waiting
+# on its config before its diffIDs can be checked.
+_CONFIG_THREADS = 16
 # How many more graces a transfer about to end is waited for (at its rate).
 _RACE_ROUNDS = 5
 
@@ -654,7 +658,7 @@ class TransferService:
             key = (job.host, job.small)
             pool = self._pools.get(key)
             if pool is None and not self._closed:
-                threads = 2 if job.small else 2 * self.limit
+                threads = _CONFIG_THREADS if job.small else 2 * self.limit
                 name = "imgpull-config" if job.small else "imgpull-layer"
                 pool = self._pools[key] = ThreadPoolExecutor(threads, thread_name_prefix=name)
         try:

@@ -228,6 +228,30 @@ def test_token_scope_per_repository(tok: TokenEnv, tmp_path: Path) -> None:
     assert len(tok.reg.request_log()) <= 3
 
 
+def test_a_client_answers_the_challenge_up_front_and_keeps_each_token(
+    tok: TokenEnv, tmp_path: Path
+) -> None:
+    """Issue 17: the first request of a Client learns the challenge (a 401,
+    no ping before it); every later request, of any pull, carries a token
+    up front: one token per repository scope, reused until it expires, and
+    no other 401."""
+    with Client(tmp_path / "store", credentials=fixed(*ADMIN)) as client:
+        client.pull(tok.ref("test/a"), platform="linux/amd64")
+        client.pull(tok.ref("public/p"), platform="linux/amd64")
+        client.pull(tok.ref("test/a"), platform="linux/amd64")  # up to date: one HEAD
+        client.pull_many([tok.ref("test/b"), tok.ref("public/p")], platform="linux/amd64")
+    assert [r.scopes for r in tok.requests(status=200)] == [
+        ["repository:test/a:pull"],
+        ["repository:public/p:pull"],
+        ["repository:test/b:pull"],
+    ]
+    log = tok.reg.request_log()
+    assert [(e.method, e.path, e.status) for e in log if e.status == 401] == [
+        ("GET", "/v2/test/a/manifests/v1", 401)
+    ]
+    assert not [e for e in log if e.path == "/v2/"]
+
+
 def test_token_anonymous(tok: TokenEnv, tmp_path: Path) -> None:
     with Client(tmp_path / "store", credentials=lambda _h: None) as client:
         image = client.pull(tok.ref("public/p"), platform="linux/amd64")
