@@ -460,11 +460,7 @@ class RegistryClient:
         except httpx.RequestError as e:
             # An untrusted certificate is an answer: plain http is no way round
             # it; nor is the other scheme round a refused port or unknown name.
-            if (
-                not isinstance(e, httpx.TransportError)
-                or is_tls_verify_failure(e)
-                or is_refused(e)
-            ):
+            if not isinstance(e, httpx.TransportError) or is_tls_verify_failure(e) or is_refused(e):
                 raise request_failure(ep.host, e) from None
             self._base = other
             try:
