@@ -260,7 +260,12 @@ def pull(
     ] = None,
     root: RootOpt = None,
     max_concurrent_downloads: Annotated[
-        int, typer.Option("--max-concurrent-downloads", min=1, help="Blobs fetched at once.")
+        int,
+        typer.Option(
+            "--max-concurrent-downloads",
+            min=1,
+            help="Layers fetched at once (configs and layers of 256 KiB or less do not wait).",
+        ),
     ] = 3,
     plain_http: PlainHttpOpt = None,
     insecure: InsecureOpt = False,

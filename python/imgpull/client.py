@@ -133,7 +133,8 @@ class Client:
     host, shared fairly between hosts (a host alone uses every slot; a slow
     host keeps its share only), and a blob several pulls want is fetched
     once (a pull whose registry did not start that transfer fetches its own
-    copy when it is slow). Image configs take no slot.
+    copy when it is slow). Image configs and layers of 256 KiB or less take
+    no slot: their time is a round trip, not bandwidth.
 
     Threads: a Client may be used from several threads at once (pull,
     pull_many, pull_all_tags and the local queries); close() may be called
