@@ -53,6 +53,10 @@ connections. No Range split of a blob across connections: a tool that splits
 one can go below the floor. At RTT 0 without a cap the floor is 0 (loopback:
 the CPU decides) and x floor is left out.
 
+The relay is Python threads (about 2 ms of CPU per MB relayed): the big rows
+at 200 Mbit/s x 8 connections cost it most of a core of the machine's, taken
+from the tools; its largest CPU share during a run is printed at the end.
+
     PYTHONPATH=python python3 benches/bench_wan.py [--rtts 0,20,50,100] [--runs 3]
         [--big-runs 1] [--scenarios small,fleet,big] [--fleet 40] [--big-mb 1000]
         [--cap-mbit 200] [--no-docker] [--no-containerd] [--work-dir /dev/shm] [--quick]
@@ -88,6 +92,7 @@ from _common import (
     DockerUnavailable,
     markdown_table,
     mount_points_under,
+    process_cpu,
     skopeo_copy_cmd,
     timed,
 )
@@ -332,6 +337,7 @@ class Result:
     connections: int
     opaque: int
     down_bytes: int
+    relay_cpu: float  # CPU seconds the relay spent during the run
 
 
 class Runner:
@@ -403,7 +409,9 @@ class Runner:
             time.sleep(0.2 if self.quick else 1.0)
             self.relay.reset()  # no connection kept from before: a cold start
             err = self.logs / f"{tool.replace(' ', '_')}.err"
+            cpu = process_cpu(self.relay.pid)
             wall = timed(cmd, stderr=err)[0]
+            relay_cpu = process_cpu(self.relay.pid) - cpu
             stats = self.relay.settled_stats(limit=1.0)  # daemons keep theirs open
             self._check(tool, refs, scratch)
         finally:
@@ -419,6 +427,7 @@ class Runner:
             stats.connections,
             stats.opaque,
             stats.down_bytes,
+            relay_cpu,
         )
 
     def _check(self, tool: str, refs: Sequence[str], scratch: Path) -> None:
@@ -485,7 +494,7 @@ def main() -> None:
 
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="imgpull-bench-wan-", dir=args.work_dir))
-    notes: list[str] = _versions()
+    notes: list[str] = [*_versions(), f"imgpull: {' '.join(IMGPULL)}"]
     results: list[Result] = []
     runner: Runner | None = None
     try:
@@ -511,22 +520,22 @@ def main() -> None:
 
             runner = Runner(relay, work, args.quick)
             if not args.no_containerd:
-                ctd = Containerd(work / "containerd")
+                runner.containerd = Containerd(work / "containerd")
                 try:
-                    ctd.start()
-                    runner.containerd = ctd
-                    notes.append(ctd.about)
+                    runner.containerd.start()
+                    notes.append(runner.containerd.about)
                 except ContainerdUnavailable as exc:
-                    ctd.stop()
+                    runner.containerd.stop()
+                    runner.containerd = None
                     notes.append(f"ctr rows skipped: {exc}")
             if not args.no_docker:
-                d = DockerDaemon(work / "docker", relay.host, 3)  # 3: dockerd's default
+                runner.docker = DockerDaemon(work / "docker", relay.host, 3)  # dockerd's default
                 try:
-                    d.start()
-                    runner.docker = d
-                    notes.append(d.about)
+                    runner.docker.start()
+                    notes.append(runner.docker.about)
                 except DockerUnavailable as exc:
-                    d.stop()
+                    runner.docker.stop()
+                    runner.docker = None
                     notes.append(f"docker rows skipped: {exc}")
 
             order = [
@@ -542,7 +551,8 @@ def main() -> None:
                 results.append(r)
                 print(
                     f"[{k}/{len(order)}] RTT {rtt * 1000:.0f} ms, {s.name}, {tool}: "
-                    f"{r.wall:.2f} s, {r.requests} requests, {r.connections} connections",
+                    f"{r.wall:.2f} s, {r.requests} requests, {r.connections} connections, "
+                    f"relay CPU {r.relay_cpu:.2f} s",
                     file=sys.stderr,
                 )
         load_after = os.getloadavg()
@@ -628,6 +638,12 @@ def report(
                 )
         print(f"\nRTT {rtt * 1000:.0f} ms\n")
         print("\n".join(markdown_table(header, rows)))
+    busiest = max(results, key=lambda r: r.relay_cpu / r.wall, default=None)
+    if busiest is not None:
+        print(
+            f"\nthe relay's CPU during a run: at most {busiest.relay_cpu / busiest.wall:.0%} of "
+            f"a core ({busiest.scenario}, {busiest.tool}, RTT {busiest.rtt * 1000:.0f} ms)"
+        )
 
 
 def _ratio(wall: float, base: float | None) -> str:
