@@ -50,7 +50,6 @@ tar size; the RAM placement needs about 2x the tar size + the image at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import json
@@ -74,6 +73,8 @@ from typing import Any, TypeVar
 
 # _common puts tests/ on sys.path (for `support`), so it comes first.
 from _common import (
+    DockerDaemon,
+    DockerUnavailable,
     Run,
     busy_cpu,
     medians,
@@ -86,7 +87,7 @@ from _common import (
     timed_steps,
 )
 from support.images import push
-from support.registry import RegistryServer, _die_with_parent
+from support.registry import RegistryServer
 
 REPO = "bench/text"
 TAG = "latest"
@@ -271,190 +272,6 @@ def _build(layout: Path, size_mb: int, nlayers: int, level: int) -> list[dict[st
     (layout / "index.json").write_text(json.dumps(index))
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     return layers
-
-
-# ---------------------------------------------------------------------------
-# docker pull, through a dockerd of the bench's own
-# ---------------------------------------------------------------------------
-
-
-class DockerUnavailable(Exception):
-    """dockerd did not start, or not as the bench needs it (the message says why)."""
-
-
-def _cpu_with_children(pid: int) -> float:
-    """User + system CPU seconds of a process and of the children it has reaped."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime, stime, cutime, cstime: fields 14-17 of stat(5), counted from after "(comm)".
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _mount_points_under(root: Path) -> list[str]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == str(root) or point.startswith(f"{root}/"):
-            points.append(point)
-    return points
-
-
-class DockerDaemon:
-    """A dockerd whose data root, exec root, socket and config are all in `home`.
-
-    One per placement, started once per bench run (its data root is the
-    placement's: overlay2 on tmpfs or on the disk), stopped by stop()
-    (SIGTERM, SIGKILL after 60 s), which then removes `home`. A pull runs in
-    the daemon, not in the timed `docker` CLI: the daemon's CPU (with the
-    children it reaps, e.g. its layer-applying re-exec) and its peak RSS
-    (VmHWM, reset before each pull) are read from /proc around each pull.
-    """
-
-    def __init__(self, home: Path, registry: str, parallel: int) -> None:
-        self.home = home
-        self.data = home / "data"
-        self.exec_root = home / "exec"
-        self.sock = home / "docker.sock"
-        self.host = f"unix://{self.sock}"
-        self.log = home / "dockerd.log"
-        self.registry = registry  # 127.0.0.1:PORT, plain HTTP: listed as insecure
-        self.parallel = parallel
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.about = ""
-
-    def docker(self, *args: str, timeout: float = 300) -> str:
-        done = subprocess.run(
-            ["docker", *args],
-            env={**os.environ, "DOCKER_HOST": self.host},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if done.returncode != 0:
-            raise DockerUnavailable(
-                f"`docker {' '.join(args)}` failed: {done.stderr.strip()[-800:]}"
-            )
-        return done.stdout
-
-    def _log_tail(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        errors = [ln for ln in text.splitlines() if "level=error" in ln or "level=fatal" in ln]
-        return "\n".join(errors[-3:] or text.splitlines()[-3:])
-
-    def start(self) -> None:
-        dockerd = shutil.which("dockerd") or shutil.which("dockerd", path="/usr/sbin:/usr/bin")
-        if dockerd is None or shutil.which("docker") is None:
-            raise DockerUnavailable(
-                "dockerd or the docker CLI is missing (apt-get install docker.io)"
-            )
-        self.home.mkdir(parents=True, exist_ok=True)
-        config = self.home / "daemon.json"
-        config.write_text("{}\n")  # not /etc/docker/daemon.json
-        cmd = [
-            dockerd,
-            "--config-file", str(config),
-            "--data-root", str(self.data),
-            "--exec-root", str(self.exec_root),
-            "--pidfile", str(self.home / "dockerd.pid"),
-            "--host", self.host,
-            "--iptables=false",
-            "--bridge=none",
-            "--storage-driver", "overlay2",
-            "--insecure-registry", self.registry,
-            "--max-concurrent-downloads", str(self.parallel),
-        ]  # fmt: skip
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C is for the bench, which stops it
-                preexec_fn=_die_with_parent,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise DockerUnavailable(
-                    f"dockerd exited ({self.proc.returncode}) at start: {self._log_tail()}"
-                )
-            if self.sock.exists():
-                try:
-                    info = json.loads(self.docker("info", "--format", "{{json .}}", timeout=20))
-                    break
-                except (DockerUnavailable, subprocess.TimeoutExpired, json.JSONDecodeError):
-                    pass
-            if time.monotonic() > deadline:
-                raise DockerUnavailable(f"dockerd did not answer in 60 s: {self._log_tail()}")
-            time.sleep(0.25)
-        if info.get("Driver") != "overlay2":
-            raise DockerUnavailable(f"dockerd runs storage driver {info.get('Driver')!r}")
-        status = dict(info.get("DriverStatus") or [])
-        index = (info.get("RegistryConfig") or {}).get("IndexConfigs") or {}
-        if (index.get(self.registry) or {}).get("Secure", True):
-            raise DockerUnavailable(f"dockerd did not take --insecure-registry {self.registry}")
-        self.about = (
-            f"dockerd {info.get('ServerVersion')}, overlay2 on "
-            f"{status.get('Backing Filesystem', '?')} (d_type {status.get('Supports d_type', '?')}"
-            f", native diff {status.get('Native Overlay Diff', '?')}), {self.registry} insecure"
-        )
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def cpu(self) -> float:
-        return _cpu_with_children(self.pid)
-
-    def reset_peak_rss(self) -> None:
-        # 5: reset the peak RSS (VmHWM) to the current RSS (proc(5), Linux >= 4.0).
-        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
-
-    def peak_rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def layer_dirs(self) -> list[Path]:
-        overlay = self.data / "overlay2"
-        return [p / "diff" for p in overlay.iterdir() if (p / "diff").is_dir()]
-
-    def forget(self, ref: str) -> None:
-        """Remove the image and its layers: the next pull downloads all of them again."""
-        self.docker("rmi", "--force", ref)
-        self.docker("image", "prune", "--all", "--force")
-        deadline = time.monotonic() + 30
-        while self.layer_dirs():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"docker rmi left layers: {self.layer_dirs()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        # The containerd dockerd started ends with it, unless dockerd was killed.
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((self.exec_root / "containerd" / "containerd.pid").read_text())
-            if str(self.exec_root).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGTERM)
-                for _ in range(100):
-                    if not Path(f"/proc/{pid}").exists():
-                        break
-                    time.sleep(0.1)
-                else:
-                    os.kill(pid, signal.SIGKILL)
-        # dockerd bind-mounts its data root on itself while it runs; a killed
-        # one leaves that mount behind.
-        for point in reversed(_mount_points_under(self.home)):
-            subprocess.run(["umount", "-l", point], check=False)
-        shutil.rmtree(self.home, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------

@@ -65,7 +65,10 @@ from typing import Any
 
 from .process import HelperProcess
 
-CHUNK = 64 * 1024
+# Large reads: the relay's CPU goes by the chunk (measured on 2 cores, 8
+# connections x 25 MB/s at RTT 50 ms: 1.9 ms of CPU a MB with 256 KiB, 3.4
+# with 64 KiB); a chunk is 10 ms at 25 MB/s, the pacing's grain.
+CHUNK = 256 * 1024
 # In-flight bytes per direction of a connection without a rate cap.
 WINDOW = 8 * 1024 * 1024
 # Requests kept in the log (the counter goes on past it).
@@ -280,11 +283,12 @@ class _DelayLine:
                 if wait > 0:
                     time.sleep(wait)
                 if self.rate:
+                    # A chunk leaves once its last byte would have crossed
+                    # the link: a body of N bytes takes N / rate.
                     now = time.monotonic()
-                    next_send = max(next_send, now - _PACE_SLACK)
+                    next_send = max(next_send, now - _PACE_SLACK) + len(data) / self.rate
                     if next_send > now:
                         time.sleep(next_send - now)
-                    next_send += len(data) / self.rate
                 self.dst.sendall(data)
                 with self.cond:
                     self.queue.popleft()
@@ -310,15 +314,21 @@ class _Connection:
         self.lines: list[_DelayLine] = []
 
     def run(self) -> None:
+        try:
+            self._relay()
+        except OSError:
+            pass
+        finally:
+            self.client.close()
+            self.upstream.close()
+            self.relay.closed(self)
+
+    def _relay(self) -> None:
         accepted = time.monotonic()
         rtt, rate = self.link.rtt, self.link.rate
         for s in (self.client, self.upstream):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            self.upstream.connect(self.relay.target)
-        except OSError:
-            self._close()
-            return
+        self.upstream.connect(self.relay.target)
         half = rtt / 2
         window = int(rate * rtt) + 2 * CHUNK if rate else WINDOW
         up = _DelayLine(
@@ -347,7 +357,6 @@ class _Connection:
         threads = up.start() + down.start()
         for t in threads:
             t.join()
-        self._close()
 
     def breaks(self) -> None:
         """Either side failed (or a reset): end both at once, both directions."""
@@ -359,11 +368,6 @@ class _Connection:
             with line.cond:
                 line.cond.notify_all()
 
-    def _close(self) -> None:
-        self.client.close()
-        self.upstream.close()
-        self.relay.closed(self)
-
 
 class _Relay:
     def __init__(self, target: tuple[str, int], link: _Link) -> None:
@@ -374,7 +378,11 @@ class _Relay:
 
     def serve(self, listener: socket.socket) -> None:
         while True:
-            client, _ = listener.accept()
+            try:
+                client, _ = listener.accept()
+            except OSError:  # out of descriptors, say: the next may work
+                time.sleep(0.05)
+                continue
             with self.stats.lock:
                 self.stats.connections += 1
                 conn = _Connection(
@@ -453,6 +461,12 @@ class WanRelay(HelperProcess):
     def start(self) -> WanRelay:
         self._spawn(self.target, str(self.rtt), str(self.rate))
         return self
+
+    @property
+    def pid(self) -> int:
+        """The relay process's (e.g. to read its CPU time)."""
+        assert self._proc is not None
+        return self._proc.pid
 
     def _ask(self, command: str) -> dict[str, Any]:
         proc = self._proc
