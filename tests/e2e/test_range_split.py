@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
 
 import imgpull
-from imgpull.retry import RetryPolicy
+from imgpull.retry import RetryPolicy, StallPolicy
 
 REPO = "test/ranges"
 MIB = 1 << 20
@@ -325,3 +326,92 @@ def test_kill9_mid_split_keeps_finished_chunks(env: Ranges, tmp_path: Path) -> N
     print(f"kept {kept} bytes of finished chunks; the rerun fetched {served} of {env.big_size}")
     assert served <= env.big_size - kept
     assert all(e.range for e in env.requests(env.big))
+
+
+# Slots, cancel, stalls ----------------------------------------------------------
+
+
+def _one_layer_image(env: Ranges, layout_cache: LayoutCache, layer: Any, tag: str) -> str:
+    """An image of `layer` alone pushed to the module's registry; its ref
+    through the proxy."""
+    image = layout_cache.get((layer,), ref=f"ranges-{tag}")
+    push(image, env.registry, f"{REPO}-{tag}:v1", "oci")
+    return f"{env.proxy.host}/{REPO}-{tag}:v1"
+
+
+def _wait_split(client: imgpull.Client, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while client._transfers.split == 0:
+        assert time.monotonic() < deadline, "never split"
+        time.sleep(0.02)
+
+
+def test_extra_connection_gives_its_slot_to_another_blob(
+    env: Ranges, tmp_path: Path, layout_cache: LayoutCache
+) -> None:
+    """Two slots: the big layer alone splits onto the free one; another
+    pull's layer then takes that slot back at once (the chunk stops, its
+    bytes kept) instead of waiting for the big layer to end."""
+    big = _one_layer_image(env, layout_cache, LAYERS[0], "one")
+    small = _one_layer_image(env, layout_cache, random_layer(MIB, seed=1704), "small")
+    env.proxy.add("pace", path=env.big, rate=PACE, count=None)
+    ended: dict[str, float] = {}
+    with env.client(tmp_path / "store", max_concurrent_downloads=2) as client:
+
+        def pull(ref: str) -> None:
+            client.pull(ref)
+            ended[ref] = time.monotonic()
+
+        first = threading.Thread(target=pull, args=(big,))
+        first.start()
+        _wait_split(client)
+        pull(small)
+        first.join(30)
+        assert client._transfers.peak <= 2
+    assert ended[small] < ended[big] - 0.5
+    stored = tmp_path / "store" / "blobs" / "sha256" / env.big.removeprefix("sha256:")
+    assert stored.read_bytes() == env.image.blob(env.big)
+    layers = [e for e in env.proxy.log() if "/blobs/" in e.path and e.sent > 10_000]
+    assert max_concurrent(layers) <= 2
+
+
+def test_cancel_stops_every_chunk_connection(env: Ranges, tmp_path: Path) -> None:
+    env.paced()
+    token = imgpull.CancelToken()
+    with env.client(tmp_path / "store") as client:
+        done: list[BaseException] = []
+
+        def pull() -> None:
+            try:
+                client.pull(env.ref(), cancel=token)
+            except BaseException as exc:
+                done.append(exc)
+
+        thread = threading.Thread(target=pull)
+        thread.start()
+        _wait_split(client)
+        time.sleep(0.2)
+        cancelled = time.monotonic()
+        token.cancel()
+        thread.join(10)
+        took = time.monotonic() - cancelled
+    assert done and isinstance(done[0], imgpull.PullCancelledError)
+    assert took < 2.0, took
+    # No body byte went out after the cancel (give the proxy its moment).
+    time.sleep(0.3)
+    gets = env.requests(env.big)
+    assert chunk_gets(gets)
+    assert all(c.last is None or c.last < cancelled + 0.5 for c in gets)
+
+
+def test_stalled_chunk_is_given_up_and_its_rest_fetched(env: Ranges, tmp_path: Path) -> None:
+    """A chunk connection that goes silent is judged by the stall rule as
+    any other, and the rest of its chunk comes on another connection."""
+    env.proxy.add("stall", path=env.big, ranged=True, after=200_000)
+    env.paced()
+    env.pull(tmp_path / "store", stall=StallPolicy(min_rate=32 * 1024, window=1.0))
+    assert env.proxy.stats().get("stall") == 1
+    chunks = chunk_gets(env.requests(env.big))
+    stalled = next(c for c in chunks if c.fault == "stall")
+    a, b = span(stalled)
+    assert any(c.t > stalled.t and a < span(c)[0] and span(c)[1] <= b for c in chunks)
