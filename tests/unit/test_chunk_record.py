@@ -1,10 +1,16 @@
-"""The record of a ranged download's chunks (store/content.py ChunkRecord)
-and the byte ranges the transfer keeps of them (transfer.py _Spans)."""
+"""The record of a ranged download's chunks (store/content.py ChunkRecord),
+the byte ranges the transfer keeps of them (transfer.py _Spans), and the
+--max-connections-per-layer option."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from support.cli import run_cli
+
+import imgpull
+from imgpull.errors import ImgpullError
 from imgpull.store.content import ChunkRecord
 from imgpull.transfer import _Spans
 
@@ -59,3 +65,18 @@ def test_spans() -> None:
     assert spans.items() == [(10, 40)]
     spans.add(5, 12)
     assert spans.items() == [(5, 40)]
+
+
+@pytest.mark.parametrize("n", ["0", "17"])
+def test_cli_refuses_connections_per_layer_out_of_range(n: str, tmp_path: Path) -> None:
+    proc = run_cli(
+        "pull", "--max-connections-per-layer", n, "--root", str(tmp_path), "x/y", timeout=60
+    )
+    assert proc.returncode == 2
+    assert "--max-connections-per-layer" in proc.stderr
+
+
+@pytest.mark.parametrize("n", [0, 17])
+def test_client_refuses_connections_per_layer_out_of_range(n: int, tmp_path: Path) -> None:
+    with pytest.raises(ImgpullError, match="max connections per layer must be 1 to 16"):
+        imgpull.Client(tmp_path, max_connections_per_layer=n)
