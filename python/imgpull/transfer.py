@@ -1078,7 +1078,7 @@ class TransferService:
                 writer.absorb(reach)
             if writer.offset >= ranges.size:
                 return
-            progress = writer.offset + ranges.landed.total()
+            progress, resets = writer.offset + ranges.landed.total(), ranges.resets
             split = _Split(self, job, writer, transfer, ranges)
             try:
                 split.front()
@@ -1086,7 +1086,7 @@ class TransferService:
                     split.supervise()
             finally:
                 split.stop()
-            if writer.offset + ranges.landed.total() <= progress:
+            if ranges.resets == resets and writer.offset + ranges.landed.total() <= progress:
                 raise _fetch_error(f"the body of {job.digest} ended early", retryable=True)
 
     def _countdown(self, job: _Job, label: str, delay: float) -> None:
@@ -1219,12 +1219,14 @@ class _Ranges:
         self.split = bool(landed)
         # A Range request went unanswered as asked: one stream from now on.
         self.fallback = False
+        self.resets = 0
 
     def reset(self) -> None:
         """The file was started over (the whole blob is coming)."""
         self.landed.clear()
         self.record.remove()
         self.fallback = True
+        self.resets += 1
 
 
 class _Split:
@@ -1264,6 +1266,8 @@ class _Split:
         self.extras: list[tuple[_Holder, threading.Thread]] = []
         self._keys = itertools.count()
         self._counted = False
+        # The job's own slot's connection ended for want of a chunk.
+        self.own_idle = False
 
     # The front ------------------------------------------------------------
 
@@ -1406,6 +1410,7 @@ class _Split:
         source, ranges = self.job.source, self.ranges
         with self.cond:
             if self.stopping or not self.pending or (holder is not None and holder.revoked):
+                self.own_idle = self.own_idle or (holder is None and not self.stopping)
                 return False
             start, end = self.pending.pop(0)
             transfer = Transfer()
@@ -1507,14 +1512,18 @@ class _Split:
         chunks wait for one."""
         service = self.service
         with self.cond:
+            if self.stopping or not self.pending:
+                return
+            if self.own_idle:
+                # The job's own slot found nothing left a moment ago; now a
+                # stopped chunk's rest is back.
+                self.own_idle = False
+                self._spawn(None)
             extra = sum(1 for h, t in self.extras if t.is_alive() and not h.revoked)
             want = min(service.per_layer - 1 - extra, len(self.pending))
-            if want <= 0 or self.stopping:
-                return
-        with self.cond:
-            holders = service._extra_slots(self.job, want)
-            for holder in holders:
-                self._spawn(holder)
+            if want > 0:
+                for holder in service._extra_slots(self.job, want):
+                    self._spawn(holder)
 
     def stop(self) -> None:
         """End every chunk connection (their bytes kept) and wait for them."""

@@ -35,7 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,7 @@ class ChunkRecord:
 
     def __init__(self, partial: str | os.PathLike[str]) -> None:
         self.path = Path(f"{os.fspath(partial)}.chunks")
+        self._broken = False
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -82,17 +83,27 @@ class ChunkRecord:
     def begin(self, prefix: int, chunks: list[tuple[int, int]]) -> None:
         """A new record: the prefix, and chunks already in the file."""
         lines = [f"prefix {prefix}\n", *(f"{a} {b}\n" for a, b in chunks)]
-        self.path.write_text("".join(lines))
+        self._write("w", "".join(lines))
 
     def add(self, start: int, end: int) -> None:
-        self._append(f"{start} {end}\n")
+        self._write("a", f"{start} {end}\n")
 
     def prefix(self, n: int) -> None:
-        self._append(f"prefix {n}\n")
+        self._write("a", f"prefix {n}\n")
 
-    def _append(self, line: str) -> None:
-        with self.path.open("a") as f:
-            f.write(line)
+    def _write(self, mode: str, text: str) -> None:
+        """Best effort: a record that cannot be written (a full disk) is
+        removed, and a rerun trusts the file as it did before chunks (its
+        holes fail the digest, and the blob starts over)."""
+        if self._broken:
+            return
+        try:
+            with self.path.open(mode) as f:
+                f.write(text)
+        except OSError:
+            self._broken = True
+            with suppress(OSError):
+                self.remove()
 
     def load(self, size: int | None) -> tuple[int, list[tuple[int, int]]]:
         """(trusted prefix, finished chunks past it): only what lies within

@@ -683,11 +683,12 @@ fn exclusive(file: &File) -> io::Result<()> {
         // SAFETY: a plain syscall on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
-            return Err(if e.kind() == io::ErrorKind::WouldBlock {
-                io::Error::new(e.kind(), "another writer has this partial file open")
-            } else {
-                e
-            });
+            // Only a held lock stops us: a file system without flock
+            // (ENOLCK, EOPNOTSUPP) leaves the store's own lock to do it.
+            if e.kind() == io::ErrorKind::WouldBlock {
+                let why = "another writer has this partial file open";
+                return Err(io::Error::new(e.kind(), why));
+            }
         }
     }
     #[cfg(not(target_os = "linux"))]
