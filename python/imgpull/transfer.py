@@ -80,12 +80,14 @@ _RACE_ROUNDS = 5
 # connection fills the link: a split would only add requests), or when it
 # spent less than _WAITING of its time waiting for bytes (the bytes are
 # there; hashing and inflating them is the limit, which more connections do
-# not lift). Measured here on loopback from the registry, 64 MiB layer, on
-# this 2-core machine under the load of four engineers: 39-77 MB/s over the
-# first 50 ms (so the rate alone misjudges a busy CPU), waiting ~10-30% of
-# the time; through a proxy capping each connection at 4 MB/s: 4 MB/s,
-# waiting ~95%. Otherwise (a proxy or CDN edge capping each connection, TCP
-# over a long lossy path: 25 MB/s at 200 Mbit/s) the rest of the blob is
+# not lift). Measured on this loaded 2-core machine, a 64 MiB layer on
+# loopback straight from the registry: 93-283 MB/s, waiting 13-41% of the
+# time (and 39-77 MB/s when judged over the first 50 ms only: the rate alone
+# misjudges a busy CPU, hence the waiting share); through a proxy capping
+# each connection at 25 MB/s: 21-24 MB/s, waiting 78-88%, and a 200 MB
+# layer took 8.4 s on one connection, 2.8-3.3 s split on four. Otherwise (a
+# proxy or CDN edge capping each connection, TCP over a long lossy path:
+# 25 MB/s at 200 Mbit/s) the rest of the blob is
 # cut into chunks of _MIN_CHUNK to _MAX_CHUNK bytes (about two per
 # connection, so that a slow connection delays little at the end) fetched
 # on up to N - 1 more connections, each only while a download slot is free.
@@ -93,7 +95,7 @@ DEFAULT_SPLIT_THRESHOLD = 32 << 20
 DEFAULT_CONNECTIONS_PER_LAYER = 4
 MAX_CONNECTIONS_PER_LAYER = 16
 _LINK_FILLING = 100_000_000
-_WAITING = 0.5
+_WAITING = 0.6
 _PROBE_MIN = 0.2
 _PROBE_BYTES = 4 << 20
 _PROBE_MAX = 0.5

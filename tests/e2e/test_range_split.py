@@ -303,10 +303,12 @@ def test_kill9_mid_split_keeps_finished_chunks(env: Ranges, tmp_path: Path) -> N
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(root), env.ref(), str(THRESHOLD)])
     try:
         deadline = time.monotonic() + 30
-        # Killed once a few chunks are finished, well before the end.
-        while _record_chunks(record) < 3 * MIB and child.poll() is None:
+        # Killed once the first chunks are finished, in the middle of the
+        # next ones (their bytes partly written: holes in the file).
+        while _record_chunks(record) < MIB and child.poll() is None:
             assert time.monotonic() < deadline, "the layer was never split"
             time.sleep(0.02)
+        time.sleep(0.15)
         child.send_signal(signal.SIGKILL)
         child.wait(10)
     finally:
@@ -314,7 +316,7 @@ def test_kill9_mid_split_keeps_finished_chunks(env: Ranges, tmp_path: Path) -> N
             child.kill()
             child.wait()
     kept = _record_chunks(record)
-    assert kept >= 3 * MIB, "the pull ended before it could be killed"
+    assert kept >= MIB, "the pull ended before it could be killed"
     time.sleep(0.3)  # the proxy notices the dead connections
     env.registry.settled_request_log()
     env.registry.clear_request_log()
