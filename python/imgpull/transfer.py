@@ -991,7 +991,7 @@ class TransferService:
         restarted = False
         attempt = 0
         ranges = self._ranges(job, writer) if side is None else None
-        job.may_split = ranges is not None
+        job.may_split = ranges is not None and not ranges.fallback
         try:
             while True:
                 attempt += 1
