@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 from support.faultproxy import FaultProxy, LogEntry
+from support.hostile import HostileRegistry
 from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
 
@@ -417,3 +418,31 @@ def test_stalled_chunk_is_given_up_and_its_rest_fetched(env: Ranges, tmp_path: P
     stalled = next(c for c in chunks if c.fault == "stall")
     a, b = span(stalled)
     assert any(c.t > stalled.t and a < span(c)[0] and span(c)[1] <= b for c in chunks)
+
+
+def test_redirect_target_ignoring_range_gets_one_stream(env: Ranges, tmp_path: Path) -> None:
+    """The registry redirects the blob (307) to a storage host, which paces
+    each connection and ignores a chunk's Range: the chunks follow the
+    redirect as the first stream did, and the 200 they get there makes the
+    rest one stream."""
+    registry = HostileRegistry()
+    registry.start()
+    try:
+        registry.add_image(REPO, "v1", env.image)
+        path = f"/v2/{REPO}/blobs/{env.big}"
+        registry.redirects[path] = f"http://{env.proxy.host}{path}"
+        env.proxy.add("ignore_range", path=env.big, ranged=True, count=None)
+        env.paced()
+        with env.client(tmp_path / "store") as client:
+            client.pull(registry.ref(f"{REPO}:v1"))
+        stored = tmp_path / "store" / "blobs" / "sha256" / env.big.removeprefix("sha256:")
+        assert stored.read_bytes() == env.image.blob(env.big)
+        asked = [s for s in registry.registry.seen() if s.target.startswith(path)]
+    finally:
+        registry.stop()
+    at_storage = env.requests(env.big)
+    ignored = [c for c in chunk_gets(at_storage) if c.fault == "ignore_range"]
+    assert client._transfers.split >= 1
+    assert ignored and all(c.status == 200 for c in ignored)
+    # Every request for the blob was redirected, chunks included.
+    assert len(asked) == len(at_storage) >= 2
