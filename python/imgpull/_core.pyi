@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_MAX_RATIO",
     "DEFAULT_MAX_UNSIZED",
     "BlobWriter",
+    "ChunkWriter",
     "CorruptLayerError",
     "DigestMismatchError",
     "ExtractError",
@@ -203,6 +204,11 @@ class BlobWriter:
     limit) decompressed bytes per compressed byte, the decompressor stops and
     a write, the replay of a reopened partial file, or commit() raises
     LimitExceededError(kind="ratio"), the partial file removed.
+
+    `trusted`: only the first `trusted` bytes of a partial file are replayed
+    (the writer continues there); the bytes past them stay in the file (the
+    chunks of a blob fetched as ranges, see ChunkWriter and absorb()).
+    The writer writes at its offset, not at the file's end.
     """
 
     def __new__(
@@ -214,6 +220,7 @@ class BlobWriter:
         layer: bool = False,
         max_ratio: int = ...,
         max_unsized: int = ...,
+        trusted: int | None = None,
     ) -> Self: ...
     @property
     def offset(self) -> int:
@@ -233,8 +240,22 @@ class BlobWriter:
     @property
     def uncompressed_size(self) -> int | None:
         """A layer writer's uncompressed size, once commit() succeeded."""
+    @property
+    def generation(self) -> int:
+        """Bumped by each truncate() (also the fetcher's, when a server
+        ignores a Range): for stop_at()."""
+    def stop_at(self, at: int, generation: int) -> int | None:
+        """Make a fetch into this writer (running now, on another thread, or
+        later) end before byte `at`, or right after the bytes it already
+        took if those go further: returns that stop, exact; None when the
+        writer was truncated since `generation`. No lock is waited for."""
+    def absorb(self, to: int) -> None:
+        """Take in the bytes already in the file from the offset up to `to`
+        (chunks written there by ChunkWriter fetches): hashed (and
+        inflated) in order as if written here; the offset becomes `to`
+        (GIL released). OSError if the file is shorter."""
     def write(self, data: bytes) -> None:
-        """Append and hash (GIL released)."""
+        """Write at the offset and hash (GIL released)."""
     def truncate(self) -> None:
         """Drop what was written: start over at offset 0."""
     def commit(self, dest: str) -> None:
@@ -251,6 +272,26 @@ class BlobWriter:
         """Flush and close, keeping the partial file for a later resume."""
 
 @final
+class ChunkWriter:
+    """The bytes [start, end) of a blob, fetched on a connection of their
+    own (Fetcher.fetch_blob with `Range: bytes=start-(end-1)`) and written
+    in place into the blob's existing partial file at `path` (pwrite),
+    unhashed: the blob's BlobWriter takes them in with absorb(), and its
+    commit() verifies the whole. A 200 answer or a Content-Range other
+    than the one asked is FetchError(kind="range"), nothing written.
+    OSError if `path` does not exist."""
+
+    def __new__(cls, path: str, digest: str, start: int, end: int) -> Self: ...
+    @property
+    def offset(self) -> int:
+        """The next byte to write: the bytes from `start` up to it are in
+        the file (readable while a fetch runs)."""
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+
+@final
 class Transfer:
     """A handle shared between a running fetch and Python: progress + cancel.
 
@@ -263,6 +304,11 @@ class Transfer:
     @property
     def received(self) -> int:
         """Body bytes received by the fetches using this handle."""
+    @property
+    def waited(self) -> float:
+        """Seconds those fetches spent waiting for body bytes (the rest went
+        to writing and hashing them): most of the time when the connection
+        limits the rate."""
     @property
     def cancelled(self) -> bool: ...
     def cancel(self) -> None: ...
@@ -316,7 +362,7 @@ class Fetcher:
         self,
         url: str,
         headers: Sequence[tuple[str, str]],
-        writer: BlobWriter,
+        writer: BlobWriter | ChunkWriter,
         transfer: Transfer | None = None,
     ) -> FetchResult:
         """GET url and stream a 2xx body into writer (GIL released throughout).

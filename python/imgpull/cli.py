@@ -42,6 +42,7 @@ from imgpull.reference import DEFAULT_TAG, Reference, parse_reference  # noqa: E
 from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
 from imgpull.rfc3339 import parse_rfc3339  # noqa: E402
 from imgpull.safetext import printable, shown  # noqa: E402
+from imgpull.transfer import DEFAULT_CONNECTIONS_PER_LAYER, MAX_CONNECTIONS_PER_LAYER  # noqa: E402
 from imgpull.version import __version__  # noqa: E402
 
 app = typer.Typer(
@@ -165,6 +166,7 @@ def _client(
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_ratio: int = DEFAULT_MAX_RATIO,
     max_unsized_blob: int = DEFAULT_MAX_UNSIZED,
+    max_connections_per_layer: int = DEFAULT_CONNECTIONS_PER_LAYER,
 ) -> Client:
     return Client(
         root,
@@ -181,6 +183,7 @@ def _client(
         request_timeout=request_timeout,
         max_ratio=max_ratio,
         max_unsized_blob=max_unsized_blob,
+        max_connections_per_layer=max_connections_per_layer,
     )
 
 
@@ -267,6 +270,16 @@ def pull(
             help="Layers fetched at once (configs and layers of 256 KiB or less do not wait).",
         ),
     ] = 3,
+    max_connections_per_layer: Annotated[
+        int,
+        typer.Option(
+            "--max-connections-per-layer",
+            min=1,
+            max=MAX_CONNECTIONS_PER_LAYER,
+            help="Connections (Range requests) one big layer may use when one connection is "
+            "slow; extra ones only while download slots are free. 1: one stream.",
+        ),
+    ] = DEFAULT_CONNECTIONS_PER_LAYER,
     plain_http: PlainHttpOpt = None,
     insecure: InsecureOpt = False,
     ca_cert: CaCertOpt = None,
@@ -363,6 +376,7 @@ def pull(
             request_timeout=request_timeout,
             max_ratio=max_ratio,
             max_unsized_blob=max_unsized_blob,
+            max_connections_per_layer=max_connections_per_layer,
         ) as client,
     ):
         if bulk:

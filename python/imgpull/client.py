@@ -55,7 +55,13 @@ from imgpull.retry import RetryPolicy, StallPolicy
 from imgpull.rfc3339 import parse_rfc3339
 from imgpull.rootfs import RootfsTarget, check_outside_store
 from imgpull.store import LayerRecord, ReferenceRecord, Store
-from imgpull.transfer import CancelToken, TransferService
+from imgpull.transfer import (
+    DEFAULT_CONNECTIONS_PER_LAYER,
+    DEFAULT_SPLIT_THRESHOLD,
+    CancelToken,
+    TransferService,
+    check_connections_per_layer,
+)
 from imgpull.transport import Transport, Transports
 from imgpull.verify import (
     config_diff_ids,
@@ -134,7 +140,12 @@ class Client:
     host keeps its share only), and a blob several pulls want is fetched
     once (a pull whose registry did not start that transfer fetches its own
     copy when it is slow). Image configs and layers of 256 KiB or less take
-    no slot: their time is a round trip, not bandwidth.
+    no slot: their time is a round trip, not bandwidth. A blob of
+    `split_threshold` bytes or more (32 MiB) whose one connection runs below
+    what fills a link (100 MB/s: a proxy or CDN capping each connection)
+    is fetched on up to `max_connections_per_layer` (1 to 16, default 4)
+    connections at once, as Range requests, each extra one only while a
+    slot is free; a registry that ignores Range gets one stream.
 
     Threads: a Client may be used from several threads at once (pull,
     pull_many, pull_all_tags and the local queries); close() may be called
@@ -167,6 +178,8 @@ class Client:
         max_ratio: int = DEFAULT_MAX_RATIO,
         max_unsized_blob: int = DEFAULT_MAX_UNSIZED,
         max_concurrent_per_host: int | None = None,
+        max_connections_per_layer: int = DEFAULT_CONNECTIONS_PER_LAYER,
+        split_threshold: int = DEFAULT_SPLIT_THRESHOLD,
     ) -> None:
         if max_concurrent_downloads < 1 or (
             max_concurrent_per_host is not None and max_concurrent_per_host < 1
@@ -174,6 +187,7 @@ class Client:
             raise ImgpullError("max concurrent downloads must be at least 1")
         if not request_timeout > 0:
             raise ImgpullError("the request timeout must be a positive number of seconds")
+        check_connections_per_layer(max_connections_per_layer)
         self._tls = hosts.TLSFiles(
             ca_file=ca_file, client_cert=client_cert, client_key=client_key, dirs=certs_dirs
         )
@@ -203,6 +217,8 @@ class Client:
             max_concurrent_downloads=max_concurrent_downloads,
             max_per_host=max_concurrent_per_host,
             foreign_fetcher=self._transports.foreign,
+            max_connections_per_layer=max_connections_per_layer,
+            split_threshold=split_threshold,
         )
         # The tokens of the pulls in progress, which close() cancels.
         self._pulls = threading.Condition()

@@ -16,6 +16,12 @@ Each pull holds a CancelToken; cancelling it stops the transfers only it
 wants at once (a blocked read or write has its socket shut down, by the
 native Transfer for a body, by registry.deadline.interruptible for the
 registry requests a transfer makes), and partial files stay for a resume.
+
+A big blob on a slow connection is fetched as several Range requests at
+once (`max_connections_per_layer`, see _Split): its chunks are written in
+place into its ingest file and hashed (and inflated) in order as the bytes
+before them land; extra connections take only slots that are free, and give
+them back as soon as another blob waits for one.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from contextlib import contextmanager, suppress
@@ -31,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from imgpull._core import BlobWriter, DigestMismatchError, Fetcher, Transfer
+from imgpull._core import BlobWriter, ChunkWriter, DigestMismatchError, Fetcher, Transfer
 from imgpull.errors import (
     CorruptLayerError,
     FetchError,
@@ -52,7 +58,7 @@ from imgpull.registry.deadline import interruptible
 from imgpull.registry.errors import one_line
 from imgpull.retry import RetryPolicy
 from imgpull.store import Store
-from imgpull.store.content import BlobLimits
+from imgpull.store.content import BlobLimits, ChunkRecord
 from imgpull.transport import Transport
 from imgpull.version import USER_AGENT
 
@@ -70,6 +76,38 @@ _RACE_GRACE = 1.0
 _CONFIG_THREADS = 16
 # How many more graces a transfer about to end is waited for (at its rate).
 _RACE_ROUNDS = 5
+
+# Many connections for one big blob (issue 17). A blob of a known size of at
+# least `split_threshold` starts as one stream; once that stream has run
+# _PROBE_MIN s and brought _PROBE_BYTES (or has run _PROBE_MAX s), it is
+# judged. It goes on alone when it runs at _LINK_FILLING or more (one
+# connection fills the link: a split would only add requests), or when it
+# spent less than _WAITING of its time waiting for bytes (the bytes are
+# there; hashing and inflating them is the limit, which more connections do
+# not lift). Measured on this loaded 2-core machine, a 64 MiB layer on
+# loopback straight from the registry: 93-283 MB/s, waiting 13-41% of the
+# time (and 39-77 MB/s when judged over the first 50 ms only: the rate alone
+# misjudges a busy CPU, hence the waiting share); through a proxy capping
+# each connection at 25 MB/s: 21-24 MB/s, waiting 78-88%, and a 200 MB
+# layer took 8.4 s on one connection, 2.8-3.3 s split on four. Otherwise (a
+# proxy or CDN edge capping each connection, TCP over a long lossy path:
+# 25 MB/s at 200 Mbit/s) the rest of the blob is
+# cut into chunks of _MIN_CHUNK to _MAX_CHUNK bytes (about two per
+# connection, so that a slow connection delays little at the end) fetched
+# on up to N - 1 more connections, each only while a download slot is free.
+DEFAULT_SPLIT_THRESHOLD = 32 << 20
+DEFAULT_CONNECTIONS_PER_LAYER = 4
+MAX_CONNECTIONS_PER_LAYER = 16
+_LINK_FILLING = 100_000_000
+_WAITING = 0.6
+_PROBE_MIN = 0.2
+_PROBE_BYTES = 4 << 20
+_PROBE_MAX = 0.5
+_MIN_CHUNK = 1 << 20
+_MAX_CHUNK = 16 << 20
+# How often the coordinator of a split blob looks at its chunks (a chunk's
+# end also wakes it at once): the pace at which their bytes are hashed.
+_SPLIT_POLL = 0.02
 
 
 class CancelToken:
@@ -315,6 +353,10 @@ class _Job:
         self._preempted = False
         self._finished = False
         self._live: tuple[Transfer, int, int] | None = None
+        # Bytes of the blob arriving on its chunk connections (a split blob).
+        self.chunk_bytes: Callable[[], int] = lambda: 0
+        # Big enough to split, not split (yet): shares the free slots.
+        self.may_split = False
 
     # Who wants it ----------------------------------------------------------
 
@@ -424,7 +466,7 @@ class _Job:
         """Bytes of the blob so far (in the ingest file and arriving)."""
         with self._lock:
             live = self._live
-        return 0 if live is None else live[1] + live[0].received
+        return 0 if live is None else live[1] + live[0].received + self.chunk_bytes()
 
     def emit(self, event: ProgressEvent) -> None:
         wanting = self.wanting()
@@ -453,6 +495,7 @@ class _Job:
             if self._stop.is_set() or self._preempted:
                 transfer.cancel()
             self._live = (transfer, start, self.desc.size)
+            self.chunk_bytes = lambda: 0
         try:
             yield transfer
         finally:
@@ -468,7 +511,7 @@ class _Job:
         if live is None or self.label is None:
             return None
         transfer, start, total = live
-        return (self.label, min(start + transfer.received, total), total)
+        return (self.label, min(start + transfer.received + self.chunk_bytes(), total), total)
 
 
 class _Holder:
@@ -479,6 +522,10 @@ class _Holder:
         self.host = job.host
         self.order = order  # when it was taken: the latest is given back first
         self.revoked = False  # given back to another host's job (preempted)
+        # A second connection of a split blob's job: given back first, and
+        # to any job waiting (of its own host too); `stop` ends its chunk.
+        self.extra = False
+        self.stop: Callable[[], None] = lambda: None
 
 
 class _Wait:
@@ -519,6 +566,9 @@ class TransferService:
     its own source (unless that transfer is about to end); the first copy
     stored wins, the other is stopped and removed. `foreign_fetcher(url)`:
     the Fetcher for a foreign layer URL (the Client's Transports.foreign).
+    `max_connections_per_layer`: connections one blob of `split_threshold`
+    bytes or more may use when one is slow (see _Split); the extra ones
+    take free slots only.
     """
 
     def __init__(
@@ -529,9 +579,14 @@ class TransferService:
         max_per_host: int | None = None,
         foreign_fetcher: Callable[[str], Fetcher],
         race_grace: float = _RACE_GRACE,
+        max_connections_per_layer: int = DEFAULT_CONNECTIONS_PER_LAYER,
+        split_threshold: int = DEFAULT_SPLIT_THRESHOLD,
     ) -> None:
         if max_concurrent_downloads < 1 or (max_per_host is not None and max_per_host < 1):
             raise ImgpullError("max concurrent downloads must be at least 1")
+        check_connections_per_layer(max_connections_per_layer)
+        self.per_layer = max_connections_per_layer
+        self.split_threshold = split_threshold
         self.store = store
         self.limit = max_concurrent_downloads
         self.per_host = max_per_host or max_concurrent_downloads
@@ -552,6 +607,11 @@ class TransferService:
         self.peak = 0
         self.preempted = 0
         self.raced = 0
+        # Blobs whose one stream was judged (slow or not), at what rates
+        # (bytes/s), and split.
+        self.judged = 0
+        self.rates: list[tuple[float, float]] = []  # (bytes/s, share waiting)
+        self.split = 0
         # (host, small) -> its threads. Layer threads outnumber the slots, so
         # that one blob's commit (verify, fsync, rename) overlaps the next
         # one's download. Configs have threads of their own and take no
@@ -772,13 +832,13 @@ class TransferService:
             yield
             return
         holder = _Holder(job, 0)
-        host = holder.host
         with self._slots:
             self._waiting.append(holder)
             try:
                 while not self._may_take(holder):
                     job.check()
-                    self._take_back(holder)
+                    if not self._revoke_extra(holder):
+                        self._take_back(holder)
                     if self._may_take(holder):
                         break
                     self._slots.wait(_SLOT_POLL)
@@ -786,20 +846,71 @@ class TransferService:
             finally:
                 self._waiting.remove(holder)
                 self._slots.notify_all()  # the next in line may be another's
-            holder.order = next(self._seq)
-            self._busy += 1
-            self._busy_hosts[host] = self._busy_hosts.get(host, 0) + 1
-            self._holding.append(holder)
-            self.peak = max(self.peak, self._busy)
+            self._hold(holder)
         try:
             yield
         finally:
-            with self._slots:
-                self._holding.remove(holder)
-                if not holder.revoked:
-                    self._busy -= 1
-                    self._busy_hosts[host] -= 1
-                self._slots.notify_all()
+            self._release(holder)
+
+    def _hold(self, holder: _Holder) -> None:
+        """Count `holder`'s slot as busy (under self._slots)."""
+        holder.order = next(self._seq)
+        self._busy += 1
+        self._busy_hosts[holder.host] = self._busy_hosts.get(holder.host, 0) + 1
+        self._holding.append(holder)
+        self.peak = max(self.peak, self._busy)
+
+    def _release(self, holder: _Holder) -> None:
+        with self._slots:
+            self._holding.remove(holder)
+            if not holder.revoked:
+                self._busy -= 1
+                self._busy_hosts[holder.host] -= 1
+            self._slots.notify_all()
+
+    def _extra_slots(self, job: _Job, n: int) -> list[_Holder]:
+        """Up to `n` more slots for a split blob's `job`: only free ones,
+        within its host's cap, and none while any job waits for one; shared
+        with the other blobs of the host that may still split, so that the
+        first judged does not take them all."""
+        got: list[_Holder] = []
+        with self._slots:
+            free = min(self.limit - self._busy, self.per_host - self._busy_hosts.get(job.host, 0))
+            if free <= 0 or self._first_in_line() is not None:
+                return got
+            peers = {
+                h.job
+                for h in self._holding
+                if h.job is not job and h.host == job.host and h.job.may_split
+            }
+            for _ in range(min(n, max(1, free // (len(peers) + 1)))):
+                holder = _Holder(job, 0)
+                holder.extra = True
+                self._hold(holder)
+                got.append(holder)
+        return got
+
+    def _revoke_extra(self, holder: _Holder) -> bool:
+        """A split blob's extra connection gives its slot to `holder` (its
+        chunk stops, its bytes kept); under self._slots. False: none to give."""
+        if holder.job.stopping:
+            return False
+        if self._busy < self.limit:
+            # Free slots, but `holder`'s host is at its cap: one of its own.
+            if self._busy_hosts.get(holder.host, 0) < self.per_host:
+                return False
+            extras = [h for h in self._holding if h.extra and h.host == holder.host]
+        else:
+            extras = [h for h in self._holding if h.extra]
+        extras = [h for h in extras if not h.revoked and h.job is not holder.job]
+        if not extras:
+            return False
+        victim = max(extras, key=lambda h: h.order)
+        victim.revoked = True
+        self._busy -= 1
+        self._busy_hosts[victim.host] -= 1
+        victim.stop()
+        return True
 
     def _first_in_line(self) -> _Holder | None:
         eligible = [
@@ -883,6 +994,8 @@ class TransferService:
         content = self.store.content
         restarted = False
         attempt = 0
+        ranges = self._ranges(job, writer) if side is None else None
+        job.may_split = ranges is not None and not ranges.fallback
         try:
             while True:
                 attempt += 1
@@ -895,7 +1008,9 @@ class TransferService:
                         # A partial as long as the blob (a run stopped before
                         # its commit) only needs verifying: a Range from its
                         # end would get a 416 and a whole new download.
-                        if not (resumed and writer.offset == desc.size):
+                        if ranges is not None:
+                            self._ranged(job, writer, transfer, ranges)
+                        elif not (resumed and writer.offset == desc.size):
                             self._fetch_blob(source, desc, writer, transfer)
                     if label:
                         job.emit(ProgressEvent(VERIFYING, label))
@@ -913,11 +1028,13 @@ class TransferService:
                         )
                     return
                 except DigestMismatchError:
-                    # The joined bytes of a resume may be at fault: start over,
-                    # once (the failed commit removed the partial file).
-                    if not resumed or restarted:
+                    # The joined bytes of a resume (or of chunks) may be at
+                    # fault: start over, once (the failed commit removed the
+                    # partial file), as one stream.
+                    if not (resumed or (ranges is not None and ranges.split)) or restarted:
                         raise
                     restarted = True
+                    ranges = None
                     writer.close()
                     writer = content.writer(
                         desc.digest,
@@ -941,6 +1058,42 @@ class TransferService:
                         job.sleep(delay)
         finally:
             writer.close()
+
+    def _ranges(self, job: _Job, writer: BlobWriter) -> _Ranges | None:
+        """The chunk state of a blob that may be split (None: one stream):
+        a registry blob of a known size of `split_threshold` or more, or one
+        whose file holds chunks of a split run (which are kept)."""
+        desc = job.desc
+        record = ChunkRecord(writer.path)
+        landed = record.load(desc.size)[1] if desc.size >= 0 and record.exists() else []
+        split = self.per_layer > 1 and not desc.urls and desc.size >= max(self.split_threshold, 1)
+        if not split and not landed:
+            return None
+        ranges = _Ranges(desc.size, record, landed)
+        # Chunks a split run left: kept, and the rest as one stream.
+        ranges.fallback = not split
+        return ranges
+
+    def _ranged(self, job: _Job, writer: BlobWriter, transfer: Transfer, ranges: _Ranges) -> None:
+        """Fill `writer` from one stream at its offset, which a _Split may
+        join with chunk connections; the bytes already in the file past the
+        offset (chunks) are taken in, not fetched again."""
+        while True:
+            reach = ranges.landed.reach(writer.offset)
+            if reach > writer.offset:
+                writer.absorb(reach)
+            if writer.offset >= ranges.size:
+                return
+            progress, resets = writer.offset + ranges.landed.total(), ranges.resets
+            split = _Split(self, job, writer, transfer, ranges)
+            try:
+                split.front()
+                if split.active:
+                    split.supervise()
+            finally:
+                split.stop()
+            if ranges.resets == resets and writer.offset + ranges.landed.total() <= progress:
+                raise _fetch_error(f"the body of {job.digest} ended early", retryable=True)
 
     def _countdown(self, job: _Job, label: str, delay: float) -> None:
         whole = int(delay)
@@ -1002,6 +1155,412 @@ class TransferService:
                 writer.truncate()
                 continue
             raise RegistryError(f"answered HTTP {status}", status=status)
+
+
+class _Spans:
+    """Disjoint byte ranges [start, end) of a blob, in order: the bytes in
+    its ingest file past its writer's offset."""
+
+    def __init__(self, spans: Iterable[tuple[int, int]] = ()) -> None:
+        self._spans: list[tuple[int, int]] = []
+        for a, b in spans:
+            self.add(a, b)
+
+    def add(self, a: int, b: int) -> None:
+        if a >= b:
+            return
+        kept = []
+        for x, y in self._spans:
+            if y < a or x > b:
+                kept.append((x, y))
+            else:
+                a, b = min(a, x), max(b, y)
+        kept.append((a, b))
+        self._spans = sorted(kept)
+
+    def items(self) -> list[tuple[int, int]]:
+        return list(self._spans)
+
+    def clear(self) -> None:
+        self._spans = []
+
+    def total(self) -> int:
+        return sum(b - a for a, b in self._spans)
+
+    def reach(self, x: int) -> int:
+        """Where the bytes from `x` on stop being there."""
+        for a, b in self._spans:
+            if a <= x < b:
+                return b
+        return x
+
+    def next_start(self, x: int, default: int) -> int:
+        """The first range starting past `x`, else `default`."""
+        return next((a for a, _ in self._spans if a > x), default)
+
+    def gaps(self, a: int, b: int) -> list[tuple[int, int]]:
+        """What [a, b) lacks."""
+        out = []
+        for x, y in self._spans:
+            if y <= a or x >= b:
+                continue
+            if x > a:
+                out.append((a, x))
+            a = max(a, y)
+        if a < b:
+            out.append((a, b))
+        return out
+
+
+class _Ranges:
+    """A blob that may be fetched in chunks, across the attempts of one
+    writer: what lies in its file past the writer's offset (from its record
+    or this run's chunks), and whether its registry took Range requests."""
+
+    def __init__(self, size: int, record: ChunkRecord, landed: list[tuple[int, int]]) -> None:
+        self.size = size
+        self.record = record
+        self.landed = _Spans(landed)
+        # Chunks came into the file: a digest mismatch starts it over.
+        self.split = bool(landed)
+        # A Range request went unanswered as asked: one stream from now on.
+        self.fallback = False
+        self.resets = 0
+
+    def reset(self) -> None:
+        """The file was started over (the whole blob is coming)."""
+        self.landed.clear()
+        self.record.remove()
+        self.fallback = True
+        self.resets += 1
+
+
+class _Split:
+    """One attempt at a blob of _Ranges: its front stream (the writer's own,
+    hashed as it lands) and, when that one is slow and slots are free,
+    chunk connections for the rest (each a ChunkWriter in the same file).
+    The job's thread runs the front, then as coordinator takes in the
+    chunks in order (BlobWriter.absorb) as they land, while a monitor
+    thread judges the front's rate and starts the chunks. A chunk answered
+    200 or with another Content-Range than asked makes the rest one stream
+    again; another error ends its connection (its bytes kept, the rest of
+    its chunk to another); when all have ended, the first error is the
+    attempt's. A cancel reaches every connection (the coordinator passes
+    the job's on within _SPLIT_POLL)."""
+
+    def __init__(
+        self,
+        service: TransferService,
+        job: _Job,
+        writer: BlobWriter,
+        transfer: Transfer,
+        ranges: _Ranges,
+    ) -> None:
+        self.service, self.job, self.writer = service, job, writer
+        self.transfer, self.ranges = transfer, ranges
+        self.cond = threading.Condition()
+        self.pending: list[tuple[int, int]] = []
+        self.live: dict[int, tuple[int, ChunkWriter, Transfer]] = {}
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.active = False
+        self.front_done = False
+        self.stopping = False
+        self.fell_back = False
+        self.ended = 0  # body bytes of the chunk transfers that ended
+        # The slots taken for it, and the connection on each.
+        self.extras: list[tuple[_Holder, threading.Thread]] = []
+        self._keys = itertools.count()
+        self._counted = False
+        # The job's own slot's connection ended for want of a chunk.
+        self.own_idle = False
+
+    # The front ------------------------------------------------------------
+
+    def front(self) -> None:
+        """The writer's own stream from its offset up to the next bytes
+        already there; a monitor may split the rest meanwhile."""
+        writer, ranges = self.writer, self.ranges
+        source = self.job.source
+        start, generation = writer.offset, writer.generation
+        stop = ranges.landed.next_start(start, ranges.size)
+        writer.stop_at(stop, generation)
+        if not ranges.fallback and self.service.per_layer > 1:
+            base = self.transfer.received
+            monitor = threading.Thread(
+                target=self._monitor,
+                args=(start, generation, base),
+                name="imgpull-split",
+                daemon=True,
+            )
+            monitor.start()
+        try:
+            result = source.transport.registry.fetch_blob(
+                source.repository,
+                self.job.digest,
+                writer,
+                source.transport.fetcher,
+                self.transfer,
+                # Up to the bytes already there (else to the end: the rest
+                # may be split off while this one runs).
+                end=stop if stop < ranges.size else None,
+            )
+        except FetchError as exc:
+            if exc.kind != "range" or start == 0:
+                raise
+            # A resume answered with another range: the blob once more from 0.
+            ranges.reset()
+            writer.truncate()
+            return
+        finally:
+            with self.cond:
+                self.front_done = True
+                self.cond.notify_all()
+        if result.status == 200 and start > 0:
+            ranges.reset()  # the Range was ignored: the writer started over
+        elif self.active:
+            ranges.record.prefix(writer.offset)
+
+    def _monitor(self, start: int, generation: int, base: int) -> None:
+        """Judge the front's rate once; split the rest if it is slow."""
+        t0, waited = time.monotonic(), self.transfer.waited
+        while True:
+            with self.cond:
+                if self.front_done or self.stopping:
+                    return
+                self.cond.wait(_SPLIT_POLL)
+            elapsed = time.monotonic() - t0
+            got = self.transfer.received - base
+            if elapsed >= _PROBE_MAX or (elapsed >= _PROBE_MIN and got >= _PROBE_BYTES):
+                break
+        rate, waiting = got / elapsed, (self.transfer.waited - waited) / elapsed
+        self.service.judged += 1
+        self.service.rates.append((rate, waiting))
+        if rate >= _LINK_FILLING or waiting < _WAITING:
+            self.job.may_split = False
+            return  # the link is full, or the connection is not the limit
+        service = self.service
+        holders = service._extra_slots(self.job, service.per_layer - 1)
+        if not holders:
+            return
+        try:
+            with self.cond:
+                if self.front_done or self.stopping:
+                    return
+                self._plan(start + self.transfer.received - base, generation, len(holders) + 1)
+                if not self.active:
+                    return
+                for holder in holders:
+                    self._spawn(holder)
+                holders = []
+        finally:
+            for holder in holders:
+                service._release(holder)
+
+    def _plan(self, at: int, generation: int, connections: int) -> None:
+        """Cut what the front has not reached (from about `at`) into chunks;
+        the front keeps the first (under self.cond)."""
+        ranges = self.ranges
+        end = ranges.landed.next_start(at, ranges.size)
+        left = end - at
+        chunk = min(max(left // (2 * connections), _MIN_CHUNK), _MAX_CHUNK)
+        if left < 2 * chunk:
+            return
+        stop = self.writer.stop_at(at + chunk, generation)
+        if stop is None or stop >= end:
+            return
+        for a, b in ranges.landed.gaps(stop, ranges.size):
+            self.pending.extend((x, min(x + chunk, b)) for x in range(a, b, chunk))
+        if not self.pending:
+            return
+        self.active = True
+        ranges.split = True
+        self.job.may_split = False
+        self.service.split += 1
+        # Written before any chunk: the record of what is in the file.
+        ranges.record.begin(self.writer.offset, ranges.landed.items())
+        before = self.job.chunk_bytes
+        self.job.chunk_bytes = lambda: before() + self.bytes()
+
+    # The chunks -----------------------------------------------------------
+
+    def _spawn(self, holder: _Holder | None) -> None:
+        thread = threading.Thread(
+            target=self._work, args=(holder,), name="imgpull-chunk", daemon=True
+        )
+        if holder is not None:
+            self.extras.append((holder, thread))
+        self.threads.append(thread)
+        thread.start()
+
+    def bytes(self) -> int:
+        """Body bytes of the chunk connections so far."""
+        with self.cond:
+            return self.ended + sum(t.received for _, _, t in self.live.values())
+
+    def _work(self, holder: _Holder | None) -> None:
+        """One connection: chunks, lowest first, until none is left, the
+        split stops, or its slot is taken back."""
+        try:
+            with interruptible(self.job.token):
+                while self._chunk(holder):
+                    pass
+        finally:
+            if holder is not None:
+                self.service._release(holder)
+            with self.cond:
+                self.cond.notify_all()
+
+    def _chunk(self, holder: _Holder | None) -> bool:
+        """Fetch the next chunk; False when this connection is done."""
+        source, ranges = self.job.source, self.ranges
+        with self.cond:
+            if self.stopping or not self.pending or (holder is not None and holder.revoked):
+                self.own_idle = self.own_idle or (holder is None and not self.stopping)
+                return False
+            start, end = self.pending.pop(0)
+            transfer = Transfer()
+            key = next(self._keys)
+        error: BaseException | None = None
+        chunk: ChunkWriter | None = None
+        try:
+            chunk = ChunkWriter(self.writer.path, self.job.digest, start, end)
+            with self.cond:
+                self.live[key] = (start, chunk, transfer)
+                if self.stopping:
+                    transfer.cancel()
+            if holder is not None:
+                holder.stop = transfer.cancel
+                if holder.revoked:
+                    transfer.cancel()
+            source.transport.registry.fetch_blob(
+                source.repository, self.job.digest, chunk, source.transport.fetcher, transfer
+            )
+            if chunk.offset < end:
+                raise _fetch_error(
+                    f"chunk {start}-{end - 1} of {self.job.digest} ended early", retryable=True
+                )
+        except FetchError as exc:
+            if exc.kind == "range":
+                self._fall_back()
+            else:
+                error = exc
+        except Exception as exc:  # the coordinator raises it
+            error = exc
+        finally:
+            got = start if chunk is None else chunk.offset
+            with self.cond:
+                self.live.pop(key, None)
+                self.ended += transfer.received
+                if got > start:
+                    ranges.landed.add(start, got)
+                    ranges.record.add(start, got)  # its bytes are in the file
+                if got < end:
+                    self.pending.append((got, end))
+                    self.pending.sort()
+                if error is not None and not self.stopping and not transfer.cancelled:
+                    self.errors.append(error)
+                self.cond.notify_all()
+        return error is None and not transfer.cancelled
+
+    def _fall_back(self) -> None:
+        with self.cond:
+            self.fell_back = True
+            self.stopping = True
+            for _, _, transfer in self.live.values():
+                transfer.cancel()
+            self.cond.notify_all()
+
+    # The coordinator --------------------------------------------------------
+
+    def _reach(self) -> int:
+        """Where the bytes from the writer's offset stop being in the file,
+        counting those of the chunks still arriving (under self.cond)."""
+        at = self.ranges.landed.reach(self.writer.offset)
+        moved = True
+        while moved:
+            moved = False
+            for start, chunk, _ in self.live.values():
+                if start <= at < chunk.offset:
+                    at = self.ranges.landed.reach(chunk.offset)
+                    moved = True
+        return at
+
+    def supervise(self) -> None:
+        """Once the front is done: its own slot takes chunks too, and the
+        chunks' bytes are taken in as they land, until the blob is whole."""
+        self._spawn(None)
+        writer, size = self.writer, self.ranges.size
+        while True:
+            if self.transfer.cancelled:
+                self.stop()
+                raise _fetch_error("cancelled", kind="cancelled")
+            with self.cond:
+                reach = self._reach()
+            if reach > writer.offset:
+                writer.absorb(reach)
+            if writer.offset >= size:
+                return
+            with self.cond:
+                if self.fell_back or not any(t.is_alive() for t in self.threads):
+                    break
+                self.cond.wait(_SPLIT_POLL)
+            self._top_up()
+        self.stop()
+        if self.fell_back:
+            self.ranges.fallback = True
+        elif self.errors:
+            raise self.errors[0]
+        # Else every extra slot was taken back: the front goes on alone.
+
+    def _top_up(self) -> None:
+        """More connections, as slots come free (another blob ended), while
+        chunks wait for one."""
+        service = self.service
+        with self.cond:
+            if self.stopping or not self.pending:
+                return
+            if self.own_idle:
+                # The job's own slot found nothing left a moment ago; now a
+                # stopped chunk's rest is back.
+                self.own_idle = False
+                self._spawn(None)
+            extra = sum(1 for h, t in self.extras if t.is_alive() and not h.revoked)
+            want = min(service.per_layer - 1 - extra, len(self.pending))
+            if want > 0:
+                for holder in service._extra_slots(self.job, want):
+                    self._spawn(holder)
+
+    def stop(self) -> None:
+        """End every chunk connection (their bytes kept) and wait for them."""
+        with self.cond:
+            self.stopping = True
+            for _, _, transfer in self.live.values():
+                transfer.cancel()
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+        if self.active and not self._counted:
+            self._counted = True
+            owner = self.job.owner
+            if owner is not None:
+                owner._count(self.ended)
+
+
+def _fetch_error(message: str, *, retryable: bool = False, kind: str = "io") -> FetchError:
+    """A FetchError as the native fetcher raises them."""
+    error = FetchError(message)
+    error.kind = kind
+    error.retryable = retryable
+    return error
+
+
+def check_connections_per_layer(n: int) -> int:
+    if not 1 <= n <= MAX_CONNECTIONS_PER_LAYER:
+        raise ImgpullError(
+            f"max connections per layer must be 1 to {MAX_CONNECTIONS_PER_LAYER}, not {n}"
+        )
+    return n
 
 
 class _Superseded(PullCancelledError):

@@ -15,8 +15,14 @@ request (keep-alive on both sides) unless a rule the test set says otherwise:
                   ``date=True``, as an HTTP-date
     ignore_range  drop the Range header upstream: a 200 with the whole body
     close_before_headers  close the connection without answering
+    as_200        a 206 sent as a 200 (its partial body, no Content-Range)
+    bad_range     a 206 whose Content-Range names the bytes one further on
+    pace          send the body at ``rate`` bytes a second (this request
+                  alone: with ``count=None``, a cap per connection)
 
-A rule matches by method and a regex searched in the path, fires on the
+A rule matches by method and a regex searched in the path (and with
+``ranged`` True/False, only requests with/without a closed Range
+``bytes=A-B``: a chunk's), fires on the
 matching requests after the first ``skip``, at most ``count`` times (None:
 always). Control is a JSON API under ``/__faults__/`` on the same port:
 ``POST rules`` (a rule or a list), ``GET stats`` (injections per fault
@@ -58,6 +64,9 @@ FAULTS = (
     "status",
     "ignore_range",
     "close_before_headers",
+    "as_200",
+    "bad_range",
+    "pace",
 )
 _READ = 64 * 1024
 _MAX_HEAD = 64 * 1024
@@ -91,6 +100,7 @@ class Rule:
     status: int = 503
     retry_after: float | None = None
     date: bool = False
+    ranged: bool | None = None
     # How the matrix names it; default: the fault, or e.g. "status 429 (date)".
     label: str = ""
     seen: int = 0
@@ -107,8 +117,12 @@ class Rule:
                 if self.retry_after is not None:
                     self.label += " retry-after " + ("date" if self.date else "seconds")
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and bool(re.search(self.path, path))
+    def matches(self, method: str, path: str, closed_range: bool = False) -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and bool(re.search(self.path, path))
+            and (self.ranged is None or self.ranged == closed_range)
+        )
 
     @property
     def armed(self) -> bool:
@@ -249,10 +263,13 @@ class Proxy:
 
     def _choose(self, req: Request) -> Rule | None:
         path = req.target.split("?", 1)[0]
+        closed = bool(re.fullmatch(r"bytes=\d+-\d+", req.header("range") or ""))
         for candidate in self.rules:
-            if candidate.matches(req.method, path):
+            if candidate.matches(req.method, path, closed):
                 candidate.seen += 1
-        rule = next((r for r in self.rules if r.matches(req.method, path) and r.armed), None)
+        rule = next(
+            (r for r in self.rules if r.matches(req.method, path, closed) and r.armed), None
+        )
         if rule is not None:
             rule.fired += 1
             self.injected[rule.label] = self.injected.get(rule.label, 0) + 1
@@ -340,6 +357,8 @@ class Proxy:
         lines = head.decode("latin-1").split("\r\n")[:-2]
         status = int(lines[0].split(" ", 2)[1])
         headers = _parse_headers(lines[1:])
+        if rule is not None and rule.fault in ("as_200", "bad_range") and status == 206:
+            head, status = _misrange(lines, headers, rule.fault)
         entry.status = status
         writer.write(head)
         length = next((v for k, v in headers if k.lower() == "content-length"), None)
@@ -388,6 +407,7 @@ class _Body:
         self.rule = rule
         self.offset = 0
         self.stalled = False
+        self.started = 0.0
 
     async def _write(self, data: bytes) -> None:
         if data:
@@ -410,8 +430,15 @@ class _Body:
     async def send(self, chunk: bytes) -> bool:
         """False once the connection is finished (by a fault or the client)."""
         rule, start = self.rule, self.offset
-        if rule is None or rule.fault in ("ignore_range", "status"):
+        if rule is None or rule.fault in ("ignore_range", "status", "as_200", "bad_range"):
             await self._write(chunk)
+            return True
+        if rule.fault == "pace":
+            self.started = self.started or time.monotonic()
+            await self._write(chunk)
+            ahead = self.started + self.offset / rule.rate - time.monotonic()
+            if ahead > 0 and await self._client_gone(ahead):
+                raise _Closed
             return True
         if rule.fault == "flip":
             buf = bytearray(chunk)
@@ -456,6 +483,23 @@ class _Body:
             return True
         await self._write(chunk)
         return True
+
+
+def _misrange(lines: list[str], headers: list[tuple[str, str]], fault: str) -> tuple[bytes, int]:
+    """A 206's head answered wrong: as a 200 without Content-Range, or with
+    a Content-Range one byte further on than the bytes sent."""
+    kept = []
+    for name, value in headers:
+        if name.lower() == "content-range":
+            if fault == "as_200":
+                continue
+            m = re.fullmatch(r"bytes (\d+)-(\d+)/(\S+)", value.strip())
+            if m:
+                value = f"bytes {int(m[1]) + 1}-{int(m[2]) + 1}/{m[3]}"
+        kept.append(f"{name}: {value}")
+    status = 200 if fault == "as_200" else 206
+    first = f"HTTP/1.1 {status} {'OK' if status == 200 else 'Partial Content'}"
+    return ("\r\n".join([first, *kept]) + "\r\n\r\n").encode("latin-1"), status
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

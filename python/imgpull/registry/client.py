@@ -55,7 +55,7 @@ from imgpull.registry.errors import (
 from imgpull.version import USER_AGENT
 
 if TYPE_CHECKING:
-    from imgpull._core import BlobWriter, Fetcher, FetchResult, Transfer
+    from imgpull._core import BlobWriter, ChunkWriter, Fetcher, FetchResult, Transfer
 
 __all__ = [
     "DEFAULT_ACCEPT",
@@ -694,9 +694,10 @@ class RegistryClient:
     # -- blobs --------------------------------------------------------------
 
     def blob_request(
-        self, repo: str, digest: str, *, offset: int = 0
+        self, repo: str, digest: str, *, offset: int = 0, end: int | None = None
     ) -> tuple[str, list[tuple[str, str]]]:
-        """URL and headers for the native fetcher to GET a blob from `offset`.
+        """URL and headers for the native fetcher to GET a blob from `offset`
+        (up to `end`, exclusive: one chunk of it).
 
         Gets (or reuses) a token for the repository first. The fetcher drops
         Authorization itself when a redirect leaves this host.
@@ -711,7 +712,9 @@ class RegistryClient:
         auth = self._auth.authorization(pull_scope(repo))
         if auth:
             headers.append(("Authorization", auth))
-        if offset > 0:
+        if end is not None:
+            headers.append(("Range", f"bytes={offset}-{end - 1}"))
+        elif offset > 0:
             headers.append(("Range", f"bytes={offset}-"))
         return self._url(repo, "blobs", digest), headers
 
@@ -719,11 +722,14 @@ class RegistryClient:
         self,
         repo: str,
         digest: str,
-        writer: BlobWriter,
+        writer: BlobWriter | ChunkWriter,
         fetcher: Fetcher,
         transfer: Transfer | None = None,
+        *,
+        end: int | None = None,
     ) -> FetchResult:
-        """Stream a blob into `writer` from its offset; raise on an HTTP error.
+        """Stream a blob into `writer` from its offset, up to `end` if given
+        (a ChunkWriter: its range of the blob); raise on an HTTP error.
 
         One re-authentication on a 401; one restart from 0 on a 416 (the
         partial file is not a prefix the registry can continue). Other
@@ -733,7 +739,9 @@ class RegistryClient:
         scope = pull_scope(repo)
         reauthed = restarted = False
         while True:
-            url, headers = self.blob_request(repo, digest, offset=writer.offset)
+            # A ChunkWriter has an end: one range of the blob.
+            end = getattr(writer, "end", end)
+            url, headers = self.blob_request(repo, digest, offset=writer.offset, end=end)
             sent = next((v for k, v in headers if k == "Authorization"), None)
             debuglog.log_exchange("GET", url, headers)
             result = fetcher.fetch_blob(url, headers, writer, transfer)
@@ -749,7 +757,7 @@ class RegistryClient:
                     scope, sent, header_values(result.headers, "www-authenticate")
                 ):
                     continue
-            if status == 416 and writer.offset > 0 and not restarted:
+            if status == 416 and not hasattr(writer, "end") and writer.offset > 0 and not restarted:
                 restarted = True
                 writer.truncate()
                 continue

@@ -18,6 +18,13 @@ a decompressor's state cannot be saved. Wrong bytes (a torn write, zeros
 after a power cut) fail the digest at commit, which removes the file, and the
 puller starts that blob over once; a partial longer than the blob is started
 over when opened; one as long as the blob is only verified (pull.py).
+
+A blob fetched as several ranges at once (transfer.py) has its later chunks
+written in place ahead of the writer; `<ingest>.chunks` (ChunkRecord) lists
+the chunks finished, each line written after its bytes, so that a run after
+a kill -9 keeps them: the writer then trusts the file's prefix up to the
+first gap only, and the finished chunks past it are taken in when it gets
+there. Whatever a record says, commit() verifies size and digest.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +65,75 @@ def local_write_error(exc: BaseException) -> StoreError | None:
     if exc.errno in _FULL:
         return disk_full(exc.filename, "run the pull again (what was downloaded is kept)")
     return StoreError(f"cannot write {exc.filename}: {reason}")
+
+
+class ChunkRecord:
+    """The chunks of a blob's ingest file known to be in it, beside it as
+    `<ingest>.chunks`: "prefix N" (bytes 0..N written in order) and
+    "START END" (a chunk fetched in place) lines, appended after the bytes
+    they name are in the file. Advisory: wrong bytes fail the digest."""
+
+    def __init__(self, partial: str | os.PathLike[str]) -> None:
+        self.path = Path(f"{os.fspath(partial)}.chunks")
+        self._broken = False
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def begin(self, prefix: int, chunks: list[tuple[int, int]]) -> None:
+        """A new record: the prefix, and chunks already in the file."""
+        lines = [f"prefix {prefix}\n", *(f"{a} {b}\n" for a, b in chunks)]
+        self._write("w", "".join(lines))
+
+    def add(self, start: int, end: int) -> None:
+        self._write("a", f"{start} {end}\n")
+
+    def prefix(self, n: int) -> None:
+        self._write("a", f"prefix {n}\n")
+
+    def _write(self, mode: str, text: str) -> None:
+        """Best effort: a record that cannot be written (a full disk) is
+        removed, and a rerun trusts the file as it did before chunks (its
+        holes fail the digest, and the blob starts over)."""
+        if self._broken:
+            return
+        try:
+            with self.path.open(mode) as f:
+                f.write(text)
+        except OSError:
+            self._broken = True
+            with suppress(OSError):
+                self.remove()
+
+    def load(self, size: int | None) -> tuple[int, list[tuple[int, int]]]:
+        """(trusted prefix, finished chunks past it): only what lies within
+        the file and the blob; (0, []) for a missing or unreadable record."""
+        try:
+            text = self.path.read_text()
+            length = Path(os.fspath(self.path)[: -len(".chunks")]).stat().st_size
+        except (OSError, UnicodeDecodeError):
+            return 0, []
+        limit = length if size is None else min(length, size)
+        prefix, chunks = 0, []
+        for line in text.splitlines():
+            parts = line.split()
+            try:
+                if len(parts) == 2 and parts[0] == "prefix":
+                    prefix = max(prefix, min(int(parts[1]), limit))
+                elif len(parts) == 2:
+                    a, b = int(parts[0]), int(parts[1])
+                    if 0 <= a < b <= limit:
+                        chunks.append((a, b))
+            except ValueError:
+                continue  # a torn last line
+        chunks.sort()
+        for a, b in chunks:
+            if a <= prefix:
+                prefix = max(prefix, b)
+        return prefix, [(a, b) for a, b in chunks if b > prefix]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -159,6 +235,8 @@ class ContentStore:
                     partial = Path(writer.path)
                     if partial.is_file() and (partial.stat().st_size == 0 or dest.is_file()):
                         partial.unlink()
+                    if not partial.is_file():
+                        ChunkRecord(partial).remove()
         except OSError as exc:
             # Also what the caller's block raised while filling the writer.
             error = local_write_error(exc)
@@ -183,6 +261,10 @@ class ContentStore:
         """
         if path is None:
             path = self.ingest_dir / self.path(digest).name
+        # A file with chunks fetched ahead: only its prefix up to the first
+        # gap is taken as it is (ChunkRecord).
+        record = ChunkRecord(path)
+        trusted = record.load(size)[0] if record.exists() else None
         return BlobWriter(
             str(path),
             digest,
@@ -190,6 +272,7 @@ class ContentStore:
             layer=layer,
             max_ratio=limits.max_ratio,
             max_unsized=limits.max_unsized,
+            trusted=trusted,
         )
 
     def side_path(self, digest: str) -> Path:
@@ -204,7 +287,12 @@ class ContentStore:
 
     def commit(self, writer: BlobWriter) -> Path:
         dest = self.path(writer.digest)
-        writer.commit(str(dest))
+        try:
+            writer.commit(str(dest))
+        finally:
+            # Committed, or removed by a failed commit: its record goes too.
+            if not Path(writer.path).is_file():
+                ChunkRecord(writer.path).remove()
         return dest
 
     def put(self, data: bytes, digest: str) -> Path:

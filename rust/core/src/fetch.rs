@@ -22,7 +22,87 @@ use crate::interrupt::{Interrupt, InterruptibleConnector};
 use crate::offload::Busy;
 use crate::stall::{StallGuard, StallPolicy};
 use crate::tls::{tls_config, TlsOptions};
-use crate::writer::BlobWriter;
+use crate::writer::{BlobWriter, ChunkWriter};
+
+/// Where a fetched body goes: a blob's writer (in order, hashed), or one
+/// chunk of it written in place (a Range request of its own).
+pub trait Sink {
+    /// The next byte of the blob this sink takes: where a 206 must start.
+    fn offset(&self) -> u64;
+    /// Takes what it can of `data`; fewer bytes than given: it is full
+    /// (its stop or its end), and the fetch ends there.
+    fn take(&mut self, data: &[u8]) -> Result<usize>;
+    /// Bytes it takes before it is full.
+    fn room(&self) -> u64;
+    /// A 200 answered the Range request: the whole blob is coming.
+    fn restart(&mut self, status: u16) -> Result<()>;
+    /// The end (exclusive) a 206's Content-Range must name, if any.
+    fn range_end(&self) -> Option<u64>;
+    fn is_layer(&self) -> bool;
+    fn digest(&self) -> String;
+    /// The bytes taken so far are in the file (called whatever the outcome).
+    fn finish(&mut self) -> Result<()>;
+}
+
+impl Sink for BlobWriter {
+    fn offset(&self) -> u64 {
+        BlobWriter::offset(self)
+    }
+    fn take(&mut self, data: &[u8]) -> Result<usize> {
+        self.write_upto(data)
+    }
+    fn room(&self) -> u64 {
+        BlobWriter::room(self)
+    }
+    fn restart(&mut self, _status: u16) -> Result<()> {
+        // The range was ignored and the whole blob is coming: start over.
+        self.truncate()
+    }
+    fn range_end(&self) -> Option<u64> {
+        None
+    }
+    fn is_layer(&self) -> bool {
+        BlobWriter::is_layer(self)
+    }
+    fn digest(&self) -> String {
+        BlobWriter::digest(self).to_string()
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.flush()
+    }
+}
+
+impl Sink for ChunkWriter {
+    fn offset(&self) -> u64 {
+        ChunkWriter::offset(self)
+    }
+    fn take(&mut self, data: &[u8]) -> Result<usize> {
+        self.write(data)
+    }
+    fn room(&self) -> u64 {
+        self.end() - ChunkWriter::offset(self)
+    }
+    fn restart(&mut self, status: u16) -> Result<()> {
+        // Never the whole blob into a chunk: the caller goes back to one stream.
+        Err(CoreError::fetch(
+            FetchKind::Range,
+            false,
+            format!("the server ignored the Range request (HTTP {status}, not 206)"),
+        ))
+    }
+    fn range_end(&self) -> Option<u64> {
+        Some(self.end())
+    }
+    fn is_layer(&self) -> bool {
+        false
+    }
+    fn digest(&self) -> String {
+        ChunkWriter::digest(self).to_string()
+    }
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
 
 const MAX_REDIRECTS: usize = 10;
 /// How much of a non-2xx body is kept for the caller's error message.
@@ -51,6 +131,10 @@ pub struct FetchOptions {
 #[derive(Debug, Default)]
 pub struct Transfer {
     received: AtomicU64,
+    /// Time spent waiting in reads of the body: near the whole of it when
+    /// the connection is what limits the rate, little when the bytes are
+    /// already there and hashing them is (transfer.py splits only the former).
+    waited_nanos: AtomicU64,
     interrupt: Arc<Interrupt>,
 }
 
@@ -60,6 +144,10 @@ impl Transfer {
     }
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+    /// Seconds spent waiting for body bytes so far.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_nanos.load(Ordering::Relaxed))
     }
     pub fn cancelled(&self) -> bool {
         self.interrupt.cancelled()
@@ -145,12 +233,13 @@ impl Fetcher {
     }
 
     /// GETs `url` with `headers` and streams a 2xx body into `writer`,
-    /// applying the resume rules against `writer.offset()` first.
-    pub fn fetch_blob(
+    /// applying the resume rules against `writer.offset()` first. It ends
+    /// early, without an error, when the writer is full (see [`Sink`]).
+    pub fn fetch_blob<S: Sink + ?Sized>(
         &self,
         url: &str,
         headers: &[(String, String)],
-        writer: &mut BlobWriter,
+        writer: &mut S,
         transfer: Option<&Transfer>,
     ) -> Result<FetchResponse> {
         let url = Url::parse(url).map_err(|e| CoreError::Invalid(format!("url {url:?}: {e}")))?;
@@ -167,11 +256,11 @@ impl Fetcher {
         check(self.fetch_hops(url, headers, writer, transfer))
     }
 
-    fn fetch_hops(
+    fn fetch_hops<S: Sink + ?Sized>(
         &self,
         mut url: Url,
         headers: &[(String, String)],
-        writer: &mut BlobWriter,
+        writer: &mut S,
         transfer: Option<&Transfer>,
     ) -> Result<FetchResponse> {
         let origin = url.origin();
@@ -300,49 +389,58 @@ fn error_body(response: Response<Body>, limit: Duration) -> Vec<u8> {
 }
 
 /// Applies the resume rules, then streams the body into `writer`.
-fn receive(
+fn receive<S: Sink + ?Sized>(
     response: Response<Body>,
-    writer: &mut BlobWriter,
+    writer: &mut S,
     transfer: Option<&Transfer>,
     mut guard: Option<StallGuard>,
 ) -> Result<u64> {
     let offset = writer.offset();
-    if response.status().as_u16() == 206 {
+    let status = response.status().as_u16();
+    let end = writer.range_end();
+    if status == 206 {
         let range = response
             .headers()
             .get("content-range")
             .and_then(|v| v.to_str().ok());
-        let start = range.and_then(content_range_start);
-        if start != Some(offset) {
+        let found = range.and_then(content_range);
+        let expected =
+            |(start, last): (u64, u64)| start == offset && end.is_none_or(|e| last + 1 == e);
+        if !found.is_some_and(expected) {
+            let asked = end.map_or(format!("{offset}-"), |e| format!("{offset}-{}", e - 1));
             return Err(CoreError::fetch(
                 FetchKind::Range,
                 false,
                 format!(
-                    "206 with Content-Range {:?}, expected one starting at byte {offset}",
+                    "206 with Content-Range {:?}, expected bytes {asked}",
                     range.unwrap_or("")
                 ),
             ));
         }
-    } else if offset > 0 {
-        // The range was ignored and the whole blob is coming: start over.
-        writer.truncate()?;
+    } else if offset > 0 || end.is_some() {
+        writer.restart(status)?;
     }
-    stream(
+    let out = stream(
         &mut response.into_body().into_reader(),
         writer,
         transfer,
         guard.as_mut(),
-    )
+    );
+    // Also after an error: the bytes taken are in the file, for a resume
+    // (or a record of chunks) to rely on.
+    let flushed = writer.finish();
+    let written = out?;
+    flushed.map(|()| written)
 }
 
-/// 'bytes <start>-<end>/<total|*>' -> start.
-fn content_range_start(value: &str) -> Option<u64> {
+/// 'bytes <start>-<end>/<total|*>' -> (start, end), end inclusive.
+fn content_range(value: &str) -> Option<(u64, u64)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
     let (start, rest) = rest.split_once('-')?;
     let (end, _total) = rest.split_once('/')?;
     let start: u64 = start.trim().parse().ok()?;
     let end: u64 = end.trim().parse().ok()?;
-    (end >= start).then_some(start)
+    (end >= start).then_some((start, end))
 }
 
 /// Copies the body into `writer` through one reused ~1 MiB buffer, so that
@@ -351,9 +449,9 @@ fn content_range_start(value: &str) -> Option<u64> {
 /// after it. (Overlapping hashing with receiving on a second thread was
 /// measured: no gain on a 2-core machine, so it is not done; a layer's
 /// decoding and tar hashing move to spare cores, see offload.rs.)
-fn stream(
+fn stream<S: Sink + ?Sized>(
     reader: &mut impl Read,
-    writer: &mut BlobWriter,
+    writer: &mut S,
     transfer: Option<&Transfer>,
     mut guard: Option<&mut StallGuard>,
 ) -> Result<u64> {
@@ -363,10 +461,19 @@ fn stream(
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     loop {
-        let (filled, outcome) = fill(reader, &mut buf, transfer, guard.as_deref_mut());
+        // Full (a stop set meanwhile, a chunk's end): the rest of the body
+        // is not read, and the connection is dropped with it.
+        let room = writer.room().min(CHUNK as u64) as usize;
+        if room == 0 {
+            return Ok(written);
+        }
+        let (filled, outcome) = fill(reader, &mut buf[..room], transfer, guard.as_deref_mut());
         if filled > 0 {
-            writer.write(&buf[..filled])?;
-            written += filled as u64;
+            let took = writer.take(&buf[..filled])?;
+            written += took as u64;
+            if took < filled {
+                return Ok(written);
+            }
         }
         match outcome {
             Ok(true) => {}
@@ -390,7 +497,7 @@ fn stream(
 
 /// "download of sha256:… stalled: under 16 KiB/s for 30 s": retryable, and
 /// the retry resumes at writer.offset().
-fn stalled(writer: &BlobWriter, policy: StallPolicy) -> CoreError {
+fn stalled<S: Sink + ?Sized>(writer: &S, policy: StallPolicy) -> CoreError {
     CoreError::fetch(
         FetchKind::Stalled,
         true,
@@ -416,7 +523,13 @@ fn fill(
         if transfer.is_some_and(Transfer::cancelled) {
             return (filled, Err(cancelled()));
         }
-        match reader.read(&mut buf[filled..]) {
+        let asked = Instant::now();
+        let read = reader.read(&mut buf[filled..]);
+        if let Some(t) = transfer {
+            let waited = asked.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            t.waited_nanos.fetch_add(waited, Ordering::Relaxed);
+        }
+        match read {
             Ok(0) => return (filled, Ok(false)),
             Ok(n) => {
                 filled += n;
@@ -444,16 +557,16 @@ fn cancelled() -> CoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::content_range_start;
+    use super::content_range;
 
     #[test]
-    fn content_range() {
-        assert_eq!(content_range_start("bytes 100-199/200"), Some(100));
-        assert_eq!(content_range_start("bytes 0-0/*"), Some(0));
-        assert_eq!(content_range_start(" bytes  5-9/10 "), Some(5));
-        assert_eq!(content_range_start("bytes 9-5/10"), None);
-        assert_eq!(content_range_start("bytes */10"), None);
-        assert_eq!(content_range_start("items 0-1/2"), None);
-        assert_eq!(content_range_start(""), None);
+    fn content_range_parsed() {
+        assert_eq!(content_range("bytes 100-199/200"), Some((100, 199)));
+        assert_eq!(content_range("bytes 0-0/*"), Some((0, 0)));
+        assert_eq!(content_range(" bytes  5-9/10 "), Some((5, 9)));
+        assert_eq!(content_range("bytes 9-5/10"), None);
+        assert_eq!(content_range("bytes */10"), None);
+        assert_eq!(content_range("items 0-1/2"), None);
+        assert_eq!(content_range(""), None);
     }
 }

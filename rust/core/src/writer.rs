@@ -1,14 +1,20 @@
 //! BlobWriter: ingest -> verify -> rename. A partial file in the ingest area
-//! is appended to while hashed; commit only renames verified bytes into place.
+//! is written in order while hashed; commit only renames verified bytes into
+//! place. A blob fetched as several ranges (ChunkWriter) has its later
+//! chunks written in place ahead of the writer, which hashes them in order
+//! when it reaches them (`absorb`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::diffid::DEFAULT_MAX_RATIO;
-use crate::digest::{read_chunks, Digest};
+use crate::digest::{read_chunks, Digest, CHUNK};
 use crate::error::{CoreError, Result};
 use crate::layer::{LayerDigest, Unpacked, Unpacker};
 
@@ -63,6 +69,81 @@ pub struct BlobWriter {
     layer: bool,
     /// Set by a successful commit() of a layer writer.
     layer_digest: Option<LayerDigest>,
+    /// Where a fetch into this writer stops (set from another thread).
+    stop: Arc<Stop>,
+}
+
+/// Where a fetch streaming into a BlobWriter stops: another thread lowers it
+/// while the fetch runs (the rest of the blob then comes as chunks). Under
+/// one lock with the offset the running write will reach, so that the stop
+/// it sets is exact: never below a byte already taken.
+#[derive(Debug)]
+pub struct Stop {
+    state: Mutex<StopState>,
+}
+
+#[derive(Debug)]
+struct StopState {
+    stop: u64,
+    /// The writer's offset once the write in progress (if any) is done.
+    reserved: u64,
+    /// Bumped by truncate(): a stop computed before it is meaningless.
+    generation: u64,
+}
+
+impl Stop {
+    fn new(offset: u64) -> Stop {
+        Stop {
+            state: Mutex::new(StopState {
+                stop: u64::MAX,
+                reserved: offset,
+                generation: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StopState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the writer take no byte at or past `at` (nor past any byte it
+    /// already took): returns the stop in force, or None when the writer
+    /// was truncated since `generation` (see [`Stop::generation`]).
+    pub fn stop_at(&self, at: u64, generation: u64) -> Option<u64> {
+        let mut st = self.lock();
+        if st.generation != generation {
+            return None;
+        }
+        st.stop = at.max(st.reserved);
+        Some(st.stop)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// How many of `len` bytes at `offset` may be taken (reserving them).
+    fn reserve(&self, offset: u64, len: usize) -> usize {
+        let mut st = self.lock();
+        let n = st.stop.saturating_sub(offset).min(len as u64);
+        st.reserved = offset + n;
+        n as usize
+    }
+
+    fn room(&self, offset: u64) -> u64 {
+        self.lock().stop.saturating_sub(offset)
+    }
+
+    fn moved(&self, offset: u64) {
+        self.lock().reserved = offset;
+    }
+
+    fn reset(&self) {
+        let mut st = self.lock();
+        st.stop = u64::MAX;
+        st.reserved = 0;
+        st.generation += 1;
+    }
 }
 
 struct Open {
@@ -124,6 +205,21 @@ impl BlobWriter {
         BlobWriter::open_limited(path, digest, size, false, Limits::default())
     }
 
+    /// As [`BlobWriter::open_limited`], trusting only the first `trusted`
+    /// bytes of the partial file (None: all of them): the writer continues
+    /// from there, and the bytes past it stay in the file (chunks of a
+    /// ranged download, taken in with `absorb` once their record says so).
+    pub fn open_trusted(
+        path: impl Into<PathBuf>,
+        digest: &str,
+        size: Option<u64>,
+        layer: bool,
+        limits: Limits,
+        trusted: Option<u64>,
+    ) -> Result<BlobWriter> {
+        BlobWriter::open_inner(path.into(), digest, size, layer, limits, trusted)
+    }
+
     /// As [`BlobWriter::open`], for a layer: what is written is also
     /// decompressed (gzip, zstd or plain tar, told by the first bytes) and
     /// hashed as it is written, so that commit() gives the layer's diffID
@@ -148,15 +244,28 @@ impl BlobWriter {
         layer: bool,
         limits: Limits,
     ) -> Result<BlobWriter> {
-        let path = path.into();
+        BlobWriter::open_inner(path.into(), digest, size, layer, limits, None)
+    }
+
+    fn open_inner(
+        path: PathBuf,
+        digest: &str,
+        size: Option<u64>,
+        layer: bool,
+        limits: Limits,
+        trusted: Option<u64>,
+    ) -> Result<BlobWriter> {
         let digest = Digest::parse(digest)?;
-        // O_APPEND: every write lands at the end, also right after set_len(0).
-        let file = OpenOptions::new()
+        // Not O_APPEND: the writer writes at its offset, and chunks fetched
+        // ahead of it may already lie past that (see absorb()).
+        let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| CoreError::file("open", &path, e))?;
+        exclusive(&file).map_err(|e| CoreError::file("lock", &path, e))?;
         let len = file
             .metadata()
             .map_err(|e| CoreError::file("stat", &path, e))?
@@ -175,6 +284,7 @@ impl BlobWriter {
             // its decompressor too: the decoder state at the resume point
             // (inside a deflate block, a zstd frame) cannot be saved, so it
             // is rebuilt from the bytes, in the same single read as the hash.
+            let len = trusted.map_or(len, |t| t.min(len));
             let read = replay(&mut (&file).take(len), &mut hasher, unpacker.as_mut())
                 .map_err(|e| CoreError::file("read", &path, e))?;
             if read != len {
@@ -183,6 +293,8 @@ impl BlobWriter {
             }
             len
         };
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| CoreError::file("seek", &path, e))?;
         let mut writer = BlobWriter {
             path,
             digest,
@@ -192,6 +304,7 @@ impl BlobWriter {
             open: None,
             layer,
             layer_digest: None,
+            stop: Arc::new(Stop::new(offset)),
         };
         if unpacker.as_ref().is_some_and(Unpacker::over_ratio) {
             writer.discard();
@@ -276,6 +389,90 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// Writes as much of `data` as the stop allows (see [`Stop`]); returns
+    /// how much that was (fewer than `data.len()`: the stop is reached).
+    pub fn write_upto(&mut self, data: &[u8]) -> Result<usize> {
+        let n = self.stop.reserve(self.offset, data.len());
+        let out = self.write(&data[..n]).map(|()| n);
+        self.stop.moved(self.offset);
+        out
+    }
+
+    /// Bytes a fetch may still write before the stop.
+    pub fn room(&self) -> u64 {
+        self.stop.room(self.offset)
+    }
+
+    /// The handle another thread sets the stop through.
+    pub fn stop(&self) -> Arc<Stop> {
+        self.stop.clone()
+    }
+
+    /// Takes in the bytes already in the file from the offset up to `to`
+    /// (written there by chunk fetches), hashing (and for a layer
+    /// inflating) them in order, as if they had been written here.
+    pub fn absorb(&mut self, to: u64) -> Result<()> {
+        if to <= self.offset {
+            return Ok(());
+        }
+        if let Some(size) = self.size.filter(|&s| to > s) {
+            return Err(CoreError::SizeMismatch {
+                expected: size,
+                actual: to,
+            });
+        }
+        let open = self.open.as_mut().ok_or(CoreError::Closed)?;
+        open.file
+            .flush()
+            .map_err(|e| CoreError::file("write", &self.path, e))?;
+        let mut buf = vec![0u8; CHUNK.min((to - self.offset) as usize)];
+        let mut pos = self.offset;
+        let mut over = false;
+        while pos < to {
+            let want = buf.len().min((to - pos) as usize);
+            let got = match open.file.get_ref().read_at(&mut buf[..want], pos) {
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "partial file shrank");
+                    return Err(CoreError::file("read", &self.path, e));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CoreError::file("read", &self.path, e)),
+            };
+            open.hasher.update(&buf[..got]);
+            if let Some(unpacker) = open.unpacker.as_mut() {
+                unpacker.feed(&buf[..got]);
+                over = unpacker.over_ratio();
+            }
+            pos += got as u64;
+            if over {
+                break;
+            }
+        }
+        open.file
+            .seek(SeekFrom::Start(pos))
+            .map_err(|e| CoreError::file("seek", &self.path, e))?;
+        self.offset = pos;
+        self.stop.moved(pos);
+        if over {
+            self.abandon();
+            return Err(self.ratio_exceeded());
+        }
+        Ok(())
+    }
+
+    /// Writes out what is buffered (the file then holds every byte up to
+    /// the offset), keeping the writer open.
+    pub fn flush(&mut self) -> Result<()> {
+        match self.open.as_mut() {
+            Some(open) => open
+                .file
+                .flush()
+                .map_err(|e| CoreError::file("write", &self.path, e)),
+            None => Ok(()),
+        }
+    }
+
     fn ratio_exceeded(&self) -> CoreError {
         CoreError::RatioExceeded {
             digest: self.digest.to_string(),
@@ -296,10 +493,12 @@ impl BlobWriter {
     pub fn truncate(&mut self) -> Result<()> {
         let open = self.open.take().ok_or(CoreError::Closed)?;
         // Buffered bytes are discarded, not flushed: they are being dropped.
-        let (file, _) = open.file.into_parts();
+        let (mut file, _) = open.file.into_parts();
         file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
             .map_err(|e| CoreError::file("truncate", &self.path, e))?;
         self.offset = 0;
+        self.stop.reset();
         let unpacker = self.layer.then(|| Unpacker::start(self.limits.max_ratio));
         self.open = Some(Open::new(file, Sha256::new(), 0, unpacker));
         Ok(())
@@ -390,6 +589,72 @@ impl BlobWriter {
     }
 }
 
+/// One range of a blob fetched on a connection of its own, written in place
+/// into the blob's partial file (pwrite), unhashed: the BlobWriter of the
+/// blob hashes it in order once it reaches it (`absorb`), and commit()
+/// verifies the whole. Its position is shared so that the writer may take
+/// in a chunk's bytes while they still arrive.
+pub struct ChunkWriter {
+    file: File,
+    path: PathBuf,
+    digest: Digest,
+    end: u64,
+    pos: Arc<AtomicU64>,
+}
+
+impl ChunkWriter {
+    /// The bytes [start, end) of the blob in the existing partial file `path`.
+    pub fn open(path: impl Into<PathBuf>, digest: &str, start: u64, end: u64) -> Result<Self> {
+        let path = path.into();
+        let digest = Digest::parse(digest)?;
+        if start >= end {
+            return Err(CoreError::Invalid(format!("empty chunk {start}-{end}")));
+        }
+        // Never created here: the blob's writer owns the file (gone: committed or removed).
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| CoreError::file("open", &path, e))?;
+        Ok(ChunkWriter {
+            file,
+            path,
+            digest,
+            end,
+            pos: Arc::new(AtomicU64::new(start)),
+        })
+    }
+
+    /// The next byte to write (shared: readable while a fetch runs).
+    pub fn position(&self) -> Arc<AtomicU64> {
+        self.pos.clone()
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.pos.load(Ordering::Acquire)
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Writes what fits before the chunk's end; returns how much that was.
+    pub fn write(&mut self, data: &[u8]) -> Result<usize> {
+        let pos = self.offset();
+        let n = (self.end - pos).min(data.len() as u64) as usize;
+        self.file
+            .write_all_at(&data[..n], pos)
+            .map_err(|e| CoreError::file("write", &self.path, e))?;
+        // Published after the bytes are in the file: a reader of the
+        // position finds them there.
+        self.pos.store(pos + n as u64, Ordering::Release);
+        Ok(n)
+    }
+}
+
 /// Hashes (and, for a layer, unpacks) everything `reader` yields; returns
 /// the byte count.
 fn replay(
@@ -403,6 +668,32 @@ fn replay(
             u.feed(chunk);
         }
     })
+}
+
+/// One BlobWriter per partial file: it writes at its offset (chunks may lie
+/// past it), so a second writer's bytes would land among the ones the first
+/// hashed, unseen by its commit; the store's per-digest lock keeps a second
+/// one away, and this makes sure (the lock goes with the file's last close,
+/// a kill -9 too). Chunk writers (ChunkWriter) take no lock: their bytes are
+/// hashed when the writer reads them back (absorb).
+fn exclusive(file: &File) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            // Only a held lock stops us: a file system without flock
+            // (ENOLCK, EOPNOTSUPP) leaves the store's own lock to do it.
+            if e.kind() == io::ErrorKind::WouldBlock {
+                let why = "another writer has this partial file open";
+                return Err(io::Error::new(e.kind(), why));
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
 }
 
 /// Makes a rename durable: the directory entry lives in the parent.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{head, respond, Server};
 use imgpull_core::{
-    sha256_bytes, BlobWriter, CoreError, FetchKind, FetchOptions, Fetcher, StallPolicy, Transfer,
+    sha256_bytes, BlobWriter, ChunkWriter, CoreError, FetchKind, FetchOptions, Fetcher,
+    StallPolicy, Transfer,
 };
 
 fn fetcher(read_timeout: Duration) -> Fetcher {
@@ -621,4 +622,112 @@ fn a_fast_body_is_not_a_stall() {
 /// ENOSPC on Linux (no libc dependency in these tests).
 fn libc_enospc() -> i32 {
     28
+}
+
+// Chunks: one range of a blob on a connection of its own ---------------------
+
+/// The blob's partial file with its first `front` bytes written by its
+/// writer (the rest to come as chunks).
+fn split_blob(content: &[u8], front: usize) -> Blob {
+    let mut blob = writer_for(content);
+    blob.writer.write(&content[..front]).unwrap();
+    blob.writer.flush().unwrap();
+    blob
+}
+
+fn chunk_server(body: Arc<Vec<u8>>, answer: &'static str) -> Server {
+    Server::start(move |req, s| {
+        let range = req.headers["range"].trim_start_matches("bytes=").to_owned();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        let total = body.len();
+        match answer {
+            "206" => respond(
+                s,
+                "206 Partial Content",
+                &[("Content-Range", &format!("bytes {a}-{b}/{total}"))],
+                &body[a..=b],
+            ),
+            "200" => respond(s, "200 OK", &[], &body),
+            "shifted" => respond(
+                s,
+                "206 Partial Content",
+                &[("Content-Range", &format!("bytes {a}-{}/{total}", b + 1))],
+                &body[a..=b],
+            ),
+            _ => unreachable!(),
+        }
+    })
+}
+
+#[test]
+fn chunks_land_in_place_and_the_writer_absorbs_them_in_order() {
+    let body = Arc::new(data(300_000));
+    let server = chunk_server(body.clone(), "206");
+    let mut blob = split_blob(&body, 100_000);
+    let digest = sha256_bytes(&body).to_string();
+    // The later chunk first: bytes land ahead of the writer.
+    for (a, b) in [(200_000u64, 300_000u64), (100_000, 200_000)] {
+        let mut chunk = ChunkWriter::open(&blob.partial, &digest, a, b).unwrap();
+        let headers = vec![("Range".to_owned(), format!("bytes={a}-{}", b - 1))];
+        let res = default_fetcher()
+            .fetch_blob(&server.url("/b"), &headers, &mut chunk, None)
+            .unwrap();
+        assert_eq!((res.status, res.written, chunk.offset()), (206, b - a, b));
+    }
+    assert_eq!(blob.writer.offset(), 100_000);
+    blob.writer.absorb(300_000).unwrap();
+    blob.writer.commit(&blob.dest).unwrap();
+    assert_eq!(std::fs::read(&blob.dest).unwrap(), *body);
+}
+
+#[test]
+fn a_chunk_answered_200_or_with_another_range_is_a_range_error_writing_nothing() {
+    let body = Arc::new(data(300_000));
+    let digest = sha256_bytes(&body).to_string();
+    for answer in ["200", "shifted"] {
+        let server = chunk_server(body.clone(), answer);
+        let blob = split_blob(&body, 100_000);
+        let mut chunk = ChunkWriter::open(&blob.partial, &digest, 100_000, 200_000).unwrap();
+        let headers = vec![("Range".to_owned(), "bytes=100000-199999".to_owned())];
+        let err = default_fetcher()
+            .fetch_blob(&server.url("/b"), &headers, &mut chunk, None)
+            .unwrap_err();
+        assert_eq!(fetch_kind(err), (FetchKind::Range, false), "{answer}");
+        assert_eq!(chunk.offset(), 100_000);
+        assert_eq!(std::fs::metadata(&blob.partial).unwrap().len(), 100_000);
+    }
+}
+
+#[test]
+fn a_stop_set_while_streaming_ends_the_fetch_exactly_there() {
+    let body = Arc::new(data(3_000_000));
+    let b = body.clone();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let server = Server::start(move |_, s| {
+        head(s, "200 OK", &[], Some(b.len()));
+        let _ = s.write_all(&b[..1_000_000]);
+        // The rest once the stop is set.
+        let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(5));
+        let _ = s.write_all(&b[1_000_000..]);
+    });
+    let mut blob = writer_for(&body);
+    let stop = blob.writer.stop();
+    let generation = stop.generation();
+    let setter = thread::spawn(move || {
+        // A stop below what was already taken becomes that point.
+        thread::sleep(Duration::from_millis(200));
+        let at = stop.stop_at(10, generation).unwrap();
+        go_tx.send(()).unwrap();
+        at
+    });
+    let res = default_fetcher()
+        .fetch_blob(&server.url("/b"), &no_headers(), &mut blob.writer, None)
+        .unwrap();
+    let at = setter.join().unwrap();
+    assert_eq!(res.written, at);
+    assert_eq!(blob.writer.offset(), at);
+    assert!((10..=1_000_000).contains(&at), "{at}");
+    assert_eq!(std::fs::metadata(&blob.partial).unwrap().len(), at);
 }

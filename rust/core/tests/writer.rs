@@ -142,15 +142,15 @@ fn digest_mismatch_fails_commit_and_leaves_nothing() {
 
 #[test]
 fn bytes_appended_by_someone_else_are_never_committed() {
-    // Two writers on one partial file (what the store's per-digest lock
-    // prevents): each hashed only its own bytes, the file holds both.
+    // Bytes past what the writer wrote (another process appending: what
+    // the store's per-digest lock prevents) fail the commit.
     let (_d, partial, dest) = paths();
     let (data, digest) = blob(100_000);
     let mut a = BlobWriter::open(&partial, &digest, None).unwrap();
-    let mut b = BlobWriter::open(&partial, &digest, None).unwrap();
     a.write(&data).unwrap();
-    b.write(&data).unwrap();
-    b.close().unwrap();
+    a.flush().unwrap();
+    let mut other = fs::OpenOptions::new().append(true).open(&partial).unwrap();
+    std::io::Write::write_all(&mut other, &data).unwrap();
     match a.commit(&dest) {
         Err(CoreError::SizeMismatch { expected, actual }) => {
             assert_eq!((expected, actual), (100_000, 200_000));
@@ -159,6 +159,25 @@ fn bytes_appended_by_someone_else_are_never_committed() {
     }
     assert_gone(&dest);
     assert_gone(&partial);
+}
+
+#[test]
+fn a_second_writer_on_one_partial_file_is_refused() {
+    // It would write among the bytes the first one hashed, unseen.
+    let (_d, partial, _dest) = paths();
+    let (data, digest) = blob(1000);
+    let mut a = BlobWriter::open(&partial, &digest, None).unwrap();
+    a.write(&data).unwrap();
+    match BlobWriter::open(&partial, &digest, None) {
+        Err(CoreError::File { op: "lock", .. }) => {}
+        other => panic!("{:?}", other.map(|w| w.offset())),
+    }
+    a.close().unwrap();
+    drop(a);
+    assert_eq!(
+        BlobWriter::open(&partial, &digest, None).unwrap().offset(),
+        1000
+    );
 }
 
 #[test]
@@ -261,4 +280,87 @@ fn unsized_blob_ceiling() {
         fs::remove_file(&dest).unwrap();
         fs::write(&partial, b"").unwrap();
     }
+}
+
+#[test]
+fn trusted_prefix_keeps_the_bytes_past_it_for_absorb() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(500_000);
+    // A split run's file: its prefix, a hole, a chunk further on.
+    fs::write(&partial, &data[..100_000]).unwrap();
+    let mut chunk = imgpull_core::ChunkWriter::open(&partial, &digest, 300_000, 500_000).unwrap();
+    assert_eq!(chunk.write(&data[300_000..]).unwrap(), 200_000);
+    let size = Some(data.len() as u64);
+    let mut w = BlobWriter::open_trusted(
+        &partial,
+        &digest,
+        size,
+        false,
+        Limits::default(),
+        Some(100_000),
+    )
+    .unwrap();
+    assert_eq!(w.offset(), 100_000);
+    // The writer writes at its offset, not at the file's end.
+    w.write(&data[100_000..300_000]).unwrap();
+    w.absorb(500_000).unwrap();
+    w.commit(&dest).unwrap();
+    assert_eq!(fs::read(&dest).unwrap(), data);
+}
+
+#[test]
+fn absorbing_a_hole_fails_the_digest() {
+    let (_d, partial, dest) = paths();
+    let (data, digest) = blob(200_000);
+    let mut w = BlobWriter::open(&partial, &digest, Some(200_000)).unwrap();
+    w.write(&data[..50_000]).unwrap();
+    let mut chunk = imgpull_core::ChunkWriter::open(&partial, &digest, 100_000, 200_000).unwrap();
+    chunk.write(&data[100_000..]).unwrap();
+    // 50_000..100_000 never came: zeros there.
+    w.absorb(200_000).unwrap();
+    assert!(matches!(
+        w.commit(&dest),
+        Err(CoreError::DigestMismatch { .. })
+    ));
+    assert_gone(&partial);
+    assert_gone(&dest);
+}
+
+#[test]
+fn absorb_past_the_file_is_an_error() {
+    let (_d, partial, _dest) = paths();
+    let (data, digest) = blob(1000);
+    let mut w = BlobWriter::open(&partial, &digest, Some(1000)).unwrap();
+    w.write(&data[..10]).unwrap();
+    assert!(matches!(w.absorb(500), Err(CoreError::File { .. })));
+}
+
+#[test]
+fn a_chunk_never_writes_past_its_end() {
+    let (_d, partial, _dest) = paths();
+    let (data, digest) = blob(1000);
+    fs::write(&partial, b"").unwrap();
+    let mut chunk = imgpull_core::ChunkWriter::open(&partial, &digest, 100, 200).unwrap();
+    assert_eq!(chunk.write(&data[100..400]).unwrap(), 100);
+    assert_eq!(chunk.offset(), 200);
+    assert_eq!(chunk.write(&data[..10]).unwrap(), 0);
+    assert_eq!(fs::metadata(&partial).unwrap().len(), 200);
+    // Never creates the file: the blob's writer owns it.
+    fs::remove_file(&partial).unwrap();
+    assert!(imgpull_core::ChunkWriter::open(&partial, &digest, 0, 10).is_err());
+}
+
+#[test]
+fn truncate_resets_the_stop_and_its_generation() {
+    let (_d, partial, _dest) = paths();
+    let (data, digest) = blob(1000);
+    let mut w = BlobWriter::open(&partial, &digest, Some(1000)).unwrap();
+    let stop = w.stop();
+    let generation = stop.generation();
+    assert_eq!(stop.stop_at(100, generation), Some(100));
+    assert_eq!(w.write_upto(&data[..300]).unwrap(), 100);
+    assert_eq!(w.room(), 0);
+    w.truncate().unwrap();
+    assert_eq!(stop.stop_at(50, generation), None);
+    assert_eq!(w.write_upto(&data).unwrap(), 1000);
 }

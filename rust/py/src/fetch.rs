@@ -10,8 +10,8 @@ use imgpull_core::{
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::Result;
-use crate::writer::BlobWriter;
+use crate::errors::{Error, Result};
+use crate::writer::{BlobWriter, ChunkWriter};
 
 #[pyclass(module = "imgpull._core", name = "Transfer", frozen)]
 pub struct Transfer {
@@ -30,6 +30,11 @@ impl Transfer {
     #[getter]
     fn received(&self) -> u64 {
         self.inner.received()
+    }
+
+    #[getter]
+    fn waited(&self) -> f64 {
+        self.inner.waited().as_secs_f64()
     }
 
     #[getter]
@@ -147,14 +152,20 @@ impl Fetcher {
         py: Python<'_>,
         url: &str,
         headers: Vec<(String, String)>,
-        writer: &Bound<'_, BlobWriter>,
+        writer: &Bound<'_, PyAny>,
         transfer: Option<&Bound<'_, Transfer>>,
-    ) -> Result<FetchResult> {
-        let writer = writer.get();
+    ) -> PyResult<FetchResult> {
         let transfer = transfer.map(|t| t.get().inner.clone());
-        let res = py.detach(|| {
-            writer.with(|w| self.inner.fetch_blob(url, &headers, w, transfer.as_deref()))
-        })?;
+        let transfer = transfer.as_deref();
+        // A BlobWriter (the blob, in order) or a ChunkWriter (one range of it).
+        let res = if let Ok(chunk) = writer.cast::<ChunkWriter>() {
+            let chunk = chunk.get();
+            py.detach(|| chunk.with(|c| self.inner.fetch_blob(url, &headers, c, transfer)))
+        } else {
+            let writer = writer.cast::<BlobWriter>()?.get();
+            py.detach(|| writer.with(|w| self.inner.fetch_blob(url, &headers, w, transfer)))
+        }
+        .map_err(|e| PyErr::from(Error::from(e)))?;
         Ok(FetchResult {
             status: res.status,
             headers: res.headers,

@@ -3,11 +3,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use imgpull_core::diffid::DEFAULT_MAX_RATIO;
 use imgpull_core::writer::DEFAULT_MAX_UNSIZED;
-use imgpull_core::{BlobWriter as CoreWriter, Limits};
+use imgpull_core::{BlobWriter as CoreWriter, ChunkWriter as CoreChunk, Limits, Stop};
 use pyo3::prelude::*;
 
 use crate::errors::Result;
@@ -23,6 +23,8 @@ pub struct BlobWriter {
     layer: bool,
     /// (diffID, uncompressed size), set by a layer writer's successful commit.
     layer_digest: OnceLock<(String, u64)>,
+    /// Set without the writer's lock: while a fetch holds it.
+    stop: Arc<Stop>,
 }
 
 impl BlobWriter {
@@ -48,8 +50,9 @@ impl BlobWriter {
     #[new]
     #[pyo3(signature = (
         path, digest, size=None, *, layer=false,
-        max_ratio=DEFAULT_MAX_RATIO, max_unsized=DEFAULT_MAX_UNSIZED,
+        max_ratio=DEFAULT_MAX_RATIO, max_unsized=DEFAULT_MAX_UNSIZED, trusted=None,
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -58,13 +61,16 @@ impl BlobWriter {
         layer: bool,
         max_ratio: u64,
         max_unsized: u64,
+        trusted: Option<u64>,
     ) -> Result<Self> {
         let limits = Limits {
             max_ratio,
             max_unsized,
         };
-        let writer = py.detach(|| CoreWriter::open_limited(&path, &digest, size, layer, limits))?;
+        let writer =
+            py.detach(|| CoreWriter::open_trusted(&path, &digest, size, layer, limits, trusted))?;
         Ok(BlobWriter {
+            stop: writer.stop(),
             offset: AtomicU64::new(writer.offset()),
             inner: Mutex::new(writer),
             path: path.to_string_lossy().into_owned(),
@@ -114,6 +120,19 @@ impl BlobWriter {
         Ok(py.detach(|| self.with(|w| w.write(data)))?)
     }
 
+    #[getter]
+    fn generation(&self) -> u64 {
+        self.stop.generation()
+    }
+
+    fn stop_at(&self, at: u64, generation: u64) -> Option<u64> {
+        self.stop.stop_at(at, generation)
+    }
+
+    fn absorb(&self, py: Python<'_>, to: u64) -> Result<()> {
+        Ok(py.detach(|| self.with(|w| w.absorb(to)))?)
+    }
+
     fn truncate(&self, py: Python<'_>) -> Result<()> {
         Ok(py.detach(|| self.with(|w| w.truncate()))?)
     }
@@ -144,8 +163,62 @@ impl BlobWriter {
     }
 }
 
+#[pyclass(module = "imgpull._core", name = "ChunkWriter", frozen)]
+pub struct ChunkWriter {
+    inner: Mutex<CoreChunk>,
+    pos: Arc<AtomicU64>,
+    start: u64,
+    end: u64,
+}
+
+impl ChunkWriter {
+    /// Runs `f` on the locked chunk; call only with the GIL released.
+    pub fn with<T>(&self, f: impl FnOnce(&mut CoreChunk) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+#[pymethods]
+impl ChunkWriter {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf, digest: String, start: u64, end: u64) -> Result<Self> {
+        let chunk = py.detach(|| CoreChunk::open(&path, &digest, start, end))?;
+        Ok(ChunkWriter {
+            pos: chunk.position(),
+            inner: Mutex::new(chunk),
+            start,
+            end,
+        })
+    }
+
+    #[getter]
+    fn offset(&self) -> u64 {
+        self.pos.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn start(&self) -> u64 {
+        self.start
+    }
+
+    #[getter]
+    fn end(&self) -> u64 {
+        self.end
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ChunkWriter(start={}, end={}, offset={})",
+            self.start,
+            self.end,
+            self.offset()
+        )
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<BlobWriter>()?;
+    m.add_class::<ChunkWriter>()?;
     m.add("DEFAULT_MAX_UNSIZED", DEFAULT_MAX_UNSIZED)?;
     Ok(())
 }
