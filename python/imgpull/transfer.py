@@ -108,6 +108,10 @@ _MAX_CHUNK = 16 << 20
 # How often the coordinator of a split blob looks at its chunks (a chunk's
 # end also wakes it at once): the pace at which their bytes are hashed.
 _SPLIT_POLL = 0.02
+# Connections to one registry host at most, a split blob's included (or the
+# download slots, if more): 8 at 25 MB/s each fill 200 MB/s, what this 2-core
+# machine can hash and inflate; more would only queue.
+_CONNECTIONS_PER_HOST = 8
 
 
 class CancelToken:
@@ -590,6 +594,12 @@ class TransferService:
         self.store = store
         self.limit = max_concurrent_downloads
         self.per_host = max_per_host or max_concurrent_downloads
+        # Connections to one host, a split blob's extra ones included: they
+        # take no download slot (a link capping each connection wants more
+        # connections, not fewer layers at once), only this room.
+        self.connections_per_host = max(
+            self.per_host, min(_CONNECTIONS_PER_HOST, self.per_host * max_connections_per_layer)
+        )
         self.race_grace = race_grace
         self._foreign_fetcher = foreign_fetcher
         self._lock = threading.Lock()
@@ -600,6 +610,8 @@ class TransferService:
         self._slots = threading.Condition()
         self._busy = 0
         self._busy_hosts: dict[str, int] = {}
+        # Split blobs' extra connections per host (not in _busy).
+        self._extras: dict[str, int] = {}
         self._waiting: list[_Holder] = []
         self._holding: list[_Holder] = []
         # Counters for tests and diagnostics: the most bodies at once, the
@@ -855,28 +867,51 @@ class TransferService:
     def _hold(self, holder: _Holder) -> None:
         """Count `holder`'s slot as busy (under self._slots)."""
         holder.order = next(self._seq)
+        self._holding.append(holder)
+        if holder.extra:
+            self._extras[holder.host] = self._extras.get(holder.host, 0) + 1
+            return
         self._busy += 1
         self._busy_hosts[holder.host] = self._busy_hosts.get(holder.host, 0) + 1
-        self._holding.append(holder)
         self.peak = max(self.peak, self._busy)
 
     def _release(self, holder: _Holder) -> None:
         with self._slots:
             self._holding.remove(holder)
             if not holder.revoked:
-                self._busy -= 1
-                self._busy_hosts[holder.host] -= 1
+                self._unhold(holder)
             self._slots.notify_all()
 
+    def _unhold(self, holder: _Holder) -> None:
+        if holder.extra:
+            self._extras[holder.host] -= 1
+        else:
+            self._busy -= 1
+            self._busy_hosts[holder.host] -= 1
+
+    def _room_wanted(self, host: str) -> bool:
+        """Whether a job of `host` waits that a download slot would take
+        now but for the host's connection room (under self._slots)."""
+        return (
+            self._busy < self.limit
+            and self._busy_hosts.get(host, 0) < self.per_host
+            and any(h.host == host and not h.job.stopping for h in self._waiting)
+        )
+
+    def _connections(self, host: str) -> int:
+        """Connections `host`'s transfers hold (under self._slots)."""
+        return self._busy_hosts.get(host, 0) + self._extras.get(host, 0)
+
     def _extra_slots(self, job: _Job, n: int) -> list[_Holder]:
-        """Up to `n` more slots for a split blob's `job`: only free ones,
-        within its host's cap, and none while any job waits for one; shared
-        with the other blobs of the host that may still split, so that the
-        first judged does not take them all."""
+        """Up to `n` more connections for a split blob's `job`: within its
+        host's connection room (the download slots are the layers'), none
+        while a job of the host waits for one; shared with the other blobs
+        of the host that may still split, so that the first judged does not
+        take them all."""
         got: list[_Holder] = []
         with self._slots:
-            free = min(self.limit - self._busy, self.per_host - self._busy_hosts.get(job.host, 0))
-            if free <= 0 or self._first_in_line() is not None:
+            free = self.connections_per_host - self._connections(job.host)
+            if free <= 0 or self._room_wanted(job.host):
                 return got
             peers = {
                 h.job
@@ -891,24 +926,22 @@ class TransferService:
         return got
 
     def _revoke_extra(self, holder: _Holder) -> bool:
-        """A split blob's extra connection gives its slot to `holder` (its
+        """A split blob's extra connection makes room for `holder`, waiting
+        for a slot it could take but for its host's connection room (the
         chunk stops, its bytes kept); under self._slots. False: none to give."""
-        if holder.job.stopping:
+        host = holder.host
+        if holder.job.stopping or self._connections(host) < self.connections_per_host:
             return False
-        if self._busy < self.limit:
-            # Free slots, but `holder`'s host is at its cap: one of its own.
-            if self._busy_hosts.get(holder.host, 0) < self.per_host:
-                return False
-            extras = [h for h in self._holding if h.extra and h.host == holder.host]
-        else:
-            extras = [h for h in self._holding if h.extra]
-        extras = [h for h in extras if not h.revoked and h.job is not holder.job]
+        extras = [
+            h
+            for h in self._holding
+            if h.extra and h.host == host and not h.revoked and h.job is not holder.job
+        ]
         if not extras:
             return False
         victim = max(extras, key=lambda h: h.order)
         victim.revoked = True
-        self._busy -= 1
-        self._busy_hosts[victim.host] -= 1
+        self._unhold(victim)
         victim.stop()
         return True
 
@@ -923,7 +956,11 @@ class TransferService:
         )
 
     def _may_take(self, holder: _Holder) -> bool:
-        return self._busy < self.limit and self._first_in_line() is holder
+        return (
+            self._busy < self.limit
+            and self._connections(holder.host) < self.connections_per_host
+            and self._first_in_line() is holder
+        )
 
     def _take_back(self, holder: _Holder) -> None:
         """When every slot is busy: take one back for `holder`, first in
@@ -933,7 +970,9 @@ class TransferService:
         if self._busy < self.limit or self._first_in_line() is not holder:
             return
         mine = self._busy_hosts.get(holder.host, 0)
-        others = [h for h in self._holding if not h.revoked and h.host != holder.host]
+        others = [
+            h for h in self._holding if not h.revoked and not h.extra and h.host != holder.host
+        ]
         if not others:
             return
         most = max(self._busy_hosts[h.host] for h in others)

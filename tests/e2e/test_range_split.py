@@ -195,8 +195,9 @@ def test_fast_link_is_not_split(
     with imgpull.Client(tmp_path / "store", split_threshold=THRESHOLD) as client:
         client.pull(fresh_registry.ref(f"{REPO}:fast"))
     judged = [(round(r / 1e6), round(w, 2)) for r, w in client._transfers.rates]
+    # Judged, or done before its probe could judge it (a quiet machine
+    # moves 64 MiB over loopback in less than the probe's 0.2 s).
     print(f"one stream from the registry (MB/s, share of time waiting): {judged}")
-    assert client._transfers.judged >= 1
     assert client._transfers.split == 0
     gets = [e for e in fresh_registry.settled_request_log() if "/blobs/" in e.path]
     assert [e.status for e in gets if e.method == "GET"] == [200, 200]  # config, layer
@@ -209,16 +210,24 @@ def test_one_connection_per_layer_is_not_split(env: Ranges, tmp_path: Path) -> N
     assert chunk_gets(env.requests(env.big)) == []
 
 
-def test_per_host_limit_holds(env: Ranges, tmp_path: Path) -> None:
-    """Three download slots, two big layers that both split when they may:
-    never more than three bodies at once from the host."""
+@pytest.mark.parametrize(("slots", "per_layer", "room"), [(3, 4, 8), (1, 2, 2)])
+def test_per_host_limit_holds(
+    env: Ranges, tmp_path: Path, slots: int, per_layer: int, room: int
+) -> None:
+    """Two big layers that both split when they may: never more layers at
+    once than the download slots, nor more connections to the host than its
+    room (the slots x the connections per layer, at most 8)."""
     env.paced()
-    client = env.pull(tmp_path / "store", max_concurrent_downloads=3)
+    client = env.pull(
+        tmp_path / "store", max_concurrent_downloads=slots, max_connections_per_layer=per_layer
+    )
     layers = [e for d in env.image.layer_digests for e in env.requests(d)]
+    assert client._transfers.connections_per_host == room
     assert client._transfers.split >= 1
     assert len(chunk_gets(layers)) >= 2
-    assert max_concurrent(layers) <= 3
-    assert client._transfers.peak <= 3
+    print(f"{slots} slots x {per_layer}: {max_concurrent(layers)} connections at most")
+    assert max_concurrent(layers) <= room
+    assert client._transfers.peak <= slots
 
 
 # Faults at the chunks ---------------------------------------------------------
@@ -350,11 +359,13 @@ def _wait_split(client: imgpull.Client, limit: float = 10.0) -> None:
 
 
 def test_extra_connection_gives_its_slot_to_another_blob(
-    env: Ranges, tmp_path: Path, layout_cache: LayoutCache
+    env: Ranges, tmp_path: Path, layout_cache: LayoutCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two slots: the big layer alone splits onto the free one; another
-    pull's layer then takes that slot back at once (the chunk stops, its
-    bytes kept) instead of waiting for the big layer to end."""
+    """Two slots, room for two connections to the host: the big layer alone
+    splits onto the second; another pull's layer then takes that room back
+    at once (the chunk stops, its bytes kept) instead of waiting for the big
+    layer to end."""
+    monkeypatch.setattr(imgpull.transfer, "_CONNECTIONS_PER_HOST", 2)
     big = _one_layer_image(env, layout_cache, LAYERS[0], "one")
     small = _one_layer_image(env, layout_cache, random_layer(MIB, seed=1704), "small")
     env.proxy.add("pace", path=env.big, rate=PACE, count=None)
