@@ -29,11 +29,13 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from imgpull.errors import ConfigError
-from imgpull.registry import Endpoint
+
+if TYPE_CHECKING:  # not at run time: the registry package loads httpx
+    from imgpull.registry import Endpoint
 
 __all__ = [
     "ConfigError",

@@ -24,6 +24,11 @@ from imgpull.errors import (
     RegistryUnreachableError,
 )
 
+# Seconds for one whole request (manifest, tag page, ping, token) by default
+# (registry.deadline bounds them); here, so that the CLI's options and the
+# Client's signature have it without loading the HTTP stack.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Statuses whose Retry-After is a promise worth waiting for (RFC 9110 §10.2.3);
 # on a 500 or 502 it is more likely a stray header than a schedule.
