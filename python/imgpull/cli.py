@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Annotated
 
 # This process only ever runs imgpull, whose HTTP is synchronous. httpx and
 # httpcore import these optional packages when installed (the async
-# backends, httpx's own CLI): ~0.2 s of every pull's start-up. A None entry
-# makes each import fail, which both libraries expect and handle.
-for _optional in ("anyio", "trio", "httpx._main"):
+# backends, httpx's own CLI): ~0.2 s of every pull's start-up; and zstd
+# response decoding (~5 ms), for manifests and tokens no registry compresses
+# unasked (httpx then does not ask). A None entry makes each import fail,
+# which both libraries expect and handle.
+for _optional in ("anyio", "trio", "httpx._main", "zstandard"):
     sys.modules.setdefault(_optional, None)  # type: ignore[arg-type]
 
 import typer  # noqa: E402
