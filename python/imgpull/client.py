@@ -304,8 +304,6 @@ class Client:
         diffIDs; the image is recorded unverified, and its diffIDs are
         checked at their first use (export, inspect, verify, a `rootfs`
         pull). The two do not go together: a root filesystem checks them."""
-        from imgpull.rootfs import RootfsTarget
-
         ref = parse_reference(reference) if isinstance(reference, str) else reference
         want = parse_platform(platform) if isinstance(platform, str) else platform
         emit = progress or _ignore
@@ -315,6 +313,8 @@ class Client:
             )
         target = None
         if rootfs is not None:
+            from imgpull.rootfs import RootfsTarget
+
             target = RootfsTarget(
                 rootfs, self.store, ref.familiar(), max_ratio=self._max_ratio, force=force
             )

@@ -12,56 +12,18 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
-from support.cli import cli_env
+from support.cli import HTTP_MODULES, OCCASIONAL_MODULES, run_cli_imports, run_python_imports
 
 import imgpull
 from imgpull.registry.client import Endpoint, _shared_ssl_context
 from imgpull.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-
-# What a pull needs: never loaded by a command that sends no request.
-HTTP = {
-    "httpx",
-    "httpcore",
-    "h11",
-    "imgpull.registry",
-    "imgpull.credentials",
-    "imgpull.transport",
-    "imgpull.transfer",
-    "imgpull.pull",
-}
-# What only some commands need (export, --rootfs, bench, login).
-OTHER_COMMANDS = {"imgpull.export", "imgpull.rootfs", "imgpull.bench", "imgpull.login"}
-
 VERSION_LINE = f"imgpull {imgpull.__version__}\n"
-
-
-def _run(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """`python -X importtime ARGV` (a fresh interpreter): its result, with
-    the import lines taken out of its stderr, and the modules it imported."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=cli_env(),
-    )
-    lines = proc.stderr.splitlines()
-    timed = [line for line in lines if line.startswith("import time:")]
-    loaded = {line.rsplit("|", 1)[1].strip() for line in timed[1:]}  # [0]: the header
-    proc.stderr = "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
-    return proc, loaded
-
-
-def _imgpull(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    return _run("-m", "imgpull", *args)
 
 
 def test_the_console_script_is_the_fast_entry_point() -> None:
@@ -79,22 +41,22 @@ def test_the_console_script_is_the_fast_entry_point() -> None:
     ],
 )
 def test_version_answers_before_the_cli_loads(argv: list[str]) -> None:
-    proc, loaded = _run(*argv)
+    proc, loaded = run_python_imports(*argv)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, VERSION_LINE, "")
-    assert not loaded & {"typer", "click", "imgpull.cli", "imgpull.client", *HTTP}
+    assert not loaded & {"typer", "click", "imgpull.cli", "imgpull.client", *HTTP_MODULES}
 
 
 def test_version_among_other_options_goes_through_the_cli() -> None:
-    proc, loaded = _imgpull("--debug", "--version")
+    proc, loaded = run_cli_imports("--debug", "--version")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, VERSION_LINE, "")
     assert "typer" in loaded
-    assert not loaded & HTTP
+    assert not loaded & HTTP_MODULES
 
 
 def test_the_cli_module_loads_no_command_s_machinery() -> None:
-    proc, loaded = _run("-c", "import imgpull.cli")
+    proc, loaded = run_python_imports("-c", "import imgpull.cli")
     assert proc.returncode == 0, proc.stderr
-    assert not loaded & (HTTP | OTHER_COMMANDS | {"imgpull.client"})
+    assert not loaded & (HTTP_MODULES | OCCASIONAL_MODULES | {"imgpull.client"})
 
 
 @pytest.mark.parametrize(
@@ -108,11 +70,12 @@ def test_the_cli_module_loads_no_command_s_machinery() -> None:
     ],
 )
 def test_local_commands_load_no_http(tmp_path: Path, args: list[str], error: str) -> None:
-    proc, loaded = _imgpull(*args, *(["--root", str(tmp_path)] if args != ["--help"] else []))
+    root = [] if args == ["--help"] else ["--root", str(tmp_path)]
+    proc, loaded = run_cli_imports(*args, *root)
     assert proc.stderr == error
     assert proc.returncode == (1 if error else 0)
     assert "imgpull.cli" in loaded
-    assert not loaded & (HTTP | OTHER_COMMANDS)
+    assert not loaded & (HTTP_MODULES | OCCASIONAL_MODULES)
 
 
 def test_a_store_at_the_current_schema_opens_without_a_write(tmp_path: Path) -> None:
