@@ -8,8 +8,6 @@ cheap (no httpx). Type checkers see all of them through the `TYPE_CHECKING` impo
 for mypy as it is at run time.
 """
 
-import typing as _typing
-
 from imgpull._core import __version__
 from imgpull.errors import (
     AuthenticationError,
@@ -48,7 +46,10 @@ from imgpull.errors import (
     UnsupportedManifestError,
 )
 
-if _typing.TYPE_CHECKING:
+# typing.TYPE_CHECKING without importing typing (~5 ms of `imgpull
+# --version`): type checkers take any TYPE_CHECKING as true. Deleted below.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
     from imgpull.aio import AsyncClient
     from imgpull.client import Client, ImageSummary, Removal
     from imgpull.hosts import Mirror
@@ -79,19 +80,23 @@ _LAZY = {
 
 # Not seen by type checkers: a module `__getattr__` would make every
 # attribute of `imgpull` exist for mypy (typed as its return type).
-if not _typing.TYPE_CHECKING:
-    import importlib as _importlib
+if not TYPE_CHECKING:
 
     def __getattr__(name):
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'imgpull' has no attribute {name!r}")
-        value = getattr(_importlib.import_module(module), name)
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
 
     def __dir__():
         return sorted(set(globals()) | set(__all__))
+
+
+del TYPE_CHECKING
 
 
 __all__ = [

@@ -339,9 +339,11 @@ class Fetcher:
     `stall_window` seconds (a trickle, or silence) is given up with
     FetchError(kind="stalled", retryable=True), the bytes so far kept;
     `stall_rate=0` turns this off.
-    Construction reads the system roots and the PEM files (OSError if one is
-    missing, ValueError if it holds no usable certificate/key or a setting is
-    invalid). No proxy is taken from the environment: pass the one to use.
+    Construction reads the PEM files (OSError if one is missing, ValueError
+    if it holds no usable certificate/key or a setting is invalid), and with
+    them the system roots; without them, the system roots are read at the
+    first https URL (a plain-http registry's blobs never need them). No proxy
+    is taken from the environment: pass the one to use.
     """
 
     def __new__(

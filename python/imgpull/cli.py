@@ -12,23 +12,21 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # This process only ever runs imgpull, whose HTTP is synchronous. httpx and
 # httpcore import these optional packages when installed (the async
-# backends, httpx's own CLI): ~0.2 s of every pull's start-up. A None entry
-# makes each import fail, which both libraries expect and handle.
-for _optional in ("anyio", "trio", "httpx._main"):
+# backends, httpx's own CLI): ~0.2 s of every pull's start-up; and zstd
+# response decoding (~5 ms), for manifests and tokens no registry compresses
+# unasked (httpx then does not ask). A None entry makes each import fail,
+# which both libraries expect and handle.
+for _optional in ("anyio", "trio", "httpx._main", "zstandard"):
     sys.modules.setdefault(_optional, None)  # type: ignore[arg-type]
 
 import typer  # noqa: E402
 
-from imgpull import bench as bench_mod  # noqa: E402
-from imgpull import hosts  # noqa: E402
 from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED  # noqa: E402
-from imgpull.client import Client  # noqa: E402
 from imgpull.errors import ImgpullError  # noqa: E402
-from imgpull.hosts import Mirror  # noqa: E402
 from imgpull.progress import (  # noqa: E402
     BulkTtyRenderer,
     ProgressCallback,
@@ -37,13 +35,22 @@ from imgpull.progress import (  # noqa: E402
     human_size,
     renderer_for,
 )
-from imgpull.pull import Image  # noqa: E402
 from imgpull.reference import DEFAULT_TAG, Reference, parse_reference  # noqa: E402
-from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT  # noqa: E402
+from imgpull.retry import (  # noqa: E402
+    DEFAULT_CONNECTIONS_PER_LAYER,
+    DEFAULT_REQUEST_TIMEOUT,
+    MAX_CONNECTIONS_PER_LAYER,
+)
 from imgpull.rfc3339 import parse_rfc3339  # noqa: E402
 from imgpull.safetext import printable, shown  # noqa: E402
-from imgpull.transfer import DEFAULT_CONNECTIONS_PER_LAYER, MAX_CONNECTIONS_PER_LAYER  # noqa: E402
-from imgpull.version import __version__  # noqa: E402
+from imgpull.version import VERSION_TEXT  # noqa: E402
+
+# Each command imports what only it needs (the client, and with a pull
+# httpx; export, bench, login): `imgpull images` or `--help` loads no HTTP.
+if TYPE_CHECKING:
+    from imgpull.client import Client
+    from imgpull.hosts import Mirror
+    from imgpull.pull import Image
 
 app = typer.Typer(
     help="A fast, verifying container-image puller for Docker/OCI v2 registries.",
@@ -168,6 +175,8 @@ def _client(
     max_unsized_blob: int = DEFAULT_MAX_UNSIZED,
     max_connections_per_layer: int = DEFAULT_CONNECTIONS_PER_LAYER,
 ) -> Client:
+    from imgpull.client import Client
+
     return Client(
         root,
         plain_http=plain_http,
@@ -190,6 +199,8 @@ def _client(
 def _mirrors(references: Sequence[str], given: list[str] | None) -> dict[str, tuple[Mirror, ...]]:
     """The configured mirrors; `--mirror` replaces those of the pulled
     registries (a reference that does not parse fails in its own pull)."""
+    from imgpull import hosts
+
     mirrors = dict(hosts.load_config().mirrors)
     if given:
         chosen = tuple(hosts.parse_mirror(m) for m in given)
@@ -645,6 +656,8 @@ def bench(
 ) -> None:
     """Pull into a fresh temporary store N times (several references: all in
     one pull, as `imgpull pull REF...`); report throughput."""
+    from imgpull import bench as bench_mod
+
     args = ["--max-concurrent-downloads", str(max_concurrent_downloads)]
     if platform:
         args += ["--platform", platform]
@@ -698,6 +711,12 @@ def export(
         typer.echo(str(dest))
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(VERSION_TEXT)
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     debug: Annotated[
@@ -706,6 +725,15 @@ def _global(
             "--debug",
             envvar="IMGPULL_DEBUG",
             help="Trace registry requests on stderr (secrets redacted).",
+        ),
+    ] = False,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print imgpull's version and exit.",
+            is_eager=True,
+            callback=_print_version,
         ),
     ] = False,
 ) -> None:
@@ -796,7 +824,7 @@ def logout(server: ServerArg = None) -> None:
 @app.command()
 def version() -> None:
     """Print imgpull's version."""
-    typer.echo(f"imgpull {__version__}")
+    typer.echo(VERSION_TEXT)
 
 
 def _ago(created: str | None) -> str:
@@ -822,7 +850,25 @@ def _ago(created: str | None) -> str:
     return "Less than a minute ago"
 
 
+def _only_the_command_run(args: Sequence[str]) -> None:
+    """Leave in `app` only the command `args` names, if it names one: typer
+    reads every command's signature and options at each run (~20 ms for
+    all of them), and a run needs its own command's only. Global options
+    first, a mistyped name or none: the whole app, for its help and hints."""
+    if not args:
+        return
+    picked = [
+        c
+        for c in app.registered_commands
+        if c.callback is not None
+        and typer.main.get_command_name(c.name or c.callback.__name__) == args[0]
+    ]
+    if picked:
+        app.registered_commands = picked
+
+
 def main() -> None:
+    _only_the_command_run(sys.argv[1:])
     try:
         app()
         code = 0

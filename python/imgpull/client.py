@@ -18,11 +18,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from imgpull import hosts
-from imgpull._core import DEFAULT_MAX_UNSIZED, sha256_file
-from imgpull.credentials import DockerCredentials
+from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED, sha256_file
 from imgpull.errors import (
     ConfigError,
     CredentialsError,
@@ -42,27 +41,21 @@ from imgpull.errors import (
     SizeMismatchError,
     StoreError,
 )
-from imgpull.export import DEFAULT_MAX_RATIO, FORMATS, export_image
 from imgpull.hosts import Mirror, parse_mirror, registry_key
 from imgpull.manifest import short_id
 from imgpull.platform import Platform, host_platform, parse_platform
 from imgpull.progress import ProgressCallback, ProgressEvent, with_refs
-from imgpull.pull import Image, Puller, PullOptions, pull_status
 from imgpull.reference import DEFAULT_DOMAIN, DEFAULT_TAG, Reference, parse_reference
-from imgpull.registry import Credentials, Endpoint, endpoint_for
-from imgpull.registry.deadline import DEFAULT_REQUEST_TIMEOUT, interruptible
-from imgpull.retry import RetryPolicy, StallPolicy
-from imgpull.rfc3339 import parse_rfc3339
-from imgpull.rootfs import RootfsTarget, check_outside_store
-from imgpull.store import LayerRecord, ReferenceRecord, Store
-from imgpull.transfer import (
+from imgpull.retry import (
     DEFAULT_CONNECTIONS_PER_LAYER,
+    DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SPLIT_THRESHOLD,
-    CancelToken,
-    TransferService,
+    RetryPolicy,
+    StallPolicy,
     check_connections_per_layer,
 )
-from imgpull.transport import Transport, Transports
+from imgpull.rfc3339 import parse_rfc3339
+from imgpull.store import LayerRecord, ReferenceRecord, Store
 from imgpull.verify import (
     config_diff_ids,
     damaged_blobs,
@@ -70,6 +63,16 @@ from imgpull.verify import (
     record_verified,
     verify_image,
 )
+
+# What pulls and exports need is imported by the methods that use it: the
+# local queries (images, inspect, tag, remove) load no HTTP (httpx), no
+# transfer machinery, no exporter.
+if TYPE_CHECKING:
+    from imgpull.pull import Image
+    from imgpull.registry import Credentials, Endpoint
+    from imgpull.rootfs import RootfsTarget
+    from imgpull.transfer import CancelToken, TransferService
+    from imgpull.transport import Transport, Transports
 
 CredentialLookup = Callable[[str], "Credentials | None"]
 _T = TypeVar("_T")
@@ -206,24 +209,51 @@ class Client:
         self._allow_foreign = allow_foreign
         self._max_ratio = max_ratio
         self._max_unsized_blob = max_unsized_blob
-        self._transports = Transports(
-            # Docker's config file (credsStore, credHelpers, auths) unless given.
-            credentials or DockerCredentials(),
-            request_timeout=request_timeout,
-            stall=stall or StallPolicy(),
-        )
-        self._transfers = TransferService(
-            self.store,
-            max_concurrent_downloads=max_concurrent_downloads,
-            max_per_host=max_concurrent_per_host,
-            foreign_fetcher=self._transports.foreign,
-            max_connections_per_layer=max_connections_per_layer,
-            split_threshold=split_threshold,
-        )
+        self._credentials = credentials
+        self._request_timeout = request_timeout
+        self._stall = stall or StallPolicy()
+        self._max_per_host = max_concurrent_per_host
+        self._per_layer = max_connections_per_layer
+        self._split_threshold = split_threshold
+        # The transports and the transfer service: made by the first pull
+        # (_network), as the local queries use neither.
+        self._net: tuple[Transports, TransferService] | None = None
         # The tokens of the pulls in progress, which close() cancels.
         self._pulls = threading.Condition()
         self._live: set[CancelToken] = set()
         self._closed = False
+
+    def _network(self) -> tuple[Transports, TransferService]:
+        with self._pulls:
+            if self._net is None:
+                from imgpull.credentials import DockerCredentials
+                from imgpull.transfer import TransferService
+                from imgpull.transport import Transports
+
+                transports = Transports(
+                    # Docker's config file (credsStore, credHelpers, auths) unless given.
+                    self._credentials or DockerCredentials(),
+                    request_timeout=self._request_timeout,
+                    stall=self._stall,
+                )
+                transfers = TransferService(
+                    self.store,
+                    max_concurrent_downloads=self._max_concurrent,
+                    max_per_host=self._max_per_host,
+                    foreign_fetcher=transports.foreign,
+                    max_connections_per_layer=self._per_layer,
+                    split_threshold=self._split_threshold,
+                )
+                self._net = (transports, transfers)
+            return self._net
+
+    @property
+    def _transports(self) -> Transports:
+        return self._network()[0]
+
+    @property
+    def _transfers(self) -> TransferService:
+        return self._network()[1]
 
     # Lifecycle --------------------------------------------------------------
 
@@ -244,8 +274,11 @@ class Client:
             stopped = self._pulls.wait_for(lambda: not self._live, timeout=_CLOSE_WAIT)
         # A pull stuck past the wait (in a blob's TCP connect, which a cancel
         # does not interrupt) is not waited for: it has been cancelled.
-        self._transfers.close(wait=stopped)
-        self._transports.close()
+        with self._pulls:
+            net = self._net
+        if net is not None:
+            net[1].close(wait=stopped)
+            net[0].close()
         self._tls.close()
         self.store.close()
 
@@ -299,6 +332,8 @@ class Client:
             )
         target = None
         if rootfs is not None:
+            from imgpull.rootfs import RootfsTarget
+
             target = RootfsTarget(
                 rootfs, self.store, ref.familiar(), max_ratio=self._max_ratio, force=force
             )
@@ -376,6 +411,8 @@ class Client:
         fetch_only: bool,
     ) -> Image | ImgpullError:
         """One pull of pull_many: its Image or its error."""
+        from imgpull.registry.deadline import interruptible
+
         own, detach = token.child()
         try:
             ref = parse_reference(reference) if isinstance(reference, str) else reference
@@ -392,6 +429,9 @@ class Client:
         and by close(), which also interrupts this thread's registry requests
         (registry.deadline.interruptible); a failure once it is cancelled
         raises its error."""
+        from imgpull.registry.deadline import interruptible
+        from imgpull.transfer import CancelToken
+
         if timeout is not None and not timeout > 0:
             raise ImgpullError("the pull timeout must be a positive number of seconds")
         token, detach = cancel.child() if cancel is not None else (CancelToken(), lambda: None)
@@ -437,6 +477,8 @@ class Client:
         fetch_only: bool = False,
     ) -> Image:
         """One pull; `status`: end with docker's Status line."""
+        from imgpull.pull import Puller, PullOptions
+
         refs = (ref.familiar(),)
         sink = emit
         emit = with_refs(emit, refs)  # so a bulk run's events say which pull
@@ -518,6 +560,8 @@ class Client:
                         raise
                     on_error(tagged, exc)
         if pulled or on_error is None:  # no Status when every tag failed
+            from imgpull.pull import pull_status
+
             updated = any(i.updated for i in pulled)
             emit(ProgressEvent(f"Status: {pull_status(ref.familiar(), updated)}"))
         return pulled
@@ -535,6 +579,8 @@ class Client:
         the better bet); what was stored meanwhile stays, and partial blobs
         resume. The last endpoint's error is raised as it is. Once `token` is
         cancelled, no further endpoint is tried."""
+        from imgpull.transfer import CancelToken
+
         token = token or CancelToken()
         origin = self._endpoint(domain, self._plain_http, self._insecure)
         mirrors = self._mirrors.get(registry_key(domain), ())
@@ -568,6 +614,8 @@ class Client:
         self, domain: str, plain_http: bool | None, insecure: bool, http_fallback: bool = False
     ) -> Endpoint:
         """The endpoint of one host, with the given TLS files and its certs.d's."""
+        from imgpull.registry import endpoint_for
+
         endpoint = endpoint_for(domain, plain_http=plain_http, insecure=insecure)
         if http_fallback and endpoint.scheme == "https":
             endpoint = replace(endpoint, http_fallback=True)
@@ -719,6 +767,9 @@ class Client:
         store is pulled first. `max_ratio` (per layer, decompressed :
         compressed, 0 for none) and `max_bytes` (all layers, decompressed)
         bound a rootfs extraction. Returns `dest`."""
+        from imgpull.export import FORMATS, export_image
+        from imgpull.rootfs import check_outside_store
+
         if fmt not in FORMATS:
             raise ExportError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
         check_outside_store(Path(dest), self.store, ExportError)  # before a pull, too
@@ -950,4 +1001,4 @@ def _timestamp(created: str | None) -> float:
     return when.timestamp() if when is not None else 0.0
 
 
-__all__ = ["Client", "Image", "ImageSummary", "Platform", "Removal"]
+__all__ = ["Client", "ImageSummary", "Platform", "Removal"]

@@ -20,20 +20,18 @@ the tools that use it):
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 import threading
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from imgpull.errors import ConfigError
-from imgpull.registry import Endpoint
+
+if TYPE_CHECKING:  # not at run time: the registry package loads httpx
+    from imgpull.registry import Endpoint
 
 __all__ = [
     "ConfigError",
@@ -144,6 +142,10 @@ class TLSFiles:
 
     def _bundle(self, files: Sequence[str]) -> str | None:
         """One PEM file holding every CA of `files` (None for none)."""
+        # Imported here, as shutil, tomllib below: most runs use none of them.
+        import hashlib
+        import tempfile
+
         if len(files) < 2:
             return files[0] if files else None
         try:
@@ -162,6 +164,8 @@ class TLSFiles:
         with self._lock:
             bundles, self._bundle_dir = self._bundle_dir, None
         if bundles:
+            import shutil
+
             shutil.rmtree(bundles, ignore_errors=True)
 
 
@@ -231,6 +235,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MirrorConfig:
     where = Path(path) if path is not None else config_path()
     if where is None:
         return MirrorConfig()
+    import tomllib
+
     try:
         data = tomllib.loads(where.read_text(encoding="utf-8"))
     except OSError as e:

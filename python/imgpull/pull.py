@@ -21,9 +21,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from imgpull import schema1
 from imgpull._core import DEFAULT_MAX_RATIO, DEFAULT_MAX_UNSIZED, diff_id_file, sha256_bytes
 from imgpull.errors import (
     CorruptLayerError,
@@ -56,12 +55,15 @@ from imgpull.reference import Reference
 from imgpull.registry.errors import one_line
 from imgpull.resolve import Resolver
 from imgpull.retry import RetryPolicy
-from imgpull.rootfs import RootfsTarget, Unpacker
 from imgpull.store import Store
 from imgpull.store.content import BlobLimits
 from imgpull.transfer import BlobSource, PullTransfers, settle
 from imgpull.transport import Transport
 from imgpull.verify import config_diff_ids, ensure_verified, record_verified
+
+# Loaded by the pulls that need them: a root filesystem, a schema1 image.
+if TYPE_CHECKING:
+    from imgpull.rootfs import RootfsTarget, Unpacker
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,8 @@ class Puller:
         """The writer of this pull's root filesystem, if it writes one."""
         if self._rootfs is None:
             return None
+        from imgpull.rootfs import Unpacker
+
         self._unpacker = Unpacker(self._rootfs, layers, self.emit, self._register)
         return self._unpacker
 
@@ -547,6 +551,8 @@ class Puller:
 
     def _pull_schema1(self, ref: Reference, top: Manifest, manifest: Schema1Manifest) -> Image:
         """Docker's pullSchema1: the plan and the config come from schema1.py."""
+        from imgpull import schema1
+
         if self.options.refuse_schema1:
             raise UnsupportedManifestError(
                 f"{ref.familiar()} is a Docker schema1 manifest ({manifest.media_type}), "

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from imgpull import schema1
 from imgpull._core import sha256_bytes
 from imgpull.errors import (
     ImgpullError,
@@ -135,6 +134,8 @@ class Resolver:
         )
         raw = resp.body
         if resp.media_type in SCHEMA1_TYPES:
+            from imgpull import schema1  # schema1 images only
+
             # Over the canonical payload (signatures stripped), checked first.
             digest = schema1.manifest_digest(raw, expected)
             if resp.digest and resp.digest != digest:

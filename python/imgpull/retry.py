@@ -21,10 +21,30 @@ from dataclasses import dataclass
 from imgpull.errors import (
     AuthenticationError,
     FetchError,
+    ImgpullError,
     RegistryError,
     RegistryRefusedError,
     RegistryUnreachableError,
 )
+
+# Seconds for one whole request (manifest, tag page, ping, token) by default
+# (registry.deadline bounds them); here, so that the CLI's options and the
+# Client's signature have it without loading the HTTP stack.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+# A blob of this many bytes or more, on a connection that does not fill the
+# link, is fetched on up to N connections at once (transfer._Split).
+DEFAULT_SPLIT_THRESHOLD = 32 << 20
+DEFAULT_CONNECTIONS_PER_LAYER = 4
+MAX_CONNECTIONS_PER_LAYER = 16
+
+
+def check_connections_per_layer(n: int) -> int:
+    if not 1 <= n <= MAX_CONNECTIONS_PER_LAYER:
+        raise ImgpullError(
+            f"max connections per layer must be 1 to {MAX_CONNECTIONS_PER_LAYER}, not {n}"
+        )
+    return n
+
 
 _RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 # Statuses whose Retry-After is a promise worth waiting for (RFC 9110 §10.2.3);

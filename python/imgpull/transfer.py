@@ -56,7 +56,12 @@ from imgpull.progress import (
 )
 from imgpull.registry.deadline import interruptible
 from imgpull.registry.errors import one_line
-from imgpull.retry import RetryPolicy
+from imgpull.retry import (
+    DEFAULT_CONNECTIONS_PER_LAYER,
+    DEFAULT_SPLIT_THRESHOLD,
+    RetryPolicy,
+    check_connections_per_layer,
+)
 from imgpull.store import Store
 from imgpull.store.content import BlobLimits, ChunkRecord
 from imgpull.transport import Transport
@@ -94,10 +99,8 @@ _RACE_ROUNDS = 5
 # 25 MB/s at 200 Mbit/s) the rest of the blob is
 # cut into chunks of _MIN_CHUNK to _MAX_CHUNK bytes (about two per
 # connection, so that a slow connection delays little at the end) fetched
-# on up to N - 1 more connections, each only while a download slot is free.
-DEFAULT_SPLIT_THRESHOLD = 32 << 20
-DEFAULT_CONNECTIONS_PER_LAYER = 4
-MAX_CONNECTIONS_PER_LAYER = 16
+# on up to N - 1 more connections, within the host's connection room.
+# (The option's defaults and bounds live in retry.py, for the CLI.)
 _LINK_FILLING = 100_000_000
 _WAITING = 0.6
 _PROBE_MIN = 0.2
@@ -1592,14 +1595,6 @@ def _fetch_error(message: str, *, retryable: bool = False, kind: str = "io") -> 
     error.kind = kind
     error.retryable = retryable
     return error
-
-
-def check_connections_per_layer(n: int) -> int:
-    if not 1 <= n <= MAX_CONNECTIONS_PER_LAYER:
-        raise ImgpullError(
-            f"max connections per layer must be 1 to {MAX_CONNECTIONS_PER_LAYER}, not {n}"
-        )
-    return n
 
 
 class _Superseded(PullCancelledError):

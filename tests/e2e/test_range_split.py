@@ -34,6 +34,7 @@ from support.images import ImageInfo, LayoutCache, push, random_layer
 from support.registry import RegistryServer
 
 import imgpull
+import imgpull.transfer
 from imgpull.retry import RetryPolicy, StallPolicy
 
 REPO = "test/ranges"

@@ -93,6 +93,48 @@ def run_argv(
     )
 
 
+def run_python_imports(*argv: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """`python -X importtime ARGV` (this Python, a fresh interpreter, cli_env()):
+    its result, the import lines taken out of its stderr, and the names of
+    the modules it imported."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(),
+    )
+    lines = proc.stderr.splitlines()
+    timed = [line for line in lines if line.startswith("import time:")]
+    loaded = {line.rsplit("|", 1)[1].strip() for line in timed[1:]}  # [0]: the header
+    proc.stderr = "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
+    return proc, loaded
+
+
+def run_cli_imports(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """`imgpull ARGS` as run_python_imports runs it: what it imported too."""
+    return run_python_imports("-m", "imgpull", *args)
+
+
+# What a pull needs: a command that sends no request loads none of it.
+HTTP_MODULES = frozenset(
+    {
+        "httpx",
+        "httpcore",
+        "h11",
+        "imgpull.registry",
+        "imgpull.credentials",
+        "imgpull.transport",
+        "imgpull.transfer",
+        "imgpull.pull",
+    }
+)
+# What only some commands or images need: export, --rootfs, bench, login, schema1.
+OCCASIONAL_MODULES = frozenset(
+    {"imgpull.export", "imgpull.rootfs", "imgpull.bench", "imgpull.login", "imgpull.schema1"}
+)
+
+
 # Runs ARGV, then writes "EXIT_CODE MAXRSS_KIB" of it to the file named first.
 _MEASURE = """\
 import os, subprocess, sys

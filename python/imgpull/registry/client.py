@@ -12,12 +12,13 @@ import functools
 import ipaddress
 import os
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -150,6 +151,32 @@ def _versions(paths: tuple[str | None, ...]) -> tuple[tuple[int, int, int] | Non
     return tuple(out)
 
 
+class _RootsOnFirstUse(ssl.SSLContext):
+    """A verifying context that loads the system's roots when it first
+    wraps a socket, not when it is made: a plain-http registry's client needs
+    them only if a redirect or a token realm leads to https, and an https
+    one's first request pays what building it would have (~10 ms a
+    process, which an up-to-date pull of a loopback registry would spend
+    for nothing)."""
+
+    _lock = threading.Lock()
+    _loaded = False
+
+    def _load_roots(self) -> None:
+        with self._lock:
+            if not self._loaded:
+                self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+                self._loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load_roots()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load_roots()
+        return super().wrap_bio(*args, **kwargs)
+
+
 # One context per set of TLS files, shared by every endpoint that has them:
 # each holds the system's roots (~0.8 MB), and a bulk pull may name many hosts.
 @functools.lru_cache(maxsize=16)
@@ -160,16 +187,23 @@ def _shared_ssl_context(
     client_key: str | None,
     _versions: tuple[tuple[int, int, int] | None, ...],
 ) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
     if insecure:
+        # Nothing is verified: no roots to load.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    elif ca_file:
-        # The system's roots, as docker and the native Fetcher use; an
-        # extra CA adds to them.
-        ctx.load_verify_locations(cafile=ca_file)
+    else:
+        # The system's roots, as docker and the native Fetcher use (loaded
+        # at the first handshake); an extra CA adds to them, read now so
+        # that a bad file is reported before any request.
+        ctx = _RootsOnFirstUse(ssl.PROTOCOL_TLS_CLIENT)
+        if ca_file:
+            ctx.load_verify_locations(cafile=ca_file)
     if client_cert:
         ctx.load_cert_chain(client_cert, client_key)
+    keylog = os.environ.get("SSLKEYLOGFILE")  # as ssl.create_default_context
+    if keylog and not sys.flags.ignore_environment:
+        ctx.keylog_filename = keylog
     return ctx
 
 

@@ -42,6 +42,7 @@ import httpx
 from httpcore._backends.sync import SyncStream
 
 from imgpull.errors import RegistryTimeoutError, RegistryUnreachableError
+from imgpull.retry import DEFAULT_REQUEST_TIMEOUT
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT",
@@ -52,8 +53,6 @@ __all__ = [
     "locked",
 ]
 
-# Seconds for one whole request (manifest, tag page, ping, token) by default.
-DEFAULT_REQUEST_TIMEOUT = 60.0
 # How often a wait in locked() looks at the thread's token.
 _LOCK_POLL = 0.05
 

@@ -219,6 +219,10 @@ class MetadataStore:
                 time.sleep(0.01)
 
     def _migrate(self) -> None:
+        # A store at this schema is left as it is: no write transaction (and
+        # no durable commit) for every command that opens it.
+        if self._query("PRAGMA user_version") == [(_SCHEMA_VERSION,)]:
+            return
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:

@@ -6,13 +6,14 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ureq::config::AutoHeaderValue;
 use ureq::http::{HeaderMap, Response};
+use ureq::tls::TlsConfig;
 use ureq::unversioned::resolver::DefaultResolver;
-use ureq::{Agent, Body, Proxy};
+use ureq::{Agent, Body, Proxy, ProxyProtocol};
 use url::Url;
 
 use crate::classify;
@@ -171,7 +172,13 @@ pub struct FetchResponse {
 }
 
 pub struct Fetcher {
-    agent: Agent,
+    /// For http URLs: it makes no TLS connection, so it was given no roots.
+    plain: Agent,
+    /// For https URLs (every URL, behind an https proxy), made at the first
+    /// one when no TLS file was given: it reads the system's roots (~10 ms),
+    /// which a plain-http registry needs only for a redirect to https.
+    tls: OnceLock<Agent>,
+    settings: AgentSettings,
     stall: Option<StallPolicy>,
     /// The stall window is no longer than read_timeout, so a read timeout
     /// mid-body means a window without a byte.
@@ -184,12 +191,6 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(opts: &FetchOptions) -> Result<Fetcher> {
-        let tls = tls_config(&TlsOptions {
-            ca_file: opts.ca_file.as_deref(),
-            client_cert: opts.client_cert.as_deref(),
-            client_key: opts.client_key.as_deref(),
-            insecure: opts.insecure,
-        })?;
         let proxy = match &opts.proxy {
             Some(p) => {
                 Some(Proxy::new(p).map_err(|e| CoreError::Invalid(format!("proxy {p:?}: {e}")))?)
@@ -203,29 +204,31 @@ impl Fetcher {
             Some(s) => opts.read_timeout.min(s.window),
             None => opts.read_timeout,
         };
-        let config = Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(opts.user_agent.as_str())
-            .accept_encoding(AutoHeaderValue::None)
-            .proxy(proxy)
-            .tls_config(tls)
-            .timeout_resolve(Some(opts.connect_timeout))
-            .timeout_connect(Some(opts.connect_timeout))
-            .timeout_per_read(Some(per_read))
-            .timeout_recv_response(Some(per_read))
-            .timeout_per_write(Some(opts.read_timeout))
-            // Several layers of one image come from the same host at once.
-            .max_idle_connections_per_host(8)
-            .build();
-        // ureq's own connector, with the sockets' handles kept for a cancel.
-        let agent = Agent::with_parts(
-            config,
-            InterruptibleConnector::default(),
-            DefaultResolver::default(),
-        );
+        let settings = AgentSettings {
+            user_agent: opts.user_agent.clone(),
+            insecure: opts.insecure,
+            proxy,
+            connect_timeout: opts.connect_timeout,
+            read_timeout: opts.read_timeout,
+            per_read,
+        };
+        let tls = OnceLock::new();
+        if opts.ca_file.is_some() || opts.client_cert.is_some() || opts.client_key.is_some() {
+            // Read now, so that a file that cannot be used is reported here.
+            let files = tls_config(&TlsOptions {
+                ca_file: opts.ca_file.as_deref(),
+                client_cert: opts.client_cert.as_deref(),
+                client_key: opts.client_key.as_deref(),
+                insecure: opts.insecure,
+            })?;
+            let _ = tls.set(settings.agent(files));
+        }
         Ok(Fetcher {
-            agent,
+            // ureq's default TLS settings (its bundled roots, parsed only at
+            // a TLS connection, which this agent never makes).
+            plain: settings.agent(TlsConfig::default()),
+            tls,
+            settings,
             stall: opts.stall,
             silence_is_stall: opts.stall.is_some_and(|s| s.window <= opts.read_timeout),
             per_read,
@@ -308,13 +311,35 @@ impl Fetcher {
         })
     }
 
+    /// The agent for `url`: the TLS one for https, or for everything
+    /// behind an https proxy.
+    fn agent(&self, url: &Url) -> Result<&Agent> {
+        let tls_proxy =
+            (self.settings.proxy.as_ref()).is_some_and(|p| p.protocol() == ProxyProtocol::Https);
+        if url.scheme() == "http" && !tls_proxy {
+            return Ok(&self.plain);
+        }
+        if let Some(agent) = self.tls.get() {
+            return Ok(agent);
+        }
+        // No TLS file was given (else it was made in new()): only the
+        // system's roots, read once per process (tls::system_roots).
+        let tls = tls_config(&TlsOptions {
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            insecure: self.settings.insecure,
+        })?;
+        Ok(self.tls.get_or_init(|| self.settings.agent(tls)))
+    }
+
     fn get(
         &self,
         url: &Url,
         headers: &[(String, String)],
         keep_auth: bool,
     ) -> Result<Response<Body>> {
-        let mut request = self.agent.get(url.as_str());
+        let mut request = self.agent(url)?.get(url.as_str());
         for (name, value) in headers {
             if keep_auth || !name.eq_ignore_ascii_case("authorization") {
                 request = request.header(name.as_str(), value.as_str());
@@ -335,6 +360,42 @@ impl Fetcher {
             }
             e => classify::ureq_error(e),
         })
+    }
+}
+
+/// What both agents of a Fetcher are made with, besides their TLS settings.
+struct AgentSettings {
+    user_agent: String,
+    insecure: bool,
+    proxy: Option<Proxy>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    per_read: Duration,
+}
+
+impl AgentSettings {
+    fn agent(&self, tls: TlsConfig) -> Agent {
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(self.user_agent.as_str())
+            .accept_encoding(AutoHeaderValue::None)
+            .proxy(self.proxy.clone())
+            .tls_config(tls)
+            .timeout_resolve(Some(self.connect_timeout))
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_per_read(Some(self.per_read))
+            .timeout_recv_response(Some(self.per_read))
+            .timeout_per_write(Some(self.read_timeout))
+            // Several layers of one image come from the same host at once.
+            .max_idle_connections_per_host(8)
+            .build();
+        // ureq's own connector, with the sockets' handles kept for a cancel.
+        Agent::with_parts(
+            config,
+            InterruptibleConnector::default(),
+            DefaultResolver::default(),
+        )
     }
 }
 
@@ -557,7 +618,53 @@ fn cancelled() -> CoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::content_range;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use url::Url;
+
+    use super::{content_range, FetchOptions, Fetcher};
+
+    fn options(proxy: Option<&str>, ca_file: Option<&str>) -> FetchOptions {
+        FetchOptions {
+            user_agent: "test".into(),
+            ca_file: ca_file.map(PathBuf::from),
+            client_cert: None,
+            client_key: None,
+            insecure: false,
+            proxy: proxy.map(String::from),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            stall: None,
+        }
+    }
+
+    #[test]
+    fn tls_agent_made_at_the_first_https_url() {
+        let fetcher = Fetcher::new(&options(None, None)).unwrap();
+        let http = Url::parse("http://127.0.0.1:5000/v2/").unwrap();
+        // A plain-http registry's blobs: the system's roots are not read.
+        assert!(std::ptr::eq(fetcher.agent(&http).unwrap(), &fetcher.plain));
+        assert!(fetcher.tls.get().is_none());
+        let https = Url::parse("https://registry.test/v2/").unwrap();
+        let agent = fetcher.agent(&https).unwrap();
+        assert!(fetcher
+            .tls
+            .get()
+            .is_some_and(|tls| std::ptr::eq(agent, tls)));
+    }
+
+    #[test]
+    fn https_proxy_takes_every_url_through_tls() {
+        let fetcher = Fetcher::new(&options(Some("https://proxy.test:3128"), None)).unwrap();
+        let http = Url::parse("http://127.0.0.1:5000/v2/").unwrap();
+        assert!(!std::ptr::eq(fetcher.agent(&http).unwrap(), &fetcher.plain));
+    }
+
+    #[test]
+    fn tls_files_are_read_when_made() {
+        assert!(Fetcher::new(&options(None, Some("/nonexistent/ca.pem"))).is_err());
+    }
 
     #[test]
     fn content_range_parsed() {

@@ -141,7 +141,7 @@ impl Fetcher {
                 }),
             },
         };
-        // Reads the system and extra CA bundles.
+        // Reads the TLS files given, and with them the system's roots.
         let inner = py.detach(|| CoreFetcher::new(&opts))?;
         Ok(Fetcher { inner })
     }
