@@ -35,7 +35,7 @@ from support.registry import RegistryServer
 
 import imgpull
 import imgpull.transfer
-from imgpull.retry import RetryPolicy, StallPolicy
+from imgpull.retry import DEFAULT_CONNECTIONS_PER_LAYER, RetryPolicy, StallPolicy
 
 REPO = "test/ranges"
 MIB = 1 << 20
@@ -261,10 +261,12 @@ def test_chunk_answered_wrong_falls_back_to_one_stream(
     gets = env.requests(env.big)
     wrong = [c for c in chunk_gets(gets) if c.fault == fault]
     assert wrong and all(c.status == status for c in wrong)
-    # Nothing more was asked as chunks after the fallback than the
-    # connections already under way: the rest came as one stream.
+    # Nothing more was asked as chunks after the fallback than the other
+    # connections had under way (one each at most, whatever the machine's
+    # load): the rest came as one stream.
     first = min(c.t for c in wrong)
-    assert len([c for c in chunk_gets(gets) if c.t > first + 0.2]) == 0
+    others = DEFAULT_CONNECTIONS_PER_LAYER - 1
+    assert len([c for c in chunk_gets(gets) if c.t > first]) <= others
     # A wrong answer was never written into the file: the blob is right
     # (checked by pull()) without a digest mismatch costing a second download.
     assert sum(c.sent for c in gets if c.fault is None) <= env.big_size
