@@ -234,6 +234,21 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> l
 # ---------------------------------------------------------------------------
 
 
+def start_daemon(cmd: Sequence[str], log: Path, *, append: bool) -> subprocess.Popen[bytes]:
+    """A daemon of the bench's own (dockerd, containerd), its output in `log`:
+    in a session of its own (a ^C is for the bench, which stops it), killed
+    with the bench should the bench die first."""
+    with log.open("ab" if append else "wb") as out:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
 class DockerUnavailable(Exception):
     """dockerd did not start, or not as the bench needs it (the message says why)."""
 
@@ -318,15 +333,7 @@ class DockerDaemon:
             "--insecure-registry", self.registry,
             "--max-concurrent-downloads", str(self.parallel),
         ]  # fmt: skip
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C is for the bench, which stops it
-                preexec_fn=_die_with_parent,
-            )
+        self.proc = start_daemon(cmd, self.log, append=False)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:

@@ -94,12 +94,13 @@ from _common import (
     mount_points_under,
     process_cpu,
     skopeo_copy_cmd,
+    start_daemon,
     timed,
 )
 from bench_layers import build_text_image
 from support.bulkimages import push_small_images
 from support.images import MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, build_oci_layout, push, random_layer
-from support.registry import RegistryServer, _die_with_parent
+from support.registry import RegistryServer
 from support.wanrelay import WINDOW, WanRelay
 
 # The installed console script, not a shim in front of it (pyenv's costs 0.1 s
@@ -184,15 +185,7 @@ class Containerd:
             raise ContainerdUnavailable("containerd or ctr is missing (apt-get install containerd)")
         self.home.mkdir(parents=True, exist_ok=True)
         config = self._config()
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                ["containerd", "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a ^C is for the bench, which stops it
-                preexec_fn=_die_with_parent,
-            )
+        self.proc = start_daemon(["containerd", "--config", str(config)], self.log, append=True)
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:

@@ -147,8 +147,9 @@ class Client:
     `split_threshold` bytes or more (32 MiB) whose one connection runs below
     what fills a link (100 MB/s: a proxy or CDN capping each connection)
     is fetched on up to `max_connections_per_layer` (1 to 16, default 4)
-    connections at once, as Range requests, each extra one only while a
-    slot is free; a registry that ignores Range gets one stream.
+    connections at once, as Range requests; the extra ones take no slot,
+    within the host's connection room (the slots x that, at most 8); a
+    registry that ignores Range gets one stream.
 
     Threads: a Client may be used from several threads at once (pull,
     pull_many, pull_all_tags and the local queries); close() may be called

@@ -20,8 +20,8 @@ registry requests a transfer makes), and partial files stay for a resume.
 A big blob on a slow connection is fetched as several Range requests at
 once (`max_connections_per_layer`, see _Split): its chunks are written in
 place into its ingest file and hashed (and inflated) in order as the bytes
-before them land; extra connections take only slots that are free, and give
-them back as soon as another blob waits for one.
+before them land; extra connections take no download slot, only the host's
+connection room, and give it back as soon as a blob that could start waits.
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ class _Job:
         self._live: tuple[Transfer, int, int] | None = None
         # Bytes of the blob arriving on its chunk connections (a split blob).
         self.chunk_bytes: Callable[[], int] = lambda: 0
-        # Big enough to split, not split (yet): shares the free slots.
+        # Big enough to split, not split (yet): shares the connection room.
         self.may_split = False
 
     # Who wants it ----------------------------------------------------------
@@ -581,7 +581,7 @@ class TransferService:
     the Fetcher for a foreign layer URL (the Client's Transports.foreign).
     `max_connections_per_layer`: connections one blob of `split_threshold`
     bytes or more may use when one is slow (see _Split); the extra ones
-    take free slots only.
+    take no slot, only the host's connection room (connections_per_host).
     """
 
     def __init__(

@@ -311,6 +311,15 @@ def _read_capped(resp: httpx.Response, limit: int) -> tuple[bytes, bool]:
     return bytes(buf), False
 
 
+def _error_body(resp: httpx.Response) -> bytes:
+    """Enough of an error answer's body to read its JSON; b"" when the
+    connection broke meanwhile (the status alone still says what went wrong)."""
+    try:
+        return _read_capped(resp, _MAX_ERROR_BODY)[0]
+    except httpx.RequestError:
+        return b""
+
+
 class RegistryClient:
     """One registry endpoint: ping, manifests, tags, blob requests.
 
@@ -510,9 +519,7 @@ class RegistryClient:
         if not first.startswith("http:") or resp.status_code != 400:
             return resp
         try:
-            body, _ = _read_capped(resp, _MAX_ERROR_BODY)
-        except httpx.RequestError:
-            body = b""
+            body = _error_body(resp)
         finally:
             resp.close()
         if b"HTTPS" not in body.upper():
@@ -582,9 +589,7 @@ class RegistryClient:
             if resp.status_code != 401 or retried or not self._own(resp.url):
                 return resp
             try:
-                body, _ = _read_capped(resp, _MAX_ERROR_BODY)
-            except httpx.RequestError:
-                body = b""
+                body = _error_body(resp)
             finally:
                 resp.close()
             challenges = resp.headers.get_list("www-authenticate")
@@ -601,10 +606,7 @@ class RegistryClient:
         repo: str,
         reference: str | None = None,
     ) -> RegistryError:
-        try:
-            body, _ = _read_capped(resp, _MAX_ERROR_BODY)
-        except httpx.RequestError:
-            body = b""  # the status alone still says what went wrong
+        body = _error_body(resp)
         return error_from_response(
             resp.status_code,
             resp.headers.multi_items(),
