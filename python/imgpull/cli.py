@@ -288,7 +288,7 @@ def pull(
             min=1,
             max=MAX_CONNECTIONS_PER_LAYER,
             help="Connections (Range requests) one big layer may use when one connection is "
-            "slow; to a host at most 8 (or the download slots x N if fewer). 1: one stream.",
+            "slow; to a host at most 16 (or the download slots x N if fewer). 1: one stream.",
         ),
     ] = DEFAULT_CONNECTIONS_PER_LAYER,
     plain_http: PlainHttpOpt = None,

@@ -148,7 +148,7 @@ class Client:
     what fills a link (100 MB/s: a proxy or CDN capping each connection)
     is fetched on up to `max_connections_per_layer` (1 to 16, default 4)
     connections at once, as Range requests; the extra ones take no slot,
-    within the host's connection room (the slots x that, at most 8); a
+    within the host's connection room (the slots x that, at most 16); a
     registry that ignores Range gets one stream.
 
     Threads: a Client may be used from several threads at once (pull,

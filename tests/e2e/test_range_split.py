@@ -179,6 +179,11 @@ def test_slow_connection_is_split_into_ranges(env: Ranges, tmp_path: Path) -> No
     # stopped at the first chunk (it asked for the rest of the blob).
     assert env.big_size <= sum(c.sent for c in gets) < env.big_size + SLACK
     assert client._transfers.split >= 1
+    # A chunk read to its end gives its connection back: the next chunk
+    # goes on a kept-alive connection, not a new one (a round trip each).
+    conns = [c.conn for c in chunks]
+    print(f"{len(chunks)} chunk requests on connections {conns}")
+    assert len(set(conns)) < len(chunks)
     # The registry served them as ranges too (its byte counts include what
     # the proxy buffered of the stopped first stream).
     _, statuses = blob_bytes_served(env.registry, env.big)
@@ -211,13 +216,13 @@ def test_one_connection_per_layer_is_not_split(env: Ranges, tmp_path: Path) -> N
     assert chunk_gets(env.requests(env.big)) == []
 
 
-@pytest.mark.parametrize(("slots", "per_layer", "room"), [(3, 4, 8), (1, 2, 2)])
+@pytest.mark.parametrize(("slots", "per_layer", "room"), [(3, 4, 12), (5, 4, 16), (1, 2, 2)])
 def test_per_host_limit_holds(
     env: Ranges, tmp_path: Path, slots: int, per_layer: int, room: int
 ) -> None:
     """Two big layers that both split when they may: never more layers at
     once than the download slots, nor more connections to the host than its
-    room (the slots x the connections per layer, at most 8)."""
+    room (the slots x the connections per layer, at most 16)."""
     env.paced()
     client = env.pull(
         tmp_path / "store", max_concurrent_downloads=slots, max_connections_per_layer=per_layer

@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import json
 import math
 import re
@@ -168,6 +169,9 @@ class LogEntry:
     # time.monotonic() when the last body byte was written (None: none was):
     # with `t`, when the request held the connection (concurrency tests).
     last: float | None = None
+    # The client connection it came on (numbered from 1 in arrival order):
+    # which requests shared a kept-alive connection.
+    conn: int = 0
 
 
 class _Closed(Exception):
@@ -234,6 +238,7 @@ class Proxy:
         self.rules: list[Rule] = []
         self.injected: dict[str, int] = {}
         self.log: list[LogEntry] = []
+        self.connections = itertools.count(1)
 
     # -- control ----------------------------------------------------------
 
@@ -277,6 +282,7 @@ class Proxy:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream = Upstream(self.upstream_host, self.upstream_port)
+        conn = next(self.connections)
         try:
             # A TLS ClientHello (imgpull tries https first, then falls back
             # to http on loopback): close at once rather than wait for a
@@ -303,7 +309,13 @@ class Proxy:
                         return
                     continue
                 entry = LogEntry(
-                    time.monotonic(), req.method, req.target, req.header("range"), None, None
+                    time.monotonic(),
+                    req.method,
+                    req.target,
+                    req.header("range"),
+                    None,
+                    None,
+                    conn=conn,
                 )
                 self.log.append(entry)
                 rule = self._choose(req)
@@ -377,7 +389,7 @@ class Proxy:
                     upstream.close()
                     return False
                 left -= len(chunk)
-                if not await sink.send(chunk):
+                if not await sink.send(chunk, last=left == 0):
                     upstream.close()
                     return False
         elif chunked:
@@ -427,8 +439,9 @@ class _Body:
             return True
         return not data
 
-    async def send(self, chunk: bytes) -> bool:
-        """False once the connection is finished (by a fault or the client)."""
+    async def send(self, chunk: bytes, *, last: bool = False) -> bool:
+        """False once the connection is finished (by a fault or the client);
+        `last`: the body's final bytes."""
         rule, start = self.rule, self.offset
         if rule is None or rule.fault in ("ignore_range", "status", "as_200", "bad_range"):
             await self._write(chunk)
@@ -437,7 +450,11 @@ class _Body:
             self.started = self.started or time.monotonic()
             await self._write(chunk)
             ahead = self.started + self.offset / rule.rate - time.monotonic()
-            if ahead > 0 and await self._client_gone(ahead):
+            if ahead > 0 and last:
+                # The client may send its next request on this connection
+                # meanwhile: a read would take its first byte.
+                await asyncio.sleep(ahead)
+            elif ahead > 0 and await self._client_gone(ahead):
                 raise _Closed
             return True
         if rule.fault == "flip":

@@ -481,17 +481,33 @@ fn receive<S: Sink + ?Sized>(
     } else if offset > 0 || end.is_some() {
         writer.restart(status)?;
     }
-    let out = stream(
-        &mut response.into_body().into_reader(),
-        writer,
-        transfer,
-        guard.as_mut(),
-    );
+    let length = body_length(&response, status);
+    let mut reader = response.into_body().into_reader();
+    let out = stream(&mut reader, writer, transfer, guard.as_mut());
+    if out.as_ref().is_ok_and(|&written| Some(written) == length) {
+        // The whole body was taken: ureq gives the connection back to its
+        // pool only once a read has seen the end (answered at once, from
+        // what it already knows), so that the next chunk or blob of the
+        // host need not connect again (one round trip, more through TLS).
+        let _ = reader.read(&mut [0u8; 1]);
+    }
     // Also after an error: the bytes taken are in the file, for a resume
     // (or a record of chunks) to rely on.
     let flushed = writer.finish();
     let written = out?;
     flushed.map(|()| written)
+}
+
+/// The body's length as its headers give it: a 206's range, else its
+/// Content-Length; None when unknown (chunked).
+fn body_length(response: &Response<Body>, status: u16) -> Option<u64> {
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+    if status == 206 {
+        return header("content-range")
+            .and_then(content_range)
+            .map(|(start, last)| last + 1 - start);
+    }
+    header("content-length").and_then(|v| v.trim().parse().ok())
 }
 
 /// 'bytes <start>-<end>/<total|*>' -> (start, end), end inclusive.
