@@ -481,7 +481,7 @@ fn receive<S: Sink + ?Sized>(
     } else if offset > 0 || end.is_some() {
         writer.restart(status)?;
     }
-    let length = body_length(&response, status);
+    let length = content_length(&response);
     let mut reader = response.into_body().into_reader();
     let out = stream(&mut reader, writer, transfer, guard.as_mut());
     if out.as_ref().is_ok_and(|&written| Some(written) == length) {
@@ -498,16 +498,11 @@ fn receive<S: Sink + ?Sized>(
     flushed.map(|()| written)
 }
 
-/// The body's length as its headers give it: a 206's range, else its
-/// Content-Length; None when unknown (chunked).
-fn body_length(response: &Response<Body>, status: u16) -> Option<u64> {
-    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
-    if status == 206 {
-        return header("content-range")
-            .and_then(content_range)
-            .map(|(start, last)| last + 1 - start);
-    }
-    header("content-length").and_then(|v| v.trim().parse().ok())
+/// The body's framing length, None when chunked. Only this one: where a
+/// 206's range says less, the reader would wait for the rest at the end.
+fn content_length(response: &Response<Body>) -> Option<u64> {
+    let value = response.headers().get("content-length")?;
+    value.to_str().ok()?.trim().parse().ok()
 }
 
 /// 'bytes <start>-<end>/<total|*>' -> (start, end), end inclusive.
@@ -538,8 +533,8 @@ fn stream<S: Sink + ?Sized>(
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0u64;
     loop {
-        // Full (a stop set meanwhile, a chunk's end): the rest of the body
-        // is not read, and the connection is dropped with it.
+        // Full (a stop set meanwhile, a chunk's end): what is left of the
+        // body is not read; a connection with some left is dropped.
         let room = writer.room().min(CHUNK as u64) as usize;
         if room == 0 {
             return Ok(written);

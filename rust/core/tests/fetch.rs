@@ -731,3 +731,95 @@ fn a_stop_set_while_streaming_ends_the_fetch_exactly_there() {
     assert!((10..=1_000_000).contains(&at), "{at}");
     assert_eq!(std::fs::metadata(&blob.partial).unwrap().len(), at);
 }
+
+/// A keep-alive server answering Range requests with 206s, as many as a
+/// connection brings; `extra`: bytes its Content-Length promises beyond the
+/// range, never sent. Returns its URL and how many connections it got.
+fn range_server(body: Arc<Vec<u8>>, extra: usize) -> (String, Arc<Mutex<usize>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(Mutex::new(0));
+    let counted = connections.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { return };
+            *counted.lock().unwrap() += 1;
+            let body = body.clone();
+            thread::spawn(move || loop {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                let range = text.split("range: bytes=").nth(1).unwrap();
+                let range = range.split("\r\n").next().unwrap();
+                let (a, b) = range.split_once('-').unwrap();
+                let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                let head = format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\n\
+                     Content-Length: {}\r\n\r\n",
+                    body.len(),
+                    b + 1 - a + extra
+                );
+                if stream.write_all(head.as_bytes()).is_err()
+                    || stream.write_all(&body[a..=b]).is_err()
+                {
+                    return;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/b"), connections)
+}
+
+fn fetch_chunk(fetcher: &Fetcher, url: &str, body: &[u8], blob: &Blob, (a, b): (u64, u64)) -> u64 {
+    let digest = sha256_bytes(body).to_string();
+    let mut chunk = ChunkWriter::open(&blob.partial, &digest, a, b).unwrap();
+    let headers = vec![("Range".to_owned(), format!("bytes={a}-{}", b - 1))];
+    let res = fetcher.fetch_blob(url, &headers, &mut chunk, None).unwrap();
+    assert_eq!((res.status, chunk.offset()), (206, b));
+    res.written
+}
+
+/// A chunk read to its end gives its connection back to the pool: the
+/// next chunk of the blob does not connect again (a round trip saved).
+#[test]
+fn chunks_read_to_their_end_share_one_connection() {
+    let body = Arc::new(data(3_000_000));
+    let (url, connections) = range_server(body.clone(), 0);
+    let blob = split_blob(&body, 1_000_000);
+    let fetcher = default_fetcher();
+    for span in [(1_000_000, 2_000_000), (2_000_000, 3_000_000)] {
+        assert_eq!(fetch_chunk(&fetcher, &url, &body, &blob, span), 1_000_000);
+    }
+    assert_eq!(*connections.lock().unwrap(), 1);
+}
+
+/// A 206 whose Content-Length promises more than its range: the chunk ends
+/// at its range at once (its connection dropped), not after a wait for
+/// bytes the server never sends.
+#[test]
+fn a_206_promising_more_than_its_range_is_not_waited_for() {
+    let body = Arc::new(data(300_000));
+    let (url, _) = range_server(body.clone(), 1000);
+    let blob = split_blob(&body, 100_000);
+    let started = Instant::now();
+    let written = fetch_chunk(
+        &fetcher(Duration::from_secs(20)),
+        &url,
+        &body,
+        &blob,
+        (100_000, 200_000),
+    );
+    assert_eq!(written, 100_000);
+    // Waiting would last the read timeout (20 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
