@@ -387,8 +387,11 @@ impl AgentSettings {
             .timeout_per_read(Some(self.per_read))
             .timeout_recv_response(Some(self.per_read))
             .timeout_per_write(Some(self.read_timeout))
-            // Several layers of one image come from the same host at once.
-            .max_idle_connections_per_host(8)
+            // Several layers of one image, and the chunks of a split one,
+            // come from the same host at once: as many kept as transfer.py
+            // opens to a host (16), and room for a few hosts.
+            .max_idle_connections_per_host(16)
+            .max_idle_connections(64)
             .build();
         // ureq's own connector, with the sockets' handles kept for a cancel.
         Agent::with_parts(
