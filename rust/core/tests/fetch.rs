@@ -359,33 +359,35 @@ fn cancel_interrupts_a_wait_for_the_headers() {
     assert_cancel_interrupts(None);
 }
 
-/// A keep-alive server on one connection: the first answer at once, the
-/// second after `delay`. Returns its address and how many connections it got.
-fn keep_alive_server(body: &'static [u8], delay: Duration) -> (String, Arc<Mutex<usize>>) {
+/// A keep-alive server on loopback: the requests of each connection in
+/// turn, `answer(head, n)` giving the bytes sent for the nth request of its
+/// connection (`head` lower-cased). Returns its URL and how many
+/// connections it got.
+fn keep_alive_server(
+    answer: impl Fn(&str, usize) -> Vec<u8> + Send + Sync + 'static,
+) -> (String, Arc<Mutex<usize>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(Mutex::new(0));
     let counted = connections.clone();
+    let answer = Arc::new(answer);
     thread::spawn(move || {
-        for stream in listener.incoming().take(4) {
+        for stream in listener.incoming().take(8) {
             let Ok(mut stream) = stream else { return };
             *counted.lock().unwrap() += 1;
+            let answer = answer.clone();
             thread::spawn(move || {
                 let mut buf = [0u8; 4096];
-                for answer in 0..2 {
+                for n in 0.. {
                     let mut got = Vec::new();
                     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
                         match stream.read(&mut buf) {
                             Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                            Ok(k) => got.extend_from_slice(&buf[..k]),
                         }
                     }
-                    if answer == 1 {
-                        thread::sleep(delay);
-                    }
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-                    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err()
-                    {
+                    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                    if stream.write_all(&answer(&head, n)).is_err() {
                         return;
                     }
                 }
@@ -395,12 +397,23 @@ fn keep_alive_server(body: &'static [u8], delay: Duration) -> (String, Arc<Mutex
     (format!("http://{addr}/b"), connections)
 }
 
+/// 200s with `body`: the first at once, the next ones after `delay`.
+fn delayed_server(body: &'static [u8], delay: Duration) -> (String, Arc<Mutex<usize>>) {
+    keep_alive_server(move |_, n| {
+        if n > 0 {
+            thread::sleep(delay);
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        [head.as_bytes(), body].concat()
+    })
+}
+
 /// A finished fetch forgets its connection: cancelling its Transfer later
 /// does not cut the pooled connection another fetch is using.
 #[test]
 fn a_finished_transfer_cancelled_leaves_the_pooled_connection_alone() {
     const BODY: &[u8] = b"0123456789";
-    let (url, connections) = keep_alive_server(BODY, Duration::from_millis(600));
+    let (url, connections) = delayed_server(BODY, Duration::from_millis(600));
     let fetcher = default_fetcher();
     let first = Arc::new(Transfer::new());
     let mut blob = writer_for(BODY);
@@ -732,48 +745,22 @@ fn a_stop_set_while_streaming_ends_the_fetch_exactly_there() {
     assert_eq!(std::fs::metadata(&blob.partial).unwrap().len(), at);
 }
 
-/// A keep-alive server answering Range requests with 206s, as many as a
-/// connection brings; `extra`: bytes its Content-Length promises beyond the
-/// range, never sent. Returns its URL and how many connections it got.
+/// 206s for the Range each request asks; `extra`: bytes its Content-Length
+/// promises beyond the range, never sent.
 fn range_server(body: Arc<Vec<u8>>, extra: usize) -> (String, Arc<Mutex<usize>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(Mutex::new(0));
-    let counted = connections.clone();
-    thread::spawn(move || {
-        for stream in listener.incoming().take(8) {
-            let Ok(mut stream) = stream else { return };
-            *counted.lock().unwrap() += 1;
-            let body = body.clone();
-            thread::spawn(move || loop {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-                let range = text.split("range: bytes=").nth(1).unwrap();
-                let range = range.split("\r\n").next().unwrap();
-                let (a, b) = range.split_once('-').unwrap();
-                let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
-                let head = format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\n\
-                     Content-Length: {}\r\n\r\n",
-                    body.len(),
-                    b + 1 - a + extra
-                );
-                if stream.write_all(head.as_bytes()).is_err()
-                    || stream.write_all(&body[a..=b]).is_err()
-                {
-                    return;
-                }
-            });
-        }
-    });
-    (format!("http://{addr}/b"), connections)
+    keep_alive_server(move |head, _| {
+        let range = head.split("range: bytes=").nth(1).unwrap();
+        let range = range.split("\r\n").next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{}\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len(),
+            b + 1 - a + extra
+        );
+        [head.as_bytes(), &body[a..=b]].concat()
+    })
 }
 
 fn fetch_chunk(fetcher: &Fetcher, url: &str, body: &[u8], blob: &Blob, (a, b): (u64, u64)) -> u64 {
